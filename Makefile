@@ -1,0 +1,34 @@
+# Set-up is two commands: `make demo` and `make test`. Both install what is missing first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_FEN ?= r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3
+
+.PHONY: install assets test lint bench demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+assets: $(STAMP)
+	$(BIN)/python assets/fetch.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: assets lint
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: assets
+	$(BIN)/python -m benchmarks.run --out bench-results/results.md
+
+demo: assets
+	mkdir -p demo
+	$(BIN)/lczerolens explain assets/cache/maia-1900.pb.gz "$(DEMO_FEN)" --out demo/heatmap.svg
+
+clean:
+	rm -rf $(VENV) assets/cache demo bench-results

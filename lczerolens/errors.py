@@ -1,0 +1,44 @@
+"""The package's exceptions: catch :class:`LczeroLensError` to catch them all.
+
+Every message names the offending value (a FEN, a move, a file, a layer, a shape) and says what to do.
+Each class also derives from the built-in exception a Python user would expect (``ValueError`` for bad values,
+``FileNotFoundError`` for a missing file), so existing ``except ValueError`` code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class LczeroLensError(Exception):
+    """Base class of every error raised by lczerolens."""
+
+
+class InvalidBoardError(LczeroLensError, ValueError):
+    """A position that cannot be set up or encoded, e.g. an invalid FEN."""
+
+
+class InvalidMoveError(LczeroLensError, ValueError):
+    """A move (UCI string, ``chess.Move`` or policy index) that is malformed or not legal in the position."""
+
+
+class InputFormatError(LczeroLensError, ValueError):
+    """An lc0 input format that lczerolens does not know."""
+
+
+class ModelLoadError(LczeroLensError, ValueError):
+    """A network file that is corrupted, truncated, not an lc0 network, or whose weights do not fit."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """A network path that does not exist."""
+
+
+class UnsupportedModelError(ModelLoadError):
+    """A valid network that uses something lczerolens cannot run (an op, opset, architecture or encoding)."""
+
+
+class InputShapeError(LczeroLensError, ValueError):
+    """A tensor or batch whose shape, dtype or length does not match what is expected."""
+
+
+class LensError(LczeroLensError, ValueError):
+    """A lens cannot explain this model or target (unknown op, bad target, ...)."""
