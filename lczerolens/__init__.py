@@ -1,5 +1,71 @@
-"""lczerolens: look inside Leela Chess Zero networks."""
+"""lczerolens: look inside Leela Chess Zero networks.
 
-from lczerolens.errors import LczeroLensError
+Load an lc0 network, feed it positions exactly as lc0 encodes them, evaluate them, and explain the network's
+choices with layer-wise relevance propagation decoded onto the board.
 
-__all__ = ["LczeroLensError"]
+Example
+-------
+>>> from lczerolens import LczeroBoard, LczeroModel
+>>> from lczerolens.lenses import LrpLens
+>>> model = LczeroModel.from_path("assets/cache/maia-1900.pb.gz")  # doctest: +SKIP
+>>> board = LczeroBoard()
+>>> relevance = LrpLens().relevance(model, board)  # doctest: +SKIP
+>>> relevance.render()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from lczerolens.errors import (
+    InputFormatError,
+    InputShapeError,
+    InvalidBoardError,
+    InvalidMoveError,
+    LczeroLensError,
+    LensError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+)
+
+__version__ = "0.1.0"
+
+# Heavy names (torch, onnx2torch) load on first use, so `import lczerolens` stays quick.
+_LAZY = {
+    "InputFormat": "lczerolens.board",
+    "LczeroBoard": "lczerolens.board",
+    "LczeroModel": "lczerolens.model",
+    "LrpLens": "lczerolens.lenses",
+    "render_heatmap": "lczerolens.visual",
+}
+
+__all__ = [
+    "InputFormat",
+    "InputFormatError",
+    "InputShapeError",
+    "InvalidBoardError",
+    "InvalidMoveError",
+    "LczeroBoard",
+    "LczeroLensError",
+    "LczeroModel",
+    "LensError",
+    "LrpLens",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "UnsupportedModelError",
+    "render_heatmap",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lczerolens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
