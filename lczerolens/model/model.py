@@ -1,0 +1,341 @@
+"""``LczeroModel``: an lc0 network as a ``torch.nn.Module`` that takes boards or planes and returns a TensorDict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import chess
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from lczerolens.board import InputFormat
+from lczerolens.errors import InputShapeError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
+
+__all__ = ["LczeroModel", "Evaluation", "MoveScore"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _sniff(path: Path) -> str:
+    """``"onnx"`` or ``"pb"`` from the file's first bytes (falling back on the suffix); raise if neither."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head[:2] == _GZIP_MAGIC:
+        return "pb"  # lc0 weights are gzipped protobuf; ONNX files are never gzipped
+    # Both are protobuf messages written in field order: lc0's Net starts with `fixed32 magic = 1` (tag 0x0d),
+    # an ONNX ModelProto with `int64 ir_version = 1` (tag 0x08).
+    if head[:1] == b"\x0d":
+        return "pb"
+    if head[:1] == b"\x08":
+        return "onnx"
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    if suffixes.endswith(".onnx"):
+        return "onnx"
+    if suffixes.endswith((".pb", ".pb.gz")):
+        return "pb"
+    if not head:
+        raise ModelLoadError(f"{path} is empty: not a network; re-download or re-export it")
+    raise ModelLoadError(
+        f"{path} is neither an lc0 ONNX export nor lc0 weights (.pb.gz / .pb): its first bytes are {head!r}; "
+        "pass a file from `lc0 leela2onnx` or lc0's network weights"
+    )
+
+
+@dataclass(frozen=True)
+class MoveScore:
+    """One legal move with the network's probability for it (softmax over the legal moves only)."""
+
+    move: chess.Move
+    probability: float
+    logit: float
+
+    def __repr__(self) -> str:
+        return f"{self.move.uci()} {100 * self.probability:.1f}%"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The network's evaluation of one position.
+
+    ``wdl`` is (win, draw, loss) for the side to move; ``value`` is W - L (or tanh of the value logit for nets
+    without a WDL head); ``mlh`` is the moves-left estimate (None when the net has no such head); ``moves`` the
+    ``top_k`` legal moves by probability, best first.
+    """
+
+    fen: str
+    moves: tuple[MoveScore, ...]
+    value: float
+    wdl: tuple[float, float, float] | None = None
+    mlh: float | None = None
+    policy: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def best_move(self) -> chess.Move | None:
+        return self.moves[0].move if self.moves else None
+
+    def __repr__(self) -> str:
+        parts = [f"fen={self.fen!r}", f"value={self.value:+.3f}"]
+        if self.wdl is not None:
+            parts.append("wdl=(" + ", ".join(f"{p:.3f}" for p in self.wdl) + ")")
+        if self.mlh is not None:
+            parts.append(f"mlh={self.mlh:.1f}")
+        parts.append("moves=[" + ", ".join(repr(m) for m in self.moves) + "]")
+        return "Evaluation(" + ", ".join(parts) + ")"
+
+
+class LczeroModel(nn.Module):
+    """An lc0 network: boards or input planes in, a ``TensorDict`` of its heads out.
+
+    Parameters
+    ----------
+    network
+        A network following the package's network contract (what ``load_onnx`` and ``load_pb`` return).
+    input_format
+        Override the network's input format (e.g. for an ONNX export, which does not record it).
+    source
+        Where the network came from, for ``repr``.
+
+    Examples
+    --------
+    >>> model = LczeroModel.from_path("assets/cache/maia-1900.pb.gz")  # doctest: +SKIP
+    >>> out = model(LczeroBoard())  # doctest: +SKIP
+    >>> out["policy"].shape, out["wdl"].shape, out["value"].shape  # doctest: +SKIP
+    (torch.Size([1, 1858]), torch.Size([1, 3]), torch.Size([1]))
+    >>> model.evaluate(LczeroBoard(), top_k=3)  # doctest: +SKIP
+    Evaluation(fen='rnbqkbnr/...', value=+0.041, wdl=(0.35, 0.34, 0.31), moves=[e2e4 31.0%, d2d4 24.2%, ...])
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        input_format: InputFormat | int | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module, not {type(network).__name__}")
+        self.network = network
+        fmt = input_format if input_format is not None else getattr(network, "input_format", None)
+        self._input_format = InputFormat(fmt) if fmt is not None else InputFormat.CLASSICAL_112_PLANE
+        self.source = source if source is not None else getattr(network, "source", None)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_path(cls, path: str | Path, **options) -> LczeroModel:
+        """Load an lc0 ONNX export (``.onnx``) or lc0 weights (``.pb.gz`` / ``.pb``).
+
+        The kind is told by the file's content (gzip or protobuf signature), the suffix only as a fallback.
+
+        Parameters
+        ----------
+        path
+            The network file.
+        **options
+            ``input_format`` (override the format; ONNX exports do not record it, classical is assumed),
+            ``half`` (ONNX: keep an fp16 export in float16; otherwise float32); others go to the loader.
+
+        Raises
+        ------
+        ModelNotFoundError, ModelLoadError, UnsupportedModelError
+
+        Examples
+        --------
+        >>> model = LczeroModel.from_path("assets/cache/maia-1900.onnx")  # doctest: +SKIP
+        """
+        path = Path(path)
+        if not path.exists():
+            raise ModelNotFoundError(f"no such network file: {path}; check the path")
+        if path.is_dir():
+            raise ModelLoadError(f"{path} is a directory; pass an lc0 network file (.onnx, .pb.gz or .pb)")
+        input_format = options.pop("input_format", None)
+        kind = _sniff(path)
+        if kind == "onnx":
+            from lczerolens.model.onnx_loader import load_onnx
+
+            network = load_onnx(path, input_format=input_format, **options)
+        else:
+            try:
+                from lczerolens.model.native import load_pb
+            except ModuleNotFoundError as exc:
+                if exc.name != "lczerolens.model.native":
+                    raise
+                raise UnsupportedModelError(
+                    f"{path}: loading lc0 .pb.gz weights needs lczerolens.model.native, which is not available "
+                    f"({exc}); export the network with `lc0 leela2onnx` and load the .onnx"
+                ) from exc
+            half = options.pop("half", False)
+            if options:
+                raise TypeError(f"unknown options for .pb.gz weights: {sorted(options)}")
+            network = load_pb(path)
+            if half:
+                network = network.half()
+        return cls(network, input_format=input_format, source=str(path))
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def input_format(self) -> InputFormat:
+        """The lc0 input format the network was trained with (what boards are encoded with)."""
+        return self._input_format
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(getattr(self.network, "heads", ()))
+
+    @property
+    def description(self) -> str:
+        return str(getattr(self.network, "description", type(self.network).__name__))
+
+    def _param(self) -> torch.Tensor | None:
+        return next(self.network.parameters(), None)
+
+    @property
+    def device(self) -> torch.device:
+        p = self._param()
+        return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        p = self._param()
+        return p.dtype if p is not None else torch.float32
+
+    def __repr__(self) -> str:
+        return (
+            f"LczeroModel({self.description}; input_format={self.input_format.name}, "
+            f"heads={self.heads}, source={self.source!r})"
+        )
+
+    # ------------------------------------------------------------------ running
+
+    def prepare(self, x) -> torch.Tensor:
+        """Turn a board, a sequence of boards or a planes tensor into the network's input ``[N, 112, 8, 8]``."""
+        if isinstance(x, torch.Tensor):
+            planes = x
+        elif isinstance(x, chess.Board):
+            planes = self._encode([x])
+        elif isinstance(x, Sequence) and not isinstance(x, (str, bytes)):
+            if len(x) == 0:
+                raise InputShapeError("got an empty sequence of boards; pass at least one board")
+            if not all(isinstance(b, chess.Board) for b in x):
+                bad = next(b for b in x if not isinstance(b, chess.Board))
+                raise InputShapeError(
+                    f"expected LczeroBoard objects, got {type(bad).__name__} in the sequence; "
+                    "build boards with lczerolens.LczeroBoard(fen)"
+                )
+            planes = self._encode(list(x))
+        else:
+            raise InputShapeError(
+                f"expected an LczeroBoard, a sequence of them or a float tensor [N, 112, 8, 8], got {type(x).__name__}"
+            )
+        if planes.dim() != 4 or tuple(planes.shape[1:]) != (112, 8, 8):
+            hint = "; add the batch dimension with x.unsqueeze(0)" if tuple(planes.shape) == (112, 8, 8) else ""
+            raise InputShapeError(f"input planes must have shape [N, 112, 8, 8], got {list(planes.shape)}{hint}")
+        if not planes.is_floating_point():
+            raise InputShapeError(f"input planes must be a floating-point tensor, got {planes.dtype}; use x.float()")
+        if planes.shape[0] == 0:
+            raise InputShapeError("input planes have batch size 0; pass at least one position")
+        # .to is a no-op (no copy) when device and dtype already match.
+        return planes.to(device=self.device, dtype=self.dtype)
+
+    def _encode(self, boards: list) -> torch.Tensor:
+        from lczerolens.board import encode_boards
+
+        return encode_boards(boards, self.input_format)
+
+    def forward(self, x) -> TensorDict:
+        """Run the network.
+
+        Parameters
+        ----------
+        x
+            An ``LczeroBoard``, a sequence of them, or a float tensor ``[N, 112, 8, 8]`` (network orientation).
+
+        Returns
+        -------
+        TensorDict
+            Batch size ``[N]``: ``policy`` ``[N, 1858]`` raw logits; for WDL nets ``wdl_logits`` ``[N, 3]``,
+            ``wdl`` (softmax probabilities: win, draw, loss for the side to move) and ``value`` ``[N]`` = W - L;
+            for value nets ``value_logit`` ``[N]`` and ``value`` = tanh of it; ``mlh`` ``[N]`` when present.
+        """
+        planes = self.prepare(x)
+        out = self.network(planes)
+        data: dict[str, torch.Tensor] = {"policy": out["policy"]}
+        if "wdl_logits" in out:
+            wdl = torch.softmax(out["wdl_logits"], dim=-1)
+            data["wdl_logits"] = out["wdl_logits"]
+            data["wdl"] = wdl
+            data["value"] = wdl[:, 0] - wdl[:, 2]
+        if "value_logit" in out:
+            data["value_logit"] = out["value_logit"]
+            data["value"] = torch.tanh(out["value_logit"])
+        if "mlh" in out:
+            data["mlh"] = out["mlh"]
+        return TensorDict(data, batch_size=[planes.shape[0]], device=planes.device)
+
+    def evaluate(self, boards, top_k: int | None = 5, *, batch_size: int = 256):
+        """The network's evaluation of positions: top legal moves with probabilities, WDL, value, moves left.
+
+        Move probabilities are a softmax over the position's legal moves only (as lc0 computes priors, without
+        its policy temperature). Runs without gradients, in batches of ``batch_size``.
+
+        Parameters
+        ----------
+        boards
+            An ``LczeroBoard`` or a sequence of them.
+        top_k
+            How many moves to keep per position (``None``: all legal moves).
+
+        Returns
+        -------
+        Evaluation or list[Evaluation]
+            One per board (a single ``Evaluation`` for a single board).
+
+        Examples
+        --------
+        >>> model.evaluate(LczeroBoard(), top_k=3).best_move  # doctest: +SKIP
+        Move.from_uci('e2e4')
+        """
+        single = isinstance(boards, chess.Board)
+        boards = [boards] if single else list(boards)
+        if not boards:
+            raise InputShapeError("got an empty sequence of boards; pass at least one board")
+        results: list[Evaluation] = []
+        with torch.inference_mode():
+            for start in range(0, len(boards), batch_size):
+                chunk = boards[start : start + batch_size]
+                out = self(chunk)
+                results.extend(self._summarise(chunk, out, top_k))
+        return results[0] if single else results
+
+    def _summarise(self, boards: list, out: TensorDict, top_k: int | None) -> list[Evaluation]:
+        policy = out["policy"].float().cpu()
+        value = out["value"].float().cpu().tolist()
+        wdl = out["wdl"].float().cpu().tolist() if "wdl" in out.keys() else None
+        mlh = out["mlh"].float().cpu().tolist() if "mlh" in out.keys() else None
+        results = []
+        for i, board in enumerate(boards):
+            indices = board.legal_move_indices(self.input_format)
+            moves: tuple[MoveScore, ...] = ()
+            if len(indices):
+                logits = policy[i, indices]
+                probs = torch.softmax(logits, dim=0)
+                k = len(indices) if top_k is None else min(top_k, len(indices))
+                top = torch.topk(probs, k)
+                legal = list(board.legal_moves)
+                moves = tuple(MoveScore(legal[j], float(probs[j]), float(logits[j])) for j in top.indices.tolist())
+            results.append(
+                Evaluation(
+                    fen=board.fen(),
+                    moves=moves,
+                    value=value[i],
+                    wdl=tuple(wdl[i]) if wdl is not None else None,
+                    mlh=mlh[i] if mlh is not None else None,
+                    policy=policy[i],
+                )
+            )
+        return results

@@ -1,0 +1,595 @@
+"""Load an lc0 ONNX export (``lc0 leela2onnx``) as a PyTorch network that follows the network contract.
+
+The file is read with ``onnx``, checked, converted by ``onnx2torch`` into a ``torch.fx.GraphModule`` and then
+normalised so that a lens can explain it:
+
+- every nonlinear op becomes a module from :mod:`lczerolens.model.ops` registered under lc0's node name (without
+  the leading slash): ``Relu``/``Tanh``/``Selu``/``Sigmoid`` become :class:`~lczerolens.model.ops.Activation`; the
+  subgraphs lc0 writes for Mish (``Softplus, Tanh, Mul``), Swish (``Sigmoid, Mul`` by the same input) and squared
+  ReLU (``Relu, Mul(r, r)``) are fused into one ``Activation`` under the name of the final ``Mul``; the
+  squeeze-excitation gate ``Sigmoid(s1) * x`` becomes one :class:`~lczerolens.model.ops.Gate` (called with
+  ``(s1, x)``) under the name of the ``Mul``; products of two position-dependent tensors become
+  :class:`~lczerolens.model.ops.Mul` / :class:`~lczerolens.model.ops.MatMul`; attention softmaxes become
+  :class:`~lczerolens.model.ops.Softmax`; ``LayerNormalization`` becomes :class:`~lczerolens.model.ops.LayerNorm`.
+- every other op module gets ``lrp_linear`` (True when the op is linear in each of its position-dependent
+  operands) and ``onnx_op_type`` (the ONNX op it came from), so a lens can refuse an op it has no rule for.
+- the outputs become the contract's dict: ``policy`` ``[N, 1858]``; ``wdl_logits`` ``[N, 3]`` (the Softmax that
+  produces ``/output/wdl`` is cut off); ``value_logit`` ``[N]`` (the final Tanh of ``/output/value`` is cut off);
+  ``mlh`` ``[N]``.
+
+"Position-dependent" is decided by dataflow from the input placeholder: a tensor depends on the position when
+it is computed from ``/input/planes`` (shape computations, i.e. ``Shape`` ops, do not count).
+
+Precision: lc0's ``--onnx-data-type=f16`` / ``bf16`` exports store inputs, outputs and weights in half
+precision. By default they are converted to float32 before conversion (weights upcast exactly, ``Cast`` nodes to
+half retargeted to float32), so the network runs in float32 on any device. ``half=True`` keeps an fp16 export's
+own precision (the network then takes and returns float16 tensors, as onnxruntime does on the file); for an fp32
+export, ``half=True`` converts the network to float16 after loading.
+
+The input format: lc0 0.32.1 does not record the network's input format in the ONNX file (no metadata, no doc
+string; the graph only shows 112 input planes). A ``metadata_props`` entry ``input_format`` (a number or an
+``InputFormat`` name) is honoured when present; otherwise the format given as ``input_format=`` is used, and
+``InputFormat.CLASSICAL_112_PLANE`` when none is given (``network.input_format_source`` says which).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from lczerolens.board import InputFormat
+from lczerolens.errors import ModelLoadError, ModelNotFoundError, UnsupportedModelError
+from lczerolens.model import ops
+
+__all__ = ["load_onnx", "LINEAR_OP_TYPES"]
+
+_DEFAULT_INPUT = "/input/planes"
+_DEFAULT_OUTPUTS = {
+    "policy": "/output/policy",
+    "wdl": "/output/wdl",
+    "value": "/output/value",
+    "mlh": "/output/mlh",
+}
+_OUTPUT_SHAPES = {"policy": 1858, "wdl": 3, "value": 1, "mlh": 1}
+_REMEDY_OPSET = (
+    "re-export the network with `lc0 leela2onnx --input=NET.pb.gz --output=NET.onnx --onnx-opset=17`, "
+    "or load the .pb.gz weights directly"
+)
+
+#: ONNX ops linear in each position-dependent operand (given that the other operands are constants, which is
+#: checked separately for ``Mul``, ``MatMul``, ``Gemm``, ``Div`` and ``Einsum``).
+LINEAR_OP_TYPES = frozenset(
+    {
+        "Add", "Sub", "Neg", "Sum", "Mean", "Conv", "ConvTranspose", "Gemm", "MatMul", "Mul", "Div",
+        "Reshape", "Transpose", "Gather", "GatherElements", "GatherND", "Concat", "Split", "Slice", "Squeeze",
+        "Unsqueeze", "Flatten", "ReduceMean", "ReduceSum", "GlobalAveragePool", "AveragePool", "Identity",
+        "Cast", "Expand", "Tile", "Pad", "BatchNormalization", "Dropout", "Shape", "Constant",
+        "ConstantOfShape", "Einsum", "DepthToSpace", "SpaceToDepth",
+    }
+)  # fmt: skip
+# Ops that only move or reshape values: followed backwards to find the softmax feeding an attention MatMul.
+_PASS_THROUGH = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Flatten", "Expand"})
+# Ops whose output is a shape, never a function of the position's values.
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+_ELEMENTWISE = {"Relu": "relu", "Tanh": "tanh", "Selu": "selu", "Sigmoid": "sigmoid", "Mish": "mish"}
+# Operands that, when position-dependent, make the op bilinear or worse.
+_CONSTANT_OPERANDS_REQUIRED = {"Mul": None, "MatMul": None, "Gemm": None, "Einsum": None, "Div": (1,)}
+
+
+def load_onnx(
+    source: str | Path | bytes,
+    *,
+    half: bool = False,
+    input_format: InputFormat | int | None = None,
+) -> fx.GraphModule:
+    """Load an lc0 ONNX export as a network (see the network contract in the module docstring).
+
+    Parameters
+    ----------
+    source
+        Path of a ``.onnx`` file written by ``lc0 leela2onnx``, or its bytes (e.g. the ONNX model embedded in
+        a ``.pb.gz``).
+    half
+        Keep (fp16 exports) or make (fp32 exports) the network float16. Default: run in float32.
+    input_format
+        The network's input format when the file does not record it (lc0's exports do not); default classical.
+
+    Returns
+    -------
+    torch.fx.GraphModule
+        ``network(planes)`` -> ``dict`` with ``policy`` and ``wdl_logits`` / ``value_logit`` and ``mlh``;
+        attributes ``input_format``, ``input_format_source``, ``heads``, ``description``, ``onnx_opset``,
+        ``source``.
+
+    Raises
+    ------
+    ModelNotFoundError
+        The path does not exist.
+    ModelLoadError
+        The file is not a readable ONNX model, or not an lc0 export.
+    UnsupportedModelError
+        The export uses an op or opset that cannot be converted (e.g. ``--onnx-opset=18``).
+
+    Examples
+    --------
+    >>> net = load_onnx("assets/cache/maia-1900.onnx")  # doctest: +SKIP
+    >>> net(torch.zeros(1, 112, 8, 8))["policy"].shape  # doctest: +SKIP
+    torch.Size([1, 1858])
+    """
+    import onnx
+
+    model, label = _read_model(source)
+    input_name, outputs = _find_inputs_outputs(model, label)
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    opset = opsets.get("", opsets.get("ai.onnx", 0))
+    _check_convertible(model, opsets, label)
+
+    low_precision = _elem_type(model.graph.input, input_name) in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    low_precision = low_precision or any(
+        t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) for t in model.graph.initializer
+    )
+    keep_half = half and low_precision
+    if low_precision and not keep_half:
+        _to_float32(model)
+
+    node_types = _module_node_map(model)
+    gm = _convert(model, label)
+    _normalise(gm, node_types, input_name, outputs, label)
+    if half and not keep_half:
+        gm.half()
+    elif keep_half:
+        # A bf16 export converts to bfloat16 weights: half=True means float16 on our side.
+        gm.to(torch.float16)
+
+    fmt, fmt_source = _input_format(model, input_format, label)
+    gm.input_format = fmt
+    gm.input_format_source = fmt_source
+    gm.heads = tuple(h for h in ("policy", "wdl", "value", "mlh") if h in outputs)
+    gm.onnx_opset = opset
+    gm.source = label
+    gm.description = _describe(gm, node_types, label, opset, "float16" if half else "float32", low_precision)
+    gm.eval()
+    return gm
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _read_model(source: str | Path | bytes):
+    """Parse and check the ONNX model; return it and a label naming it in messages."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, label = bytes(source), "<ONNX bytes>"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"no such network file: {label}; check the path (lczerolens loads .onnx exports"
+                " from `lc0 leela2onnx`, and .pb.gz weights)"
+            )
+        if path.is_dir():
+            raise ModelLoadError(f"{label} is a directory, not an ONNX file")
+        data = path.read_bytes()
+    if not data:
+        raise ModelLoadError(f"{label} is empty: not an ONNX model; re-download or re-export it")
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"{label} is not a readable ONNX model (truncated or corrupted?): {exc}; re-download or re-export it"
+        ) from exc
+    if not model.graph.node:
+        raise ModelLoadError(f"{label} holds no ONNX graph (truncated, corrupted, or not an ONNX file)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises ValidationError and a few others
+        raise ModelLoadError(
+            f"{label} is not a valid ONNX model (truncated or corrupted?): {str(exc).splitlines()[0]}"
+        ) from exc
+    return model, label
+
+
+def _dims(value_info) -> list[int | str]:
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+def _elem_type(value_infos: Iterable, name: str) -> int:
+    for v in value_infos:
+        if v.name == name:
+            return v.type.tensor_type.elem_type
+    return 0
+
+
+def _find_inputs_outputs(model, label: str) -> tuple[str, dict[str, str]]:
+    """Return the input name and ``{head: output name}``; lc0's default names first, then by shape and name."""
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in inits]
+    by_name = {v.name: v for v in inputs}
+    if _DEFAULT_INPUT in by_name:
+        input_name = _DEFAULT_INPUT
+    elif len(inputs) == 1 and _dims(inputs[0])[1:] == [112, 8, 8]:
+        input_name = inputs[0].name  # exported with --input-planes-name
+    else:
+        found = ", ".join(f"{v.name} {_dims(v)}" for v in inputs) or "none"
+        raise ModelLoadError(
+            f"{label} is not an lc0 network export: expected one input {_DEFAULT_INPUT} [batch, 112, 8, 8], "
+            f"found {found}; export lc0 weights with `lc0 leela2onnx`"
+        )
+    dims = _dims(by_name[input_name])
+    if dims[1:] != [112, 8, 8]:
+        raise ModelLoadError(f"{label}: input {input_name} has shape {dims}, lc0 networks take [batch, 112, 8, 8]")
+
+    outputs: dict[str, str] = {}
+    for v in graph.output:
+        last = (_dims(v) or [None])[-1]
+        head = next((h for h, n in _DEFAULT_OUTPUTS.items() if n == v.name), None)
+        if head is None:  # custom head names (--policy-head-name ...): the head's word and its width
+            head = next((h for h in _DEFAULT_OUTPUTS if h in v.name.lower() and last == _OUTPUT_SHAPES[h]), None)
+        if head is None:
+            continue
+        if last != _OUTPUT_SHAPES[head]:
+            raise ModelLoadError(
+                f"{label}: output {v.name} has shape {_dims(v)}, an lc0 {head} head has [batch, {_OUTPUT_SHAPES[head]}]"
+            )
+        outputs[head] = v.name
+    if "policy" not in outputs or not ({"wdl", "value"} & outputs.keys()):
+        found = ", ".join(f"{v.name} {_dims(v)}" for v in graph.output) or "none"
+        raise ModelLoadError(
+            f"{label} is not an lc0 network export: expected outputs {_DEFAULT_OUTPUTS['policy']} [batch, 1858] "
+            f"and {_DEFAULT_OUTPUTS['wdl']} or {_DEFAULT_OUTPUTS['value']}, found {found}; "
+            "export lc0 weights with `lc0 leela2onnx`"
+        )
+    return input_name, outputs
+
+
+def _check_convertible(model, opsets: dict[str, int], label: str) -> None:
+    """Raise UnsupportedModelError naming every op onnx2torch cannot convert at this opset."""
+    from onnx2torch.node_converters import get_converter
+
+    missing: dict[str, str] = {}
+    for node in model.graph.node:
+        domain = node.domain or ""
+        key = f"{node.op_type}-{opsets.get(domain, 0)}" + (f" (domain {domain})" if domain else "")
+        if key in missing:
+            continue
+        try:
+            get_converter(domain=domain, operation_type=node.op_type, version=opsets.get(domain, 0))
+        except NotImplementedError:
+            missing[key] = node.name or node.op_type
+    if missing:
+        listed = ", ".join(f"{op} (node {name})" for op, name in missing.items())
+        raise UnsupportedModelError(
+            f"{label}: opset {opsets.get('', '?')} ops that onnx2torch cannot convert: {listed}; {_REMEDY_OPSET}"
+        )
+
+
+def _to_float32(model) -> None:
+    """Rewrite a float16/bfloat16 export in place to float32 (exact upcast of every half-precision value)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    half_types = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    graph = model.graph
+
+    def upcast(tensor) -> None:
+        if tensor.data_type in half_types:
+            arr = numpy_helper.to_array(tensor).astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
+
+    for t in graph.initializer:
+        upcast(t)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                upcast(attr.t)
+            elif attr.name == "to" and attr.type == onnx.AttributeProto.INT and attr.i in half_types:
+                attr.i = onnx.TensorProto.FLOAT
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if v.type.tensor_type.elem_type in half_types:
+            v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
+def _module_node_map(model) -> dict[str, object]:
+    """Map each module name onnx2torch will use to its ONNX node (same naming rule as onnx2torch)."""
+    counters: dict[str, int] = {}
+    names: dict[str, object] = {}
+    for node in model.graph.node:
+        base = (f"{node.domain}/" + (node.name.replace(".", "/") or node.op_type)).lstrip("/")
+        count = counters.get(base, 0)
+        counters[base] = count + 1
+        names[base + (f"_{count}" if count else "")] = node
+    return names
+
+
+def _convert(model, label: str) -> fx.GraphModule:
+    import onnx2torch
+
+    try:
+        return onnx2torch.convert(model)
+    except NotImplementedError as exc:
+        raise UnsupportedModelError(f"{label}: onnx2torch cannot convert it: {exc}; {_REMEDY_OPSET}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{label}: converting the ONNX graph to PyTorch failed: {exc}") from exc
+
+
+def _input_format(model, requested, label: str) -> tuple[InputFormat, str]:
+    recorded = None
+    for prop in model.metadata_props:
+        if prop.key.lower() in ("input_format", "lc0_input_format", "inputformat"):
+            recorded = prop.value.strip()
+    if recorded is not None:
+        try:
+            fmt = InputFormat(int(recorded)) if recorded.isdigit() else InputFormat[recorded.upper()]
+        except (ValueError, KeyError) as exc:
+            raise UnsupportedModelError(
+                f"{label}: metadata input_format={recorded!r} is not a known lc0 input format "
+                f"({', '.join(f'{f.name}={f.value}' for f in InputFormat)})"
+            ) from exc
+        if requested is not None and InputFormat(requested) != fmt:
+            return InputFormat(requested), "given (overriding the file's metadata)"
+        return fmt, "file metadata"
+    if requested is not None:
+        return InputFormat(requested), "given"
+    return InputFormat.CLASSICAL_112_PLANE, "default (not recorded in the ONNX file)"
+
+
+# ----------------------------------------------------------------------------------------------- normalising
+
+
+def _op_type(node: fx.Node, node_types: dict) -> str | None:
+    if node.op != "call_module":
+        return None
+    onnx_node = node_types.get(node.target)
+    return onnx_node.op_type if onnx_node is not None else None
+
+
+def _attr(onnx_node, name: str, default=None):
+    from onnx import helper
+
+    for a in onnx_node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: dict[str, str], label: str) -> None:
+    graph = gm.graph
+    by_target = {n.target: n for n in graph.nodes if n.op == "call_module"}
+
+    def fx_node_for(value_name: str) -> fx.Node:
+        # lc0 names each node after its output tensor; find the node producing this output.
+        for target, onnx_node in node_types.items():
+            if value_name in onnx_node.output and target in by_target:
+                return by_target[target]
+        raise ModelLoadError(f"{label}: no node produces the output {value_name}")
+
+    # ---- outputs: the contract dict, final softmax / tanh cut off
+    result: dict[str, fx.Node] = {}
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    for head, value_name in outputs.items():
+        node = fx_node_for(value_name)
+        op = _op_type(node, node_types)
+        if head == "wdl":
+            if op != "Softmax":
+                raise UnsupportedModelError(
+                    f"{label}: {value_name} is not produced by a Softmax ({op}); cannot recover the WDL logits"
+                )
+            result["wdl_logits"] = node.args[0]
+        elif head == "value":
+            if op != "Tanh":
+                raise UnsupportedModelError(
+                    f"{label}: {value_name} is not produced by a Tanh ({op}); cannot recover the value logit"
+                )
+            result["value_logit"] = node.args[0]
+        else:
+            result[head] = node
+    with graph.inserting_before(out_node):
+        for key in ("value_logit", "mlh"):
+            if key in result:  # [N, 1] -> [N]
+                result[key] = graph.call_function(torch.flatten, (result[key],))
+    out_node.args = ({k: result[k] for k in ("policy", "wdl_logits", "value_logit", "mlh") if k in result},)
+    _erase_dead(graph)
+
+    # ---- which values depend on the position
+    dependent: set[fx.Node] = set()
+    for n in graph.nodes:
+        if n.op == "placeholder":
+            dependent.add(n)
+        elif n.op in ("call_module", "call_function", "call_method") and _op_type(n, node_types) not in _SHAPE_OPS:
+            if any(a in dependent for a in n.all_input_nodes):
+                dependent.add(n)
+
+    def dep_args(n: fx.Node) -> list[int]:
+        return [i for i, a in enumerate(n.args) if isinstance(a, fx.Node) and a in dependent]
+
+    done: set[fx.Node] = set()  # nodes already given a rule op (a fused Mul must not be seen again)
+
+    def set_module(node: fx.Node, module: nn.Module, args: tuple) -> None:
+        done.add(node)
+        setattr(gm, node.target, module)
+        node.args = args
+        node.kwargs = {}
+
+    def only_user(n: fx.Node) -> fx.Node | None:
+        users = list(n.users)
+        return users[0] if len(users) == 1 else None
+
+    def is_op(n, op: str) -> bool:
+        return isinstance(n, fx.Node) and _op_type(n, node_types) == op
+
+    # ---- pattern fusion and rule ops, in graph order
+    for n in list(graph.nodes):
+        if n.op != "call_module" or getattr(n, "_erased", False) or n not in dependent or n in done:
+            continue
+        op = _op_type(n, node_types)
+        if op is None:
+            continue
+        user = only_user(n)
+        if op == "Softplus":
+            x = n.args[0]
+            mul = only_user(user) if user is not None and is_op(user, "Tanh") else None
+            if mul is not None and is_op(mul, "Mul") and set(mul.args) == {user, x}:
+                set_module(mul, ops.Activation("mish"), (x,))
+                graph.erase_node(user)
+                graph.erase_node(n)
+        elif op == "Sigmoid":
+            x = n.args[0]
+            if user is not None and is_op(user, "Mul") and len(user.args) == 2 and n in user.args:
+                other = user.args[1] if user.args[0] is n else user.args[0]
+                if other is x:
+                    set_module(user, ops.Activation("swish"), (x,))
+                    graph.erase_node(n)
+                    continue
+                if other in dependent:
+                    set_module(user, ops.Gate(), (x, other))
+                    graph.erase_node(n)
+                    continue
+            set_module(n, ops.Activation("sigmoid"), (x,))
+        elif op == "Relu":
+            if user is not None and is_op(user, "Mul") and tuple(user.args) == (n, n):
+                set_module(user, ops.Activation("relu2"), (n.args[0],))
+                graph.erase_node(n)
+            else:
+                set_module(n, ops.Activation("relu"), (n.args[0],))
+        elif op in ("Tanh", "Mish"):
+            set_module(n, ops.Activation(_ELEMENTWISE[op]), (n.args[0],))
+        elif op == "Selu":
+            onnx_node = node_types[n.target]
+            alpha = _attr(onnx_node, "alpha", 1.67326319217681884765625)
+            gamma = _attr(onnx_node, "gamma", 1.05070102214813232421875)
+            if abs(alpha - 1.6732632423543772) < 1e-6 and abs(gamma - 1.0507009873554805) < 1e-6:
+                set_module(n, ops.Activation("selu"), (n.args[0],))
+        elif op == "Softmax":
+            onnx_node = node_types[n.target]
+            module = gm.get_submodule(n.target)
+            dim = getattr(module, "dim", None)
+            if dim is None:
+                dim = _attr(onnx_node, "axis", -1)
+                if getattr(module, "axis", dim) != dim:
+                    dim = module.axis
+            set_module(n, ops.Softmax(int(dim)), (n.args[0],))
+        elif op == "LayerNormalization":
+            _replace_layer_norm(gm, n, node_types[n.target], label)
+        elif op == "Mul" and len(dep_args(n)) == 2:
+            set_module(n, ops.Mul(), tuple(n.args[:2]))
+        elif op == "MatMul" and len(dep_args(n)) == 2:
+            operand = None
+            for i, a in enumerate(n.args[:2]):
+                if _comes_from_softmax(a, node_types):
+                    operand = i
+            set_module(n, ops.MatMul(operand), tuple(n.args[:2]))
+
+    _erase_dead(graph)
+    graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+    # ---- every other op: is it linear in its position-dependent operands?
+    for n in graph.nodes:
+        if n.op != "call_module":
+            continue
+        module = gm.get_submodule(n.target)
+        if isinstance(module, ops.RULE_OPS):
+            continue
+        op = _op_type(n, node_types) or type(module).__name__
+        linear = op in LINEAR_OP_TYPES
+        if op in _CONSTANT_OPERANDS_REQUIRED:
+            needs = _CONSTANT_OPERANDS_REQUIRED[op]
+            deps = dep_args(n)
+            linear = len(deps) <= 1 if needs is None else not any(i in needs for i in deps)
+        module.lrp_linear = linear
+        module.onnx_op_type = op
+    # onnx2torch's container of constants: not an op, nothing to explain.
+    if hasattr(gm, "initializers"):
+        gm.initializers.lrp_linear = True
+
+
+def _comes_from_softmax(node, node_types: dict) -> bool:
+    while isinstance(node, fx.Node):
+        op = _op_type(node, node_types)
+        if op == "Softmax":
+            return True
+        if op in _PASS_THROUGH or (node.op == "call_function" and node.target is operator.getitem):
+            node = node.args[0]
+            continue
+        return False
+    return False
+
+
+def _replace_layer_norm(gm: fx.GraphModule, n: fx.Node, onnx_node, label: str) -> None:
+    module = gm.get_submodule(n.target)
+    axis = _attr(onnx_node, "axis", -1)
+    if isinstance(module, nn.LayerNorm):
+        if len(module.normalized_shape) != 1:
+            raise UnsupportedModelError(
+                f"{label}: LayerNormalization {onnx_node.name} normalises over axis {axis} "
+                f"(shape {tuple(module.normalized_shape)}), not only the last axis; lczerolens supports last-axis "
+                "layer norms (what lc0 exports)"
+            )
+        new = ops.LayerNorm(module.normalized_shape[0], module.eps)
+        with torch.no_grad():
+            new.weight.copy_(module.weight)
+            new.bias.copy_(module.bias)
+        setattr(gm, n.target, new)
+        n.args, n.kwargs = (n.args[0],), {}
+        return
+    # Scale/bias are not initializers (e.g. computed): keep the op but refuse it unless over the last axis.
+    if axis != -1:
+        raise UnsupportedModelError(
+            f"{label}: LayerNormalization {onnx_node.name} with axis {axis} and non-constant scale is not supported"
+        )
+    raise UnsupportedModelError(
+        f"{label}: LayerNormalization {onnx_node.name} takes its scale from the graph, not a constant; lc0 exports "
+        "constant scales, re-export the network with `lc0 leela2onnx`"
+    )
+
+
+def _erase_dead(graph: fx.Graph) -> None:
+    """Remove nodes whose values nothing uses (call_module included: the ops here are pure)."""
+    changed = True
+    while changed:
+        changed = False
+        for n in reversed(list(graph.nodes)):
+            if n.op not in ("output", "placeholder") and not n.users:
+                graph.erase_node(n)
+                changed = True
+
+
+# ----------------------------------------------------------------------------------------------- describing
+
+
+def _describe(gm, node_types: dict, label: str, opset: int, dtype: str, low_precision: bool) -> str:
+    mods = gm._modules
+    names = list(mods)
+    kinds = sorted({m.kind for m in mods.values() if isinstance(m, ops.Activation)})
+    blocks = {name.split("/")[0] for name in names if name.startswith("block") and "/" in name}
+    encoders = {name.split("/")[0] for name in names if name.startswith("encoder") and "/" in name}
+    if "inputconv" in mods and hasattr(mods["inputconv"], "out_channels"):
+        body = f"residual {len(blocks)}x{mods['inputconv'].out_channels}"
+        if any("/se/" in name for name in names):
+            body += " SE"
+    elif encoders:
+        body = f"attention body, {len(encoders)} encoders"
+    else:
+        body = "unknown body"
+    if any(name.startswith("policy/conv") for name in names):
+        policy = "conv policy"
+    elif any(name.startswith("policy/") and "Q" in name for name in names):
+        policy = "attention policy"
+    else:
+        policy = "classical policy"
+    heads = ", ".join(h for h in gm.heads if h != "policy")
+    precision = f"{'fp16 export' if low_precision else 'fp32 export'}, runs in {dtype}"
+    return (
+        f"lc0 network ({body}, {policy}, heads: {heads}; activations: {', '.join(kinds) or 'none'}) "
+        f"from ONNX {Path(label).name} (opset {opset}, {precision})"
+    )
