@@ -1,0 +1,440 @@
+"""Epsilon-LRP rules as autograd Functions, in LXT's "efficient" (gradient x input) convention.
+
+Convention
+----------
+What flows backward at a tensor ``t`` is a signal ``g_t``, and the relevance of ``t`` is ``R_t = t * g_t``
+(relevance = input x modified gradient). At the explained output the signal is the one-hot (or weight) vector,
+so the output's relevance is its own value. Under this convention:
+
+- Ops linear in each input (conv, dense, add, multiply by a constant, mean, reshape, gather, concat) need no rule:
+  their plain gradient already is the LRP rule, i.e. ``R_x[i] = sum_j x[i] W[i, j] R_z[j] / z[j]`` for
+  ``z = x @ W``. The epsilon rule's stabilised division by the pre-activation ``z`` is applied once, by the
+  elementwise nonlinearity that consumes ``z`` (:class:`IdentityRuleFunction`), which reproduces textbook
+  epsilon-LRP for every linear -> nonlinearity chain.
+- Each rule below is written as the relevance formula it implements and the signal that results from it:
+
+  ============================  ==========================================  =====================================
+  rule                          relevance form                              signal form
+  ============================  ==========================================  =====================================
+  epsilon, ``z = x + y``        ``R_x = x R_z / stab(z)``                   ``g_x = g_z z / stab(z)``
+  epsilon, ``z = x @ W``        ``R_x[i] = sum_j x_i W_ij R_z[j]/stab(z_j)``  ``g_x = (g_z z / stab(z)) @ W^T``
+  bilinear ``z = A @ B``        half of the epsilon rule of the products    ``g_A = 0.5 (g_z z/stab(z)) @ B^T``
+  (AttnLRP, uniform)            ``A_ij B_jk`` to each factor                ``g_B = 0.5 A^T @ (g_z z/stab(z))``
+  uniform ``z = x * y``         ``R_x = R_y = R_z / 2``                     ``g_x = 0.5 g_z y``
+  softmax (AttnLRP)             ``R_x = x (R_y - y sum(R_y))``              ``g_x = y (g_y - sum(y g_y))``
+  identity ``y = f(x)``         ``R_x = R_y`` (stabilised)                  ``g_x = g_y f(x) / stab(x)``
+  gate ``y = sigmoid(s) * x``   ``R_x = R_y``, ``R_s = 0``                  ``g_x = sigmoid(s) g_y``
+  LayerNorm, std constant       linear rule of ``w (x - mean) / std + b``   ``g_x = (g_y w - mean(g_y w)) / std``
+  CP-LRP ``z = A @ V``          ``A`` held constant, ``V`` takes all        ``g_V = A^T g_z``
+  ============================  ==========================================  =====================================
+
+  ``stab(z) = z + epsilon * sign(z)`` with ``sign(0) = +1`` (:func:`stabilize`), so no rule ever divides by zero.
+  The softmax signal equals the softmax's gradient (AttnLRP's rule is its Taylor decomposition), but it is written
+  out explicitly here so the rule does not depend on torch's softmax backward.
+
+The forward of every Function is the plain op, bit for bit; only the backward differs. Parameters (weights)
+receive the matching signal where they are an operand of a rule (their relevance is ``W * grad``); LayerNorm's
+affine parameters and a gate's logits receive none.
+
+Example
+-------
+>>> import torch
+>>> x = torch.randn(2, 5, requires_grad=True)
+>>> w = torch.randn(5, 3)
+>>> z = MatMulEpsilon(epsilon=1e-6)(x, w)
+>>> (g,) = torch.autograd.grad(z, x, torch.ones_like(z))
+>>> relevance = x * g  # R_x[i] = sum_j x_i w_ij z_j / stab(z_j)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.autograd import Function
+
+from lczerolens.model.ops import apply_activation
+
+__all__ = [
+    "stabilize",
+    "AddEpsilonFunction",
+    "MatMulEpsilonFunction",
+    "BilinearMatMulEpsilonFunction",
+    "MulUniformFunction",
+    "SoftmaxEpsilonFunction",
+    "IdentityRuleFunction",
+    "LayerNormRuleFunction",
+    "AddEpsilon",
+    "MatMulEpsilon",
+    "BilinearMatMulEpsilon",
+    "MatrixMultiplicationEpsilon",
+    "MulUniform",
+    "ElementwiseMultiplyUniform",
+    "SoftmaxEpsilon",
+    "IdentityRule",
+    "GateRule",
+    "LayerNormRule",
+    "CPMatMul",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small named pieces
+
+
+def stabilize(tensor: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+    """``tensor + epsilon * sign(tensor)`` with ``sign(0) = +1``: a denominator that is never zero.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        The pre-activations to divide by.
+    epsilon : float
+        The stabiliser, strictly positive.
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype; every entry has magnitude at least ``epsilon``.
+
+    Example
+    -------
+    >>> stabilize(torch.tensor([-2.0, 0.0, 3.0]), 0.5)
+    tensor([-2.5000,  0.5000,  3.5000])
+    """
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0 so that no rule divides by zero, not {epsilon!r}")
+    if tensor.is_floating_point():
+        # An epsilon below the dtype's smallest normal number (1e-12 in float16) would round to zero.
+        epsilon = max(epsilon, torch.finfo(tensor.dtype).tiny)
+    return torch.where(tensor >= 0, tensor + epsilon, tensor - epsilon)
+
+
+def _epsilon_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``z / stab(z)``: turns the plain signal at ``z`` into the epsilon rule's ``R_z / stab(z)``."""
+    return z / stabilize(z, epsilon)
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Undo broadcasting: sum ``grad`` down to ``shape``."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.dim() - len(shape)
+    if lead > 0:
+        grad = grad.sum(dim=tuple(range(lead)))
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad
+
+
+def _matmul_signals(
+    signal: torch.Tensor, a: torch.Tensor, b: torch.Tensor, need_a: bool, need_b: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Push ``signal`` (shaped like ``a @ b``) back through ``a @ b`` with ``torch.matmul``'s broadcasting."""
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    s2 = signal
+    if a.dim() == 1:
+        s2 = s2.unsqueeze(-2)
+    if b.dim() == 1:
+        s2 = s2.unsqueeze(-1)
+    ga = gb = None
+    if need_a:
+        ga = _sum_to(torch.matmul(s2, b2.mT), a2.shape).reshape(a.shape)
+    if need_b:
+        gb = _sum_to(torch.matmul(a2.mT, s2), b2.shape).reshape(b.shape)
+    return ga, gb
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Autograd Functions (forward: the plain op; backward: the rule's signal)
+
+
+class AddEpsilonFunction(Function):
+    """``z = x + y`` (broadcasting); epsilon rule ``R_x = x R_z / stab(z)``, ``R_y = y R_z / stab(z)``.
+
+    ``AddEpsilonFunction.apply(x, y, epsilon)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+        z = x + y
+        ctx.save_for_backward(_epsilon_ratio(z, epsilon))
+        ctx.shapes = (x.shape, y.shape)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ratio,) = ctx.saved_tensors
+        signal = grad * ratio
+        gx = _sum_to(signal, ctx.shapes[0]) if ctx.needs_input_grad[0] else None
+        gy = _sum_to(signal, ctx.shapes[1]) if ctx.needs_input_grad[1] else None
+        return gx, gy, None
+
+
+class MatMulEpsilonFunction(Function):
+    """``z = x @ w`` (activation times parameter, any batch dims); epsilon rule on each output.
+
+    ``R_x[..., i] = sum_j x_i w_ij R_z[j] / stab(z_j)``. ``MatMulEpsilonFunction.apply(x, w, epsilon)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+        z = torch.matmul(x, w)
+        ctx.save_for_backward(x, w, _epsilon_ratio(z, epsilon))
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, w, ratio = ctx.saved_tensors
+        gx, gw = _matmul_signals(grad * ratio, x, w, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        return gx, gw, None
+
+
+class BilinearMatMulEpsilonFunction(Function):
+    """``z = a @ b`` for two activations (any batch dims): AttnLRP's rule for a matrix product.
+
+    Each output ``z_ik = sum_j a_ij b_jk`` is explained by the epsilon rule over its products, and each product
+    ``a_ij b_jk`` by the uniform rule (half to each factor):
+    ``R_a[ij] = 0.5 sum_k a_ij b_jk R_z[ik] / stab(z_ik)``, ``R_b[jk] = 0.5 sum_i a_ij b_jk R_z[ik] / stab(z_ik)``.
+    ``BilinearMatMulEpsilonFunction.apply(a, b, epsilon)``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+        z = torch.matmul(a, b)
+        ctx.save_for_backward(a, b, _epsilon_ratio(z, epsilon))
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b, ratio = ctx.saved_tensors
+        return (*_matmul_signals(0.5 * grad * ratio, a, b, *ctx.needs_input_grad[:2]), None)
+
+
+class MulUniformFunction(Function):
+    """``z = x * y`` for two activations: the uniform rule, ``R_x = R_y = R_z / 2``.
+
+    ``MulUniformFunction.apply(x, y)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, y)
+        return x * y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y = ctx.saved_tensors
+        half = 0.5 * grad
+        gx = _sum_to(half * y, x.shape) if ctx.needs_input_grad[0] else None
+        gy = _sum_to(half * x, y.shape) if ctx.needs_input_grad[1] else None
+        return gx, gy
+
+
+class SoftmaxEpsilonFunction(Function):
+    """``y = softmax(x, dim)``: AttnLRP's softmax rule ``R_x = x (R_y - y sum(R_y))``.
+
+    In this convention no division is left (``g_x = y (g_y - sum(y g_y))``), so there is no epsilon to apply:
+    the name follows the family. ``SoftmaxEpsilonFunction.apply(x, dim)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        y = torch.softmax(x, dim=dim)
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        relevance_sum = (y * grad).sum(dim=ctx.dim, keepdim=True)  # sum_j R_y[j]
+        return y * (grad - relevance_sum), None
+
+
+class IdentityRuleFunction(Function):
+    """``y = f(x)`` elementwise with ``f(0) = 0``: the identity rule ``R_x = R_y``, stabilised.
+
+    ``g_x = g_y f(x) / stab(x)``: the epsilon division of the linear layer that produced ``x``.
+    ``IdentityRuleFunction.apply(x, f, epsilon)`` where ``f`` is a callable (the plain op).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], epsilon: float = 1e-6):
+        y = fn(x)
+        ctx.save_for_backward(y / stabilize(x, epsilon))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None, None
+
+
+class LayerNormRuleFunction(Function):
+    """Layer norm over the last ``len(normalized_shape)`` axes with the standard deviation held constant.
+
+    ``y = w (x - mean(x)) / std + b`` is then linear in ``x``: ``g_x = (g_y w - mean(g_y w)) / std``.
+    The affine parameters get no signal. ``LayerNormRuleFunction.apply(x, normalized_shape, weight, bias, eps)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, normalized_shape, weight, bias, eps: float):
+        y, _, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
+        ctx.save_for_backward(rstd, weight)
+        ctx.dims = tuple(range(-len(normalized_shape), 0))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rstd, weight = ctx.saved_tensors
+        gw = grad if weight is None else grad * weight
+        return (gw - gw.mean(dim=ctx.dims, keepdim=True)) * rstd, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules
+
+
+class _Rule(nn.Module):
+    """Base of the rule modules: marks them so that a lens recognises an already patched network."""
+
+    lrp_rule = True
+
+
+class _EpsilonRule(_Rule):
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        super().__init__()
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, not {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
+
+
+class AddEpsilon(_EpsilonRule):
+    """``x + y`` whose backward is the epsilon rule (:class:`AddEpsilonFunction`)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return AddEpsilonFunction.apply(x, y, self.epsilon)
+
+
+class MatMulEpsilon(_EpsilonRule):
+    """``x @ w`` (activation times parameter) whose backward is the epsilon rule (:class:`MatMulEpsilonFunction`)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return MatMulEpsilonFunction.apply(x, y, self.epsilon)
+
+
+class BilinearMatMulEpsilon(_EpsilonRule):
+    """``a @ b`` of two activations: AttnLRP's bilinear rule (:class:`BilinearMatMulEpsilonFunction`)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return BilinearMatMulEpsilonFunction.apply(x, y, self.epsilon)
+
+
+class MatrixMultiplicationEpsilon(BilinearMatMulEpsilon):
+    """The same rule as :class:`BilinearMatMulEpsilon`: a product of two activations, split half/half.
+
+    Used by the lens for :class:`lczerolens.model.ops.MatMul` (``Q @ K^T``, and ``A @ V`` in AttnLRP mode).
+    """
+
+
+class MulUniform(_Rule):
+    """``x * y`` of two activations: the uniform rule (:class:`MulUniformFunction`)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return MulUniformFunction.apply(x, y)
+
+
+class ElementwiseMultiplyUniform(MulUniform):
+    """The same rule as :class:`MulUniform`, for :class:`lczerolens.model.ops.Mul` (two signals, half each)."""
+
+
+class SoftmaxEpsilon(_Rule):
+    """``softmax(x, dim)`` with AttnLRP's softmax rule (:class:`SoftmaxEpsilonFunction`)."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return SoftmaxEpsilonFunction.apply(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class IdentityRule(_EpsilonRule):
+    """An elementwise activation of :data:`lczerolens.model.ops.ACTIVATIONS` under the identity rule.
+
+    Sound for ``f(0) = 0`` (ReLU, squared ReLU, Mish, Swish, tanh, SELU); for a bare sigmoid ``f(x) / x``
+    explodes near 0 and a sigmoid gate should be a :class:`GateRule` instead.
+    """
+
+    def __init__(self, kind: str, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon)
+        self.kind = kind
+
+    def _fn(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_activation(self.kind, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return IdentityRuleFunction.apply(x, self._fn, self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, epsilon={self.epsilon}"
+
+
+class GateRule(_Rule):
+    """``sigmoid(gate_logits) * x``, signal-take-all: the gate is a constant, ``x`` keeps all relevance."""
+
+    def forward(self, gate_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(gate_logits).detach() * x
+
+
+class LayerNormRule(_Rule):
+    """Layer norm with the standard deviation held constant (:class:`LayerNormRuleFunction`).
+
+    Shares ``weight`` and ``bias`` with the module it replaces (no copy).
+    """
+
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> None:
+        super().__init__()
+        # Plain attributes, not registered parameters: the original module keeps owning them.
+        self._weight = weight
+        self._bias = bias
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[-1],) if self._weight is None else tuple(self._weight.shape)
+        return LayerNormRuleFunction.apply(x, shape, self._weight, self._bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class CPMatMul(_Rule):
+    """``a @ b`` where operand ``attention_operand`` (0 or 1) holds attention weights: CP-LRP.
+
+    The attention weights are held constant, so the other operand (the values) takes all relevance and none
+    flows into the softmax.
+    """
+
+    def __init__(self, attention_operand: int) -> None:
+        super().__init__()
+        if attention_operand not in (0, 1):
+            raise ValueError(f"attention_operand must be 0 or 1, not {attention_operand!r}")
+        self.attention_operand = attention_operand
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.attention_operand == 0:
+            return torch.matmul(a.detach(), b)
+        return torch.matmul(a, b.detach())
+
+    def extra_repr(self) -> str:
+        return f"attention_operand={self.attention_operand}"
