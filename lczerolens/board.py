@@ -1,8 +1,52 @@
-"""Chess positions as lc0 sees them: input planes, policy indices, and the way back to the board."""
+"""Chess positions as lc0 sees them: input planes, policy indices, and the way back to the board.
+
+:class:`LczeroBoard` is a :class:`chess.Board` whose pushed moves are the history lc0 encodes. It produces the
+112 input planes of lc0 0.32 for every input format (:class:`InputFormat`), plane for plane, and translates
+between moves and lc0's 1858-entry policy vector. :func:`encode_boards` encodes a batch.
+
+Orientation. python-chess squares are ``rank * 8 + file`` (a1 = 0). "Board orientation" is an ``[8, 8]`` tensor
+indexed ``[rank, file]`` in absolute squares. "Network orientation" is lc0's: ranks mirrored when black is to
+move, then, for the canonical formats (3 and up), the position's canonical transform (a bitmask: 1 = flip files,
+2 = mirror ranks, 4 = transpose about the a8-h1 diagonal, applied in that order).
+:meth:`LczeroBoard.board_to_network` and :meth:`LczeroBoard.network_to_board` convert between the two.
+
+How it is fast: every position keeps a snapshot of its bitboards (python-chess integers), computed once when a
+move is pushed and attached to python-chess's own saved board state, so encoding never replays the move stack.
+:func:`encode_boards` turns the snapshots of a whole batch into one ``uint64`` array, applies the black-to-move
+flip and the canonical transforms to whole columns of it, and unpacks all bits in one numpy call.
+
+Example
+-------
+>>> board = LczeroBoard()
+>>> _ = board.push_uci("e2e4")
+>>> board.to_input_tensor().shape
+torch.Size([112, 8, 8])
+>>> board.encode_move("e7e5")  # black to move: ranks are mirrored, so this is e2e4's entry
+322
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
+from typing import Any
+
+import chess
+import numpy as np
+import torch
+
+from lczerolens.errors import InputFormatError, InputShapeError, InvalidBoardError, InvalidMoveError
+from lczerolens.policy_index import POLICY_INDEX, POLICY_MOVES
+
+__all__ = [
+    "InputFormat",
+    "LczeroBoard",
+    "canonical_transform",
+    "encode_boards",
+    "FLIP_TRANSFORM",
+    "MIRROR_TRANSFORM",
+    "TRANSPOSE_TRANSFORM",
+]
 
 
 class InputFormat(IntEnum):
@@ -15,3 +59,706 @@ class InputFormat(IntEnum):
     CANONICALIZATION_V2 = 5
     CANONICALIZATION_HECTOPLIES_ARMAGEDDON = 132
     CANONICALIZATION_V2_ARMAGEDDON = 133
+
+
+FLIP_TRANSFORM = 1
+MIRROR_TRANSFORM = 2
+TRANSPOSE_TRANSFORM = 4
+
+_ALL = (1 << 64) - 1
+_N_HISTORY = 8
+_PLANES_PER_BOARD = 13
+_AUX = 104
+_POLICY_SIZE = len(POLICY_MOVES)
+_V2_FORMATS = (InputFormat.CANONICALIZATION_V2, InputFormat.CANONICALIZATION_V2_ARMAGEDDON)
+_ARMAGEDDON_FORMATS = (
+    InputFormat.CANONICALIZATION_HECTOPLIES_ARMAGEDDON,
+    InputFormat.CANONICALIZATION_V2_ARMAGEDDON,
+)
+
+
+def _as_format(input_format: Any) -> InputFormat:
+    """``input_format`` as an :class:`InputFormat`, or :class:`InputFormatError` naming it."""
+    try:
+        return InputFormat(input_format)
+    except (ValueError, TypeError):
+        known = ", ".join(f"{f.value} ({f.name})" for f in InputFormat)
+        raise InputFormatError(
+            f"unknown lc0 input format {input_format!r}; lczerolens knows {known}"
+        ) from None
+
+
+def _is_canonical(fmt: InputFormat) -> bool:
+    return fmt >= InputFormat.CANONICALIZATION
+
+
+# --- bitboard transforms (on Python ints and on numpy uint64 arrays alike) ---------------------------------
+
+
+def _flip_files(v):
+    """Mirror files (a <-> h): reverse the bits inside every byte."""
+    v = ((v >> 1) & 0x5555555555555555) | ((v & 0x5555555555555555) << 1)
+    v = ((v >> 2) & 0x3333333333333333) | ((v & 0x3333333333333333) << 2)
+    return ((v >> 4) & 0x0F0F0F0F0F0F0F0F) | ((v & 0x0F0F0F0F0F0F0F0F) << 4)
+
+
+def _mirror_ranks_int(v: int) -> int:
+    """Mirror ranks (1 <-> 8) of a Python int bitboard: reverse its bytes."""
+    return int.from_bytes(v.to_bytes(8, "little"), "big")
+
+
+def _transpose(v):
+    """Transpose about the a8-h1 diagonal: square (rank, file) goes to (7 - file, 7 - rank)."""
+    v = ((v & 0xAA00AA00AA00AA00) >> 9) | ((v & 0x0055005500550055) << 9) | (v & 0x55AA55AA55AA55AA)
+    v = ((v & 0xCCCC0000CCCC0000) >> 18) | ((v & 0x0000333300003333) << 18) | (v & 0x3333CCCC3333CCCC)
+    return ((v & 0xF0F0F0F000000000) >> 36) | ((v & 0x000000000F0F0F0F) << 36) | (v & 0x0F0F0F0FF0F0F0F0)
+
+
+def _transform_int(v: int, transform: int) -> int:
+    if transform & FLIP_TRANSFORM:
+        v = _flip_files(v)
+    if transform & MIRROR_TRANSFORM:
+        v = _mirror_ranks_int(v)
+    if transform & TRANSPOSE_TRANSFORM:
+        v = _transpose(v) & _ALL
+    return v
+
+
+def _transform_array(a: np.ndarray, transform: int) -> np.ndarray:
+    """The transform applied to every element of a uint64 array (the same bit tricks, vectorised)."""
+    a = a.astype(np.uint64, copy=True)
+    if transform & FLIP_TRANSFORM:
+        a = _flip_files_np(a)
+    if transform & MIRROR_TRANSFORM:
+        a = a.byteswap()
+    if transform & TRANSPOSE_TRANSFORM:
+        a = _transpose_np(a)
+    return a
+
+
+def _u(x: int) -> np.uint64:
+    return np.uint64(x)
+
+
+def _flip_files_np(v: np.ndarray) -> np.ndarray:
+    m1, m2, m4 = _u(0x5555555555555555), _u(0x3333333333333333), _u(0x0F0F0F0F0F0F0F0F)
+    v = ((v >> _u(1)) & m1) | ((v & m1) << _u(1))
+    v = ((v >> _u(2)) & m2) | ((v & m2) << _u(2))
+    return ((v >> _u(4)) & m4) | ((v & m4) << _u(4))
+
+
+def _transpose_np(v: np.ndarray) -> np.ndarray:
+    v = ((v & _u(0xAA00AA00AA00AA00)) >> _u(9)) | ((v & _u(0x0055005500550055)) << _u(9)) | (
+        v & _u(0x55AA55AA55AA55AA)
+    )
+    v = ((v & _u(0xCCCC0000CCCC0000)) >> _u(18)) | ((v & _u(0x0000333300003333)) << _u(18)) | (
+        v & _u(0x3333CCCC3333CCCC)
+    )
+    return ((v & _u(0xF0F0F0F000000000)) >> _u(36)) | ((v & _u(0x000000000F0F0F0F)) << _u(36)) | (
+        v & _u(0x0F0F0F0FF0F0F0F0)
+    )
+
+
+def _square_transform(square: int, transform: int) -> int:
+    """Where a square goes under a canonical transform (flip, then mirror, then transpose)."""
+    if transform & FLIP_TRANSFORM:
+        square ^= 7
+    if transform & MIRROR_TRANSFORM:
+        square ^= 56
+    if transform & TRANSPOSE_TRANSFORM:
+        rank, file = divmod(square, 8)
+        square = (7 - file) * 8 + (7 - rank)
+    return square
+
+
+# _NET_SQUARE[black * 8 + transform][s]: the network-orientation square of board square s.
+_NET_SQUARE = np.array(
+    [[_square_transform(s ^ (56 if black else 0), t) for s in range(64)] for black in (0, 1) for t in range(8)],
+    dtype=np.int64,
+)
+# _BOARD_SQUARE[k][n]: the board square shown at network square n (the inverse permutation).
+_BOARD_SQUARE = np.argsort(_NET_SQUARE, axis=1)
+
+# Policy lookup: _FROM_TO[from * 64 + to] is the plain entry (or -1); _PROMO[from_file, to_file, piece] the
+# queen/rook/bishop promotion entries (from rank 7 to rank 8, side-to-move view).
+_FROM_TO = np.full(64 * 64, -1, dtype=np.int64)
+_PROMO = np.full((8, 8, 7), -1, dtype=np.int64)
+for _i, _uci in enumerate(POLICY_MOVES):
+    _f, _t = chess.parse_square(_uci[:2]), chess.parse_square(_uci[2:4])
+    if len(_uci) == 4:
+        _FROM_TO[_f * 64 + _t] = _i
+    else:
+        _PROMO[_f % 8, _t % 8, chess.Piece.from_symbol(_uci[4]).piece_type] = _i
+assert all(POLICY_INDEX[u] == i for i, u in enumerate(POLICY_MOVES))
+
+
+# --- per-position snapshots ----------------------------------------------------------------------------------
+
+
+class _Snapshot:
+    """What lc0 needs to know about one position of the history (white's point of view).
+
+    ``w``: the 12 piece bitboards, white's P N B R Q K then black's; ``b``: the same with black's first.
+    ``ep``: the en-passant square lc0 marks (``-1`` for none); ``reps``: lc0's repetition count, valid for
+    the position's ``depth`` in the history (its index in python-chess's move stack).
+    """
+
+    __slots__ = ("w", "b", "turn", "castling", "ep", "r50", "key", "depth", "reps")
+
+    def __init__(self, board: chess.Board, depth: int, ep: int) -> None:
+        black, white = board.occupied_co  # indexed by colour: BLACK == 0
+        p, n, b, r, q, k = board.pawns, board.knights, board.bishops, board.rooks, board.queens, board.kings
+        self.w = (p & white, n & white, b & white, r & white, q & white, k & white,
+                  p & black, n & black, b & black, r & black, q & black, k & black)  # fmt: skip
+        self.b = self.w[6:] + self.w[:6]
+        self.turn = board.turn
+        self.castling = board.clean_castling_rights()
+        self.ep = ep
+        self.r50 = board.halfmove_clock
+        self.key = (self.w, self.turn, self.castling, ep)
+        self.depth = depth
+        self.reps = 0
+
+
+def _pushed_ep(board: chess.Board) -> int:
+    """lc0's en-passant mark after a double pawn push: set when an enemy pawn stands beside the pawn."""
+    ep = board.ep_square
+    if ep is None:
+        return -1
+    us = board.turn
+    capturers = board.pawns & board.occupied_co[us] & chess.BB_PAWN_ATTACKS[not us][ep]
+    return ep if capturers else -1
+
+
+def _fen_ep(board: chess.Board) -> int:
+    """lc0's en-passant mark of a FEN position: the FEN's square, kept as given when it is consistent."""
+    ep = board.ep_square
+    if ep is None:
+        return -1
+    # The square must lie behind a pawn that has just made a double push (python-chess's own check).
+    rank = 5 if board.turn == chess.WHITE else 2
+    forward = 8 if board.turn == chess.WHITE else -8
+    them = board.occupied_co[not board.turn]
+    if (
+        chess.square_rank(ep) != rank
+        or board.occupied & (chess.BB_SQUARES[ep] | chess.BB_SQUARES[ep + forward])
+        or not board.pawns & them & chess.BB_SQUARES[ep - forward]
+    ):
+        return -1
+    return ep
+
+
+_START_KEY = _Snapshot(chess.Board(), 0, -1).key
+
+
+def _castling_masks(castling: int, w_king: int, b_king: int) -> tuple[int, int]:
+    """Squares of the rooks with queen-side and king-side castling rights (both colours)."""
+    queen_side = king_side = 0
+    for rook in chess.scan_forward(castling):
+        king = w_king if rook < 8 else b_king
+        if king and chess.square_file(rook) < chess.square_file(chess.lsb(king)):
+            queen_side |= 1 << rook
+        else:
+            king_side |= 1 << rook
+    return queen_side, king_side
+
+
+def _choose_transform(cur: _Snapshot, black: bool) -> int:
+    """lc0's canonical transform of the current position (only called when nobody can castle)."""
+    planes = cur.b if black else cur.w
+    if black:
+        planes = tuple(_mirror_ranks_int(v) for v in planes)
+    king = planes[5]
+    transform = 0
+    if king & 0x0F0F0F0F0F0F0F0F:
+        transform |= FLIP_TRANSFORM
+        king = _flip_files(king)
+    if planes[0] | planes[6]:
+        return transform  # with pawns on the board only the file flip is allowed
+    if king & 0xFFFFFFFF00000000:
+        transform |= MIRROR_TRANSFORM
+        king = _mirror_ranks_int(king)
+    # The king now stands in the e1-h4 quadrant: transpose when it is beyond the a8-h1 diagonal.
+    if king & 0xE0C08000:
+        return transform | TRANSPOSE_TRANSFORM
+    if king & 0x10204080:
+        # On the diagonal: compare bitboards with their transposes, in lc0's order of tie-breakers.
+        ours = planes[0] | planes[1] | planes[2] | planes[3] | planes[4] | planes[5]
+        theirs = planes[6] | planes[7] | planes[8] | planes[9] | planes[10] | planes[11]
+        for value in (
+            ours | theirs,
+            ours,
+            planes[5] | planes[11],
+            planes[4] | planes[10],
+            planes[3] | planes[9],
+            planes[1] | planes[7],
+            planes[2] | planes[8],
+        ):
+            value = _transform_int(value, transform)
+            alternative = _transpose(value) & _ALL
+            if value < alternative:
+                return transform
+            if value > alternative:
+                return transform | TRANSPOSE_TRANSFORM
+    return transform
+
+
+# --- the board -----------------------------------------------------------------------------------------------
+
+
+class LczeroBoard(chess.Board):
+    """A :class:`chess.Board` that encodes itself the way lc0 0.32 does.
+
+    Moves pushed onto the board are its history: lc0 feeds the network the current position and up to seven
+    earlier ones. A board set up from a FEN has no history; lc0 (and this class) then fills the history slots
+    with copies of the FEN position (with a double pawn push undone when the FEN has an en-passant square),
+    except for the standard starting position.
+
+    Parameters
+    ----------
+    fen : str or None
+        The starting position (default: the standard one); ``None`` gives an empty board, as in python-chess.
+    chess960 : bool
+        Chess960 castling rules, as in python-chess.
+
+    Raises
+    ------
+    InvalidBoardError
+        When ``fen`` cannot be parsed.
+
+    Examples
+    --------
+    >>> board = LczeroBoard("8/8/8/4k3/8/8/2K5/6Q1 w - - 5 40")
+    >>> board.canonical_transform(InputFormat.CANONICALIZATION)  # our king on the c-file: flip files
+    1
+    >>> LczeroBoard("not a fen")
+    Traceback (most recent call last):
+    ...
+    lczerolens.errors.InvalidBoardError: invalid FEN 'not a fen': ...
+    """
+
+    def __init__(self, fen: str | None = chess.STARTING_FEN, *, chess960: bool = False) -> None:
+        try:
+            super().__init__(fen, chess960=chess960)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise InvalidBoardError(
+                f"invalid FEN {fen!r}: {exc}. Pass a FEN such as {chess.STARTING_FEN!r}."
+            ) from None
+
+    # -- python-chess integration --------------------------------------------------------------------------
+
+    @classmethod
+    def from_board(cls, board: chess.Board) -> LczeroBoard:
+        """An :class:`LczeroBoard` with the same position and move history as ``board``.
+
+        >>> b = chess.Board(); _ = b.push_san("e4")
+        >>> LczeroBoard.from_board(b).move_stack
+        [Move.from_uci('e2e4')]
+        """
+        if isinstance(board, LczeroBoard):
+            return board.copy()
+        root = board.root()
+        new = cls(root.fen(en_passant="fen"), chess960=board.chess960)
+        for move in board.move_stack:
+            new.push(move)
+        return new
+
+    @classmethod
+    def from_moves(cls, moves: Iterable[str | chess.Move], fen: str = chess.STARTING_FEN, *,
+                   chess960: bool = False) -> LczeroBoard:  # fmt: skip
+        """The board reached from ``fen`` by ``moves`` (UCI strings or moves), with that history.
+
+        >>> LczeroBoard.from_moves(["e2e4", "e7e5"]).fen()
+        'rnbqkbnr/pppp1ppp/8/4p3/4P3/8/PPPP1PPP/RNBQKBNR w KQkq - 0 2'
+        """
+        board = cls(fen, chess960=chess960)
+        for move in moves:
+            board.push(board._parse_move(move))
+        return board
+
+    def __repr__(self) -> str:
+        text = f"{type(self).__name__}({self.fen()!r}"
+        if self.chess960:
+            text += ", chess960=True"
+        if self.move_stack:
+            text += f", history={len(self.move_stack)} moves"
+        return text + ")"
+
+    def push(self, move: chess.Move) -> None:
+        """Push ``move`` (as :meth:`chess.Board.push`), keeping a snapshot of the position it leaves."""
+        snapshot = self._current_snapshot()
+        super().push(move)
+        self._stack[-1]._lczero = snapshot
+
+    # -- snapshots -------------------------------------------------------------------------------------------
+
+    def _current_snapshot(self) -> _Snapshot:
+        depth = len(self._stack)
+        snap = _Snapshot(self, depth, _pushed_ep(self) if depth else _fen_ep(self))
+        self._set_repetitions(snap)
+        return snap
+
+    def _snapshot_at(self, index: int) -> _Snapshot:
+        """The snapshot of the position before ``self.move_stack[index]`` (cached on python-chess's state)."""
+        state = self._stack[index]
+        snap = state.__dict__.get("_lczero")
+        if snap is not None and snap.depth == index:
+            return snap
+        # Not pushed through an LczeroBoard, or the stack was cut by copy(stack=n): rebuild from the state.
+        scratch = chess.Board(None, chess960=self.chess960)
+        state.restore(scratch)
+        snap = _Snapshot(scratch, index, _pushed_ep(scratch) if index else _fen_ep(scratch))
+        self._set_repetitions(snap)
+        state._lczero = snap
+        return snap
+
+    def _set_repetitions(self, snap: _Snapshot) -> None:
+        """lc0's count: the same position two, four, ... plies back, without a zeroing move in between."""
+        if snap.r50 < 4:
+            return
+        for index in range(snap.depth - 2, -1, -2):
+            earlier = self._snapshot_at(index)
+            if earlier.key == snap.key:
+                snap.reps = 1 + earlier.reps
+                return
+            if earlier.r50 < 2:
+                return
+
+    def _history(self, fmt: InputFormat, cur: _Snapshot) -> list[tuple[_Snapshot, bool]]:
+        """The positions lc0 writes into history slots 0..7, each with whether it is a FEN fill copy."""
+        canonical = _is_canonical(fmt)
+        v2 = fmt in _V2_FORMATS
+        slots = [(cur, False)]
+        if canonical and cur.r50 == 0:
+            return slots
+        index = cur.depth - 1
+        while len(slots) < _N_HISTORY:
+            filled = index < 0
+            snap = self._snapshot_at(0) if (filled and cur.depth) else (cur if filled else self._snapshot_at(index))
+            if canonical and (snap.castling != cur.castling or snap.ep >= 0):
+                break
+            if filled and snap.key == _START_KEY:
+                break
+            if v2 and snap.reps == 0:
+                # V2 writes repetitions only. lc0 0.32.1 never stops once it walks past the start of a FEN
+                # position's history (it hangs); no earlier position is known, so we stop there.
+                if snap.r50 == 0 or filled:
+                    break
+                index -= 1
+                continue
+            slots.append((snap, filled))
+            if canonical and snap.r50 == 0:
+                break
+            index -= 1
+        return slots
+
+    def _encoding_row(self, fmt: InputFormat) -> tuple[list[int], bool, int, int]:
+        """The 112 plane masks in white's orientation, black to move, rule-50 count and canonical transform."""
+        cur = self._current_snapshot()
+        black = cur.turn == chess.BLACK
+        row: list[int] = []
+        for snap, filled in self._history(fmt, cur):
+            pieces = snap.b if black else snap.w
+            if filled and snap.ep >= 0:
+                # A FEN fill copy shows the position before the double pawn push that made the en-passant square.
+                pieces = list(pieces)
+                ep = snap.ep
+                pusher_is_white = snap.turn == chess.BLACK
+                plane = 0 if pusher_is_white != black else 6
+                origin, landed = (ep - 8, ep + 8) if pusher_is_white else (ep + 8, ep - 8)
+                pieces[plane] = (pieces[plane] | (1 << origin)) & ~(1 << landed)
+            row.extend(pieces)
+            row.append(_ALL if snap.reps else 0)
+        row.extend([0] * (_AUX - len(row)))
+
+        if fmt == InputFormat.CLASSICAL_112_PLANE:
+            cr = cur.castling
+            wq, wk = bool(cr & chess.BB_A1), bool(cr & chess.BB_H1)
+            bq, bk = bool(cr & chess.BB_A8), bool(cr & chess.BB_H8)
+            if cr & ~(chess.BB_A1 | chess.BB_H1 | chess.BB_A8 | chess.BB_H8):
+                queen_side, king_side = _castling_masks(cr, cur.w[5], cur.w[11])
+                wq, wk = bool(queen_side & chess.BB_RANK_1), bool(king_side & chess.BB_RANK_1)
+                bq, bk = bool(queen_side & chess.BB_RANK_8), bool(king_side & chess.BB_RANK_8)
+            flags = (bq, bk, wq, wk) if black else (wq, wk, bq, bk)
+            row.extend(_ALL if f else 0 for f in flags)
+        else:
+            row.extend(_castling_masks(cur.castling, cur.w[5], cur.w[11]) if cur.castling else (0, 0))
+            row.extend((0, 0))
+        if _is_canonical(fmt):
+            # The en-passant mark sits on the rank-8 square (side to move's view) of the en-passant file.
+            row.append(0 if cur.ep < 0 else 1 << (chess.square_file(cur.ep) + (0 if black else 56)))
+        else:
+            row.append(_ALL if black else 0)
+        row.append(_ALL)  # rule-50 plane, filled with its value later
+        row.append(_ALL if (black and fmt in _ARMAGEDDON_FORMATS) else 0)
+        row.append(_ALL)
+        transform = _choose_transform(cur, black) if (_is_canonical(fmt) and not cur.castling) else 0
+        return row, black, cur.r50, transform
+
+    # -- encoding ----------------------------------------------------------------------------------------------
+
+    def to_input_tensor(self, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:
+        """The 112 input planes lc0 0.32 feeds a network of ``input_format`` for this position and history.
+
+        Returns a float32 tensor ``[112, 8, 8]`` in network orientation: ``planes[p, r, c]`` is plane ``p`` at
+        network square ``r * 8 + c``. Planes ``13 * h ... 13 * h + 12`` describe history position ``h``
+        (0 = now): the side to move's P N B R Q K, the opponent's, and a repetition plane. Planes 104-111 hold
+        castling, the side to move or en-passant mark, the rule-50 count (divided by 100 for the hectoplies
+        formats), the armageddon side-to-move plane and an all-ones plane.
+
+        Formats 5 and 133 (V2) write only history positions that are repetitions. For a FEN position whose
+        history reaches back to the FEN without a rule-50 reset or a change of castling rights, lc0 0.32.1
+        itself never returns (it hangs); lczerolens stops at the FEN, so those slots stay empty, exactly as
+        lc0 would encode the position if the FEN had a rule-50 count of zero.
+
+        Examples
+        --------
+        >>> board = LczeroBoard()
+        >>> planes = board.to_input_tensor()
+        >>> int(planes[0].sum()), float(planes[111].mean())  # eight pawns; the all-ones plane
+        (8, 1.0)
+        """
+        return encode_boards([self], input_format)[0]
+
+    def canonical_transform(self, input_format: InputFormat | int = InputFormat.CANONICALIZATION) -> int:
+        """The transform lc0 applies to this position for ``input_format``: a bitmask, 0 for none.
+
+        1 = flip files, 2 = mirror ranks, 4 = transpose about the a8-h1 diagonal (applied in that order, after
+        the black-to-move rank mirror). Always 0 for formats 1 and 2 and whenever someone can castle.
+
+        >>> LczeroBoard("8/8/8/8/8/8/1k6/K7 w - - 0 1").canonical_transform()  # our king a1: flip files
+        1
+        """
+        fmt = _as_format(input_format)
+        if not _is_canonical(fmt):
+            return 0
+        cur = _Snapshot(self, len(self._stack), -1)
+        if cur.castling:
+            return 0
+        return _choose_transform(cur, cur.turn == chess.BLACK)
+
+    def _orientation(self, input_format: InputFormat | int) -> int:
+        return (8 if self.turn == chess.BLACK else 0) + self.canonical_transform(input_format)
+
+    def board_to_network(
+        self, tensor: torch.Tensor, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE
+    ) -> torch.Tensor:
+        """Move squares from board orientation to network orientation (``[..., 8, 8]``, any leading dims).
+
+        >>> board = LczeroBoard("4k3/8/8/8/8/8/8/4K3 b - - 0 1")
+        >>> x = torch.zeros(8, 8); x[0, 4] = 1.0  # e1
+        >>> board.board_to_network(x)[7, 4].item()  # black to move: e1 is the network's rank 8
+        1.0
+        """
+        return _permute_squares(tensor, _BOARD_SQUARE[self._orientation(input_format)])
+
+    def network_to_board(
+        self, tensor: torch.Tensor, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE
+    ) -> torch.Tensor:
+        """Move squares from network orientation back to board orientation (undo the flip and transform).
+
+        Works on any ``[..., 8, 8]`` tensor, e.g. relevance ``[112, 8, 8]`` stays per plane.
+
+        >>> board = LczeroBoard("4k3/8/8/8/8/8/8/4K3 b - - 0 1")
+        >>> planes = board.to_input_tensor()
+        >>> board.network_to_board(planes)[5].flatten().nonzero().item() == chess.E8  # our (black) king
+        True
+        """
+        return _permute_squares(tensor, _NET_SQUARE[self._orientation(input_format)])
+
+    # -- moves -------------------------------------------------------------------------------------------------
+
+    def _parse_move(self, move: str | chess.Move) -> chess.Move:
+        """A legal move of this position from a UCI string or a :class:`chess.Move` (king-takes-rook allowed)."""
+        if isinstance(move, str):
+            try:
+                parsed = chess.Move.from_uci(move.strip())
+            except ValueError:
+                raise InvalidMoveError(
+                    f"malformed UCI move {move!r}; write moves like 'e2e4' or 'e7e8q'"
+                ) from None
+        elif isinstance(move, chess.Move):
+            parsed = move
+        else:
+            raise InvalidMoveError(f"{move!r} is not a move; pass a chess.Move or a UCI string like 'e2e4'")
+        if parsed:
+            normal = self._from_chess960(
+                self.chess960, parsed.from_square, parsed.to_square, parsed.promotion, parsed.drop
+            )
+            if self.is_legal(normal):
+                return normal
+        raise InvalidMoveError(
+            f"{move if isinstance(move, str) else move.uci()!r} is not a legal move in {self.fen()!r}; "
+            f"legal moves: {' '.join(m.uci() for m in self.legal_moves) or 'none'}"
+        )
+
+    def _move_indices(self, moves: Sequence[chess.Move], orientation: int) -> np.ndarray:
+        net = _NET_SQUARE[orientation]
+        to_rook = self._to_chess960
+        out = np.empty(len(moves), dtype=np.int64)
+        for i, move in enumerate(moves):
+            move = to_rook(move)  # castling as king takes rook
+            f, t = net[move.from_square], net[move.to_square]
+            if move.promotion in (chess.QUEEN, chess.ROOK, chess.BISHOP):
+                out[i] = _PROMO[f & 7, t & 7, move.promotion]
+            else:
+                out[i] = _FROM_TO[f * 64 + t]
+        return out
+
+    def encode_move(self, move: str | chess.Move,
+                    input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> int:  # fmt: skip
+        """The index of ``move`` (legal here) in lc0's policy vector for ``input_format``.
+
+        Castling may be written either way (``e1g1`` or king-takes-rook ``e1h1``); a knight promotion uses
+        the plain from-to entry.
+
+        >>> LczeroBoard().encode_move("e2e4")
+        322
+        """
+        orientation = self._orientation(input_format)
+        return int(self._move_indices([self._parse_move(move)], orientation)[0])
+
+    def legal_move_indices(self, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:
+        """Policy indices of all legal moves, in ``self.legal_moves`` order (a ``torch.LongTensor``).
+
+        >>> LczeroBoard().legal_move_indices().shape
+        torch.Size([20])
+        """
+        orientation = self._orientation(input_format)
+        return torch.from_numpy(self._move_indices(list(self.legal_moves), orientation))
+
+    def decode_move(self, index: int, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> chess.Move:
+        """The legal move of this position at policy ``index`` (the inverse of :meth:`encode_move`).
+
+        >>> LczeroBoard().decode_move(322)
+        Move.from_uci('e2e4')
+        """
+        if isinstance(index, torch.Tensor) and index.numel() == 1:
+            index = index.item()
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise InvalidMoveError(f"policy index {index!r} is not an integer in [0, {_POLICY_SIZE})")
+        if not 0 <= index < _POLICY_SIZE:
+            raise InvalidMoveError(f"policy index {index!r} is outside [0, {_POLICY_SIZE})")
+        orientation = self._orientation(input_format)
+        moves = list(self.legal_moves)
+        hits = np.flatnonzero(self._move_indices(moves, orientation) == index)
+        if not len(hits):
+            raise InvalidMoveError(
+                f"policy index {index} ({POLICY_MOVES[index]} from the side to move's view) is not a legal move "
+                f"in {self.fen()!r} for input format {int(input_format)}"
+            )
+        return moves[int(hits[0])]
+
+    def legal_policy(self, values: torch.Tensor,
+                     input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:  # fmt: skip
+        """The entries of a policy-shaped tensor ``[..., 1858]`` at the legal moves: ``[..., n_legal]``.
+
+        The last axis follows ``self.legal_moves`` order.
+
+        >>> board = LczeroBoard()
+        >>> board.legal_policy(torch.arange(1858.0)).shape
+        torch.Size([20])
+        """
+        if not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(values)
+        if values.ndim == 0 or values.shape[-1] != _POLICY_SIZE:
+            raise InputShapeError(
+                f"expected a policy tensor [..., {_POLICY_SIZE}], got shape {tuple(values.shape)}"
+            )
+        return values[..., self.legal_move_indices(input_format).to(values.device)]
+
+    def policy_to_moves(
+        self, values: torch.Tensor, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE
+    ) -> dict[chess.Move, float]:
+        """A policy vector ``[1858]`` (logits, probabilities, relevance, ...) as ``{legal move: value}``.
+
+        >>> board = LczeroBoard()
+        >>> board.policy_to_moves(torch.arange(1858.0))[chess.Move.from_uci("e2e4")]
+        322.0
+        """
+        if isinstance(values, torch.Tensor) and values.ndim == 2 and values.shape[0] == 1:
+            values = values[0]
+        picked = self.legal_policy(values, input_format)
+        if picked.ndim != 1:
+            raise InputShapeError(
+                f"policy_to_moves takes one policy vector [{_POLICY_SIZE}], got shape {tuple(values.shape)}; "
+                "use legal_policy for batches"
+            )
+        return dict(zip(self.legal_moves, picked.detach().cpu().tolist(), strict=True))
+
+    # -- display -----------------------------------------------------------------------------------------------
+
+    def render_heatmap(self, values: Any, **options: Any) -> Any:
+        """Draw ``values`` (``[8, 8]`` board orientation or ``[64]``) on this board; see
+        :func:`lczerolens.visual.render_heatmap`."""
+        from lczerolens.visual import render_heatmap
+
+        return render_heatmap(self, values, **options)
+
+
+def _permute_squares(tensor: torch.Tensor, perm: np.ndarray) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        tensor = torch.as_tensor(tensor)
+    if tensor.ndim < 2 or tuple(tensor.shape[-2:]) != (8, 8):
+        raise InputShapeError(f"expected a tensor [..., 8, 8], got shape {tuple(tensor.shape)}")
+    flat = tensor.reshape(*tensor.shape[:-2], 64)
+    index = torch.from_numpy(perm).to(tensor.device)
+    return flat[..., index].reshape(tensor.shape)
+
+
+def canonical_transform(board: chess.Board, input_format: InputFormat | int) -> int:
+    """The canonical transform bitmask of ``board`` for ``input_format`` (see
+    :meth:`LczeroBoard.canonical_transform`)."""
+    if not isinstance(board, LczeroBoard):
+        board = LczeroBoard.from_board(board)
+    return board.canonical_transform(input_format)
+
+
+# Byte -> its 8 bits as float32 (little bit order: bit 0 = file a).
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.float32)
+
+
+def encode_boards(boards: Sequence[chess.Board] | chess.Board,
+                  input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:  # fmt: skip
+    """Encode a batch of boards: a float32 tensor ``[N, 112, 8, 8]`` (see :meth:`LczeroBoard.to_input_tensor`).
+
+    Plain :class:`chess.Board` objects are accepted (their move stack is their history) but are converted
+    first; :class:`LczeroBoard` is faster.
+
+    >>> b1 = LczeroBoard(); b2 = LczeroBoard.from_moves(["d2d4"])
+    >>> encode_boards([b1, b2]).shape
+    torch.Size([2, 112, 8, 8])
+    """
+    fmt = _as_format(input_format)
+    if isinstance(boards, chess.Board):
+        boards = [boards]
+    n = len(boards)
+    rows: list[list[int]] = []
+    blacks: list[int] = []
+    r50 = np.empty(n, dtype=np.float32)
+    transforms: dict[int, list[int]] = {}
+    for i, board in enumerate(boards):
+        if not isinstance(board, LczeroBoard):
+            if not isinstance(board, chess.Board):
+                raise InvalidBoardError(f"encode_boards takes chess boards, got {type(board).__name__}: {board!r}")
+            board = LczeroBoard.from_board(board)
+        row, black, rule50, transform = board._encoding_row(fmt)
+        rows.append(row)
+        if black:
+            blacks.append(i)
+        r50[i] = rule50
+        if transform:
+            transforms.setdefault(transform, []).append(i)
+    masks = np.array(rows, dtype=np.uint64).reshape(n, 112)
+    if blacks:
+        masks[blacks] = masks[blacks].byteswap()  # mirror ranks: black's view
+    for transform, index in transforms.items():
+        # lc0 transforms planes 0..108 (all-zero and all-one planes are unchanged by any transform anyway).
+        masks[index, :109] = _transform_array(masks[index, :109], transform)
+    planes = torch.from_numpy(_BYTE_BITS[masks.astype("<u8", copy=False).view(np.uint8)])
+    planes = planes.reshape(n, 112, 8, 8)
+    values = torch.from_numpy(r50)
+    if fmt >= InputFormat.CANONICALIZATION_HECTOPLIES:
+        values = values / 100.0
+    planes[:, 109] = values[:, None, None]
+    return planes
