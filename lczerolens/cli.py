@@ -1,0 +1,367 @@
+"""The ``lczerolens`` command line: evaluate a position with an lc0 network and draw what the network looked at.
+
+Example
+-------
+.. code-block:: console
+
+    $ lczerolens explain assets/cache/maia-1900.pb.gz "startpos" --out heatmap.svg
+    $ lczerolens explain net.onnx "<FEN>" --target value --out value.png
+    $ python -m lczerolens explain --help
+
+Bad input (a missing file, a bad FEN, an illegal move, an unknown target) is reported as one line on stderr,
+``lczerolens: error: ...``, with exit status 1 (2 for a malformed command line), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import chess
+
+from lczerolens.errors import InvalidBoardError, InvalidMoveError, LczeroLensError, LensError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "lczerolens"
+HEAD_TARGETS = ("value", "win", "draw", "loss", "mlh")
+TARGET_HELP = {
+    "value": "the value head: win logit - loss logit (WDL nets) or the value logit",
+    "win": "the win logit (before lc0's final softmax)",
+    "draw": "the draw logit",
+    "loss": "the loss logit",
+    "mlh": "the moves-left head",
+}
+
+
+class _UsageError(Exception):
+    """A malformed command line (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (no usage dump) and never exits the interpreter."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lczerolens`` argument parser (sub-command ``explain``)."""
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Look inside Leela Chess Zero networks: evaluate a position exactly as lc0 does and explain the "
+            "network's choice with layer-wise relevance propagation (LRP), drawn as a heatmap on the board."
+        ),
+        epilog=f"Run `{PROG} explain --help` for the options of `explain`.",
+    )
+    from lczerolens import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    ex = sub.add_parser(
+        "explain",
+        help="evaluate a position and draw the relevance of each square for a move or a head",
+        description=textwrap.fill(
+            "Load an lc0 network, print its evaluation of the position (win/draw/loss, value, moves left when "
+            "the net has that head) and its top moves (softmax over the legal moves), then explain one output "
+            "with LRP and write the relevance of each square as a heatmap (.svg or .png) with the explained "
+            "move's arrow and a caption. Red squares pushed the output up, blue ones pulled it down.",
+            width=78,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            f"  {PROG} explain assets/cache/maia-1900.pb.gz startpos\n"
+            f'  {PROG} explain net.pb.gz "<FEN>" --move e2e4 --out e4.png\n'
+            f"  {PROG} explain net.onnx startpos --history e2e4 e7e5 g1f3 --target value\n"
+            "\ntargets:\n" + "".join(f"  {k:<6} {v}\n" for k, v in TARGET_HELP.items())
+        ),
+    )
+    ex.add_argument("weights", metavar="WEIGHTS", help="lc0 network: weights (.pb.gz, .pb) or an ONNX export (.onnx)")
+    ex.add_argument(
+        "fen",
+        metavar="FEN",
+        help='the position, as a FEN in quotes, or "startpos" for the initial position',
+    )
+    what = ex.add_mutually_exclusive_group()
+    what.add_argument(
+        "--move",
+        metavar="UCI",
+        help="explain the policy logit of this legal move (UCI like e2e4, or SAN like Nf3); default: the top move",
+    )
+    what.add_argument(
+        "--target",
+        choices=HEAD_TARGETS,
+        metavar="{" + ",".join(HEAD_TARGETS) + "}",
+        help="explain a head output instead of a move (see targets below)",
+    )
+    ex.add_argument(
+        "--out",
+        default="heatmap.svg",
+        metavar="PATH",
+        help="where to write the heatmap: .svg, or .png (needs cairosvg); folders are created (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--history",
+        nargs="+",
+        default=[],
+        metavar="UCI",
+        help="moves played from FEN to reach the position to explain, like UCI `position fen ... moves ...`; "
+        "they fill the network's history planes",
+    )
+    ex.add_argument(
+        "--top", type=int, default=5, metavar="N", help="how many top moves to print (default: %(default)s)"
+    )
+    ex.add_argument(
+        "--epsilon",
+        type=float,
+        default=1e-6,
+        metavar="E",
+        help="LRP epsilon: stabiliser of the epsilon rule (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--softmax",
+        choices=("attnlrp", "cp"),
+        default="attnlrp",
+        help="attention-body nets: 'attnlrp' passes relevance through attention weights, 'cp' holds them "
+        "constant (CP-LRP); no effect on convolutional nets (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--orientation",
+        choices=("white", "black", "turn"),
+        default="white",
+        help="which side is at the bottom of the picture; 'turn' puts the side to move there (default: %(default)s)",
+    )
+    ex.add_argument(
+        "--cmap",
+        default=None,
+        metavar="NAME",
+        help="colour map: RdBu_r (default), coolwarm, PiYG, PuOr (diverging); Reds, Blues, Greys, viridis",
+    )
+    return parser
+
+
+def _fail(message: str, err: TextIO) -> int:
+    # One line, whatever the message holds.
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=err)
+    return 1
+
+
+def _make_board(fen: str, history: Sequence[str]) -> Any:
+    from lczerolens.board import LczeroBoard
+
+    fen = chess.STARTING_FEN if fen.strip().lower() == "startpos" else fen
+    try:
+        board = LczeroBoard(fen)
+    except LczeroLensError:
+        raise
+    except ValueError as exc:  # python-chess's own FEN errors, if the board class lets them through
+        raise InvalidBoardError(f"invalid FEN {fen!r}: {exc}; give a FEN in quotes or 'startpos'") from exc
+    for i, uci in enumerate(history):
+        move = _parse_move(board, uci, what=f"history move {i + 1}")
+        board.push(move)
+    return board
+
+
+def _parse_move(board: chess.Board, text: str, what: str = "move") -> chess.Move:
+    """A legal move of ``board`` from UCI (``e2e4``) or SAN (``Nf3``); raise InvalidMoveError naming it."""
+    try:
+        move = board.parse_uci(text)
+    except ValueError:
+        try:
+            move = board.parse_san(text)
+        except ValueError:
+            legal = sorted(m.uci() for m in board.legal_moves)
+            shown = " ".join(legal[:12]) + (" ..." if len(legal) > 12 else "")
+            hint = f"legal moves: {shown}" if legal else "the position has no legal moves"
+            raise InvalidMoveError(f"{what} {text!r} is not a legal move in {board.fen()!r}; {hint}") from None
+    return move
+
+
+def _san(board: chess.Board, move: chess.Move) -> str:
+    try:
+        return board.san(move)
+    except (ValueError, AssertionError):
+        return move.uci()
+
+
+def _short(x: float) -> str:
+    """``1e-06`` -> ``1e-6``: the way people write epsilons."""
+    text = f"{x:g}"
+    return text.replace("e-0", "e-").replace("e+0", "e+")
+
+
+def _table(rows: list[list[str]], align: str) -> list[str]:
+    """Rows of cells as aligned text lines; ``align`` holds one of ``<`` / ``>`` per column."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [f"{cell:{a}{w}}" for cell, a, w in zip(r, align, widths, strict=True)]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def _explain(args: argparse.Namespace, out: TextIO) -> int:
+    from lczerolens.visual import RenderError
+
+    out_path = Path(args.out)
+    if out_path.suffix.lower() not in (".svg", ".png"):
+        raise RenderError(f"cannot write a heatmap to {args.out!r}; use a .svg or .png file name")
+    if out_path.suffix.lower() == ".png":
+        try:
+            import cairosvg  # noqa: F401  (checked now: failing after a long run would waste it)
+        except (ImportError, OSError) as exc:
+            from lczerolens.visual import MissingDependencyError
+
+            raise MissingDependencyError(
+                f"writing .png needs cairosvg and the cairo library ({exc}); `pip install 'lczerolens[png]'` "
+                "or write .svg"
+            ) from exc
+    if args.top < 1:
+        raise RenderError(f"--top must be at least 1, not {args.top}")
+    if not args.epsilon > 0:
+        raise LensError(f"--epsilon must be positive, not {args.epsilon}")
+
+    # Cheap checks first: a typo in the FEN or the move fails before the network loads.
+    board = _make_board(args.fen, args.history)
+    move = _parse_move(board, args.move) if args.move else None
+    if args.target is None and not any(True for _ in board.legal_moves):
+        raise InvalidMoveError(
+            f"{board.fen()!r} has no legal moves ({'checkmate' if board.is_checkmate() else 'stalemate'}), so "
+            "there is no move to explain; use --target value"
+        )
+
+    from lczerolens.lenses import LrpLens
+    from lczerolens.model import LczeroModel
+    from lczerolens.visual import render_heatmap
+
+    path = Path(args.weights)
+    model = LczeroModel.from_path(path)
+    heads = tuple(getattr(model, "heads", ()) or ())
+    if args.target is not None and heads:
+        need = {"value": ("wdl", "value"), "win": ("wdl",), "draw": ("wdl",), "loss": ("wdl",), "mlh": ("mlh",)}
+        if not any(h in heads for h in need[args.target]):
+            raise LensError(
+                f"target {args.target!r} needs a {' or '.join(need[args.target])} head, but {path.name} has "
+                f"heads {', '.join(heads)}; pick another --target"
+            )
+
+    evaluation = model.evaluate(board, top_k=None)
+    n_legal = len(evaluation.moves)
+    side = "white" if board.turn == chess.WHITE else "black"
+    print(f"network   {path.name}: {model.description}", file=out)
+    print(f"position  {board.fen()}  ({side} to move)", file=out)
+    if args.history:
+        print(f"history   {' '.join(args.history)}", file=out)
+    parts = []
+    if evaluation.wdl is not None:
+        w, d, lo = evaluation.wdl
+        parts.append(f"win {100 * w:.1f}%  draw {100 * d:.1f}%  loss {100 * lo:.1f}%")
+    parts.append(f"value {evaluation.value:+.3f}")
+    if evaluation.mlh is not None:
+        parts.append(f"moves left {evaluation.mlh:.1f}")
+    print("eval      " + "   ".join(parts) + f"  (for {side})", file=out)
+
+    if n_legal:
+        print(f"\ntop moves (softmax over {n_legal} legal moves)", file=out)
+        rows = [["#", "move", "san", "prob", "logit"]]
+        for i, ms in enumerate(evaluation.moves[: args.top], start=1):
+            rows.append(
+                [str(i), ms.move.uci(), _san(board, ms.move), f"{100 * ms.probability:.1f}%", f"{ms.logit:+.3f}"]
+            )
+        for line in _table(rows, "><<>>"):
+            print(line, file=out)
+
+    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax)
+    if args.target is not None:
+        target: Any = args.target
+        arrow = None
+        what = f"{args.target}: {TARGET_HELP[args.target]}"
+        title_target = f"the {args.target} head" if args.target != "mlh" else "the moves-left head"
+    else:
+        chosen = move if move is not None else evaluation.best_move
+        target = chosen
+        arrow = chosen
+        score = next((m for m in evaluation.moves if m.move == chosen), None)
+        prob = f", p={100 * score.probability:.1f}%" if score is not None else ""
+        rank = next((i for i, m in enumerate(evaluation.moves, start=1) if m.move == chosen), None)
+        how = "top move" if move is None else f"move #{rank}"
+        what = f"{_san(board, chosen)} ({chosen.uci()}, {how}{prob})"
+        title_target = what
+    relevance = lens.relevance(model, board, target=target)
+    squares = relevance.squares[0].detach().float().cpu()
+    target_value = float(relevance.target[0])
+    total = float(squares.sum())
+
+    print(f"\nexplaining {what}", file=out)
+    kind = "policy logit" if args.target is None else f"{args.target} output"
+    print(f"  {kind} {target_value:+.4f}   relevance on the squares {total:+.4f}", file=out)
+    order = squares.flatten().abs().argsort(descending=True)[:5].tolist()
+    top_squares = "  ".join(f"{chess.square_name(s)} {float(squares.flatten()[s]):+.3f}" for s in order)
+    print(f"  most relevant squares: {top_squares}", file=out)
+
+    caption = [
+        f"{path.name} \u00b7 explaining {title_target}",
+        f"{kind} {target_value:+.3f} \u00b7 LRP \u03b5={_short(args.epsilon)}"
+        + (f", softmax={args.softmax}" if "attention" in model.description.lower() else "")
+        + (
+            f" \u00b7 eval W {100 * evaluation.wdl[0]:.0f}% D {100 * evaluation.wdl[1]:.0f}% "
+            f"L {100 * evaluation.wdl[2]:.0f}%"
+            if evaluation.wdl is not None
+            else f" \u00b7 value {evaluation.value:+.3f}"
+        ),
+    ]
+    heatmap = render_heatmap(
+        board,
+        squares,
+        move=arrow,
+        caption=caption,
+        label="relevance",
+        orientation=args.orientation,
+        cmap=args.cmap,
+        norm="symmetric",
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = heatmap.save(out_path)
+    print(f"\nwrote {written}", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lczerolens`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    Example
+    -------
+    >>> main(["explain", "assets/cache/maia-1900.pb.gz", "startpos", "--out", "/tmp/h.svg"])  # doctest: +SKIP
+    0
+    """
+    out, err = sys.stdout, sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except _UsageError as exc:
+        _fail(str(exc), err)
+        return 2
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(out)
+        return 2
+    try:
+        return _explain(args, out)
+    except LczeroLensError as exc:
+        return _fail(str(exc), err)
+    except OSError as exc:  # e.g. no permission to write --out
+        return _fail(f"{exc.strerror or exc}: {exc.filename or args.out}", err)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=err)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
