@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import chess
@@ -330,6 +330,8 @@ class Task:
     moves : the network's top legal move per board (``target="move"``), else ``None``.
     indices : the policy index of that move in each original position, ``[N]`` (``target="move"``).
     f0 : the explained output on the original positions, float64 ``[N]``.
+    cache : explained outputs already computed, by (FEN, policy index): methods that remove the same pieces
+        (the bare-kings end of every path, equal orders) share them instead of evaluating them again.
     """
 
     boards: list[chess.Board]
@@ -337,6 +339,7 @@ class Task:
     moves: list[chess.Move] | None
     indices: torch.Tensor | None
     f0: torch.Tensor
+    cache: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.boards)
@@ -375,6 +378,27 @@ def prepare(
         indices = move_indices(fen_boards, moves, fmt)
     f0 = explained_outputs(model, fen_boards, target, indices, batch_size)
     return Task(fen_boards, target, moves, indices, f0)
+
+
+def cached_outputs(
+    model: Any,
+    task: Task,
+    boards: Sequence[chess.Board],
+    indices: torch.Tensor | None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    """:func:`explained_outputs` of ``boards``, evaluating only those not yet in ``task.cache``."""
+    keys = [(b.fen(en_passant="fen"), -1 if indices is None else int(indices[i])) for i, b in enumerate(boards)]
+    todo = {}
+    for i, key in enumerate(keys):
+        if key not in task.cache and key not in todo:
+            todo[key] = i
+    if todo:
+        rows = list(todo.values())
+        idx = None if indices is None else indices[rows]
+        fresh = explained_outputs(model, [boards[i] for i in rows], task.target, idx, batch_size)
+        task.cache.update(zip(todo, fresh.tolist(), strict=True))
+    return torch.tensor([task.cache[k] for k in keys], dtype=torch.float64)
 
 
 def _indices_for(task: Task, i: int, boards: Sequence[chess.Board], fmt) -> torch.Tensor | None:
@@ -418,9 +442,7 @@ class Curves:
         return gap / self._scale()
 
 
-def perturbation_curves(
-    model: Any, task: Task, scores: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE
-) -> Curves:
+def perturbation_curves(model: Any, task: Task, scores: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> Curves:
     """MoRF and LeRF curves of every position of ``task`` under the square ``scores`` ``[N, 64]`` or ``[N, 8, 8]``.
 
     All removal steps of all positions are evaluated together, ``batch_size`` boards per forward pass.
@@ -444,7 +466,7 @@ def perturbation_curves(
             all_indices.append(_indices_for(task, i, path, fmt))
         lengths.append(len(order))
     indices = torch.cat(all_indices) if all_indices else None
-    values = explained_outputs(model, all_boards, task.target, indices, batch_size)
+    values = cached_outputs(model, task, all_boards, indices, batch_size)
     width = max(lengths)
     morf_t = torch.full((n_pos, width), float("nan"), dtype=torch.float64)
     lerf_t = morf_t.clone()
@@ -506,7 +528,7 @@ def occlusion_attribution(model: Any, task: Task, batch_size: int = DEFAULT_BATC
         where.extend((i, s) for s in removable_squares(board))
         if task.target == "move":
             indices.append(_indices_for(task, i, singles, fmt))
-    values = explained_outputs(model, boards, task.target, torch.cat(indices) if indices else None, batch_size)
+    values = cached_outputs(model, task, boards, torch.cat(indices) if indices else None, batch_size)
     scores = torch.zeros(len(task), 64, dtype=torch.float64)
     rows = torch.tensor([w[0] for w in where], dtype=torch.long)
     cols = torch.tensor([w[1] for w in where], dtype=torch.long)

@@ -1,0 +1,206 @@
+"""Faithfulness of each attribution method by piece removal (``FAITHFULNESS.md``), and what each one costs.
+
+For each network (maia-1900, and a generated attention-body net with random weights) and each target (the top
+move's policy logit, the value logit), every method ranks the squares of every position of the self-play set
+(:mod:`lczerolens.positions`, FEN-only encoding); :mod:`lczerolens.metrics` removes the pieces in that order and
+reports AOPC and ABPC with bootstrap 95% intervals, plus paired differences of each LRP variant against each
+baseline. ``run()`` returns everything as a dict; :func:`to_markdown` renders it.
+
+Example
+-------
+>>> from benchmarks import bench_faithfulness
+>>> result = bench_faithfulness.run(positions=20)  # doctest: +SKIP
+>>> print(bench_faithfulness.to_markdown(result))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lczerolens import metrics
+from lczerolens.positions import DEFAULT_NET, load_positions
+
+ROOT = Path(__file__).resolve().parents[1]
+GENERATED = ROOT / "assets" / "cache" / "generated"
+
+#: Positions of the default run on maia-1900 and on the (about 6x costlier) attention net.
+DEFAULT_POSITIONS = 100
+DEFAULT_ATTENTION_POSITIONS = 30
+QUICK_POSITIONS = 4
+
+METHOD_LABELS = {
+    "random": "random order (mean of 5 seeds)",
+    "abs_gradient": "\\|gradient\\| per square",
+    "gradient_x_input": "gradient x input",
+    "occlusion": "occlusion (1 forward per piece)",
+    "lrp_attnlrp": 'LRP, `softmax="attnlrp"`',
+    "lrp_cp": 'LRP, `softmax="cp"`',
+}
+BASELINES = ("random", "abs_gradient", "gradient_x_input", "occlusion")
+LRP_METHODS = ("lrp_attnlrp", "lrp_cp")
+TARGET_LABELS = {
+    "move": "top move's policy logit (normalised by |f0|)",
+    "value": "value, win logit - loss logit (unnormalised)",
+}
+
+
+def _estimate(e: metrics.Estimate) -> dict[str, float]:
+    return {"mean": e.mean, "low": e.low, "high": e.high}
+
+
+def evaluate_net(
+    model: Any, fens: list[str], methods: tuple[str, ...] = tuple(METHOD_LABELS), targets=metrics.TARGETS
+) -> dict[str, Any]:
+    """AOPC/ABPC (mean, 95% interval), ms per position and paired differences for each target and method."""
+    out: dict[str, Any] = {}
+    for target in targets:
+        t0 = time.perf_counter()
+        task = metrics.prepare(model, fens, target)
+        results: dict[str, metrics.MethodResult] = {}
+        rows: dict[str, Any] = {}
+        for name in methods:
+            t1 = time.perf_counter()
+            try:
+                results[name] = metrics.evaluate_method(model, task, name)
+            except Exception as exc:  # report a method that cannot run (e.g. a lens not landed) and go on
+                rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            r = results[name]
+            rows[name] = {
+                "aopc": _estimate(metrics.bootstrap_mean(r.aopc)),
+                "abpc": _estimate(metrics.bootstrap_mean(r.abpc)),
+                "ms_per_position": 1e3 * r.seconds_per_position,
+                "eval_s": time.perf_counter() - t1,
+            }
+        paired = {}
+        for lrp in LRP_METHODS:
+            for base in BASELINES:
+                if lrp in results and base in results:
+                    paired[f"{lrp} - {base}"] = {
+                        "aopc": _estimate(metrics.paired_difference(results[lrp].aopc, results[base].aopc)),
+                        "abpc": _estimate(metrics.paired_difference(results[lrp].abpc, results[base].abpc)),
+                    }
+        pieces = torch.tensor([len(metrics.removable_squares(b)) for b in task.boards], dtype=torch.float64)
+        out[target] = {
+            "methods": rows,
+            "paired": paired,
+            "mean_pieces": float(pieces.mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+    return out
+
+
+def _load(path: Path):
+    from lczerolens.model import LczeroModel
+
+    return LczeroModel.from_path(path)
+
+
+def attention_net_path(quick: bool = False) -> Path:
+    """Write (once) the generated attention-body net: the realistic preset, or the small default for ``quick``."""
+    from lczerolens import testing
+
+    name = "bt-small-seed0.pb.gz" if quick else "bt-realistic-seed0.pb.gz"
+    path = GENERATED / name
+    if not path.exists():
+        spec = testing.AttentionNetSpec() if quick else testing.REALISTIC_ATTENTION_SPEC
+        testing.write_attention_net(spec, path)
+    return path
+
+
+def run(
+    positions: int | None = None,
+    attention_positions: int | None = None,
+    quick: bool = False,
+    progress=print,
+) -> dict[str, Any]:
+    """Faithfulness of every method on maia-1900 and on a generated attention-body net.
+
+    Parameters
+    ----------
+    positions : positions of the maia-1900 self-play set (default :data:`DEFAULT_POSITIONS`).
+    attention_positions : how many of them the attention net sees (default :data:`DEFAULT_ATTENTION_POSITIONS`,
+        at most ``positions``).
+    quick : a tiny smoke run (:data:`QUICK_POSITIONS` positions, a small attention net).
+    """
+    n = positions or (QUICK_POSITIONS if quick else DEFAULT_POSITIONS)
+    n_attn = min(n, attention_positions or (QUICK_POSITIONS if quick else DEFAULT_ATTENTION_POSITIONS))
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    maia = _load(DEFAULT_NET)
+    fens = load_positions(max(n, n_attn), DEFAULT_NET, model=maia, progress=progress)
+    result: dict[str, Any] = {
+        "positions_seconds": time.perf_counter() - t0,
+        "encoding": "FEN-only (lc0's history fill from the FEN), as the published anchors",
+        "position_set": f"maia-1900 self-play, seed 0, ply uniform in 10..80 ({n} positions)",
+        "nets": {},
+    }
+    progress(f"faithfulness: maia-1900 on {n} positions")
+    result["nets"]["maia-1900"] = {
+        "positions": n,
+        "description": getattr(maia.network, "description", "maia-1900"),
+        "note": "maia-1900 has no attention: both LRP softmax modes apply the same rules",
+        "targets": evaluate_net(maia, fens[:n]),
+    }
+    try:
+        path = attention_net_path(quick)
+        attn = _load(path)
+    except Exception as exc:  # the attention loader may not have landed
+        result["nets"]["attention"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return result
+    progress(f"faithfulness: attention net {path.name} on {n_attn} positions")
+    result["nets"][f"attention ({path.name})"] = {
+        "positions": n_attn,
+        "description": getattr(attn.network, "description", path.name),
+        "note": "random weights: these figures only test the harness, not meaningful model behaviour",
+        "targets": evaluate_net(attn, fens[:n_attn]),
+    }
+    return result
+
+
+def _fmt(e: dict[str, float]) -> str:
+    return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The faithfulness tables: one per net and target, then the paired differences."""
+    lines = [
+        f"Positions: {result['position_set']}; encoding: {result['encoding']}. AOPC and ABPC are means over "
+        "positions with bootstrap 95% intervals (higher is more faithful); cost is the attribution's own time per "
+        "position (ms, batched), not the perturbation evaluation.",
+        "",
+    ]
+    for net, info in result["nets"].items():
+        if "error" in info:
+            lines += [f"**{net}**: not run ({info['error']})", ""]
+            continue
+        lines += [f"**{net}** ({info['positions']} positions; {info['description']}). Note: {info['note']}.", ""]
+        for target, t in info["targets"].items():
+            lines += [
+                f"Target: {TARGET_LABELS[target]}; {t['mean_pieces']:.1f} pieces removed per position on average.",
+                "",
+                "| method | AOPC | ABPC | cost ms/position |",
+                "|---|---|---|---|",
+            ]
+            for name, row in t["methods"].items():
+                label = METHOD_LABELS.get(name, name)
+                if "error" in row:
+                    lines.append(f"| {label} | not run: {row['error'][:100]} | | |")
+                else:
+                    lines.append(
+                        f"| {label} | {_fmt(row['aopc'])} | {_fmt(row['abpc'])} | {row['ms_per_position']:.2f} |"
+                    )
+            if t["paired"]:
+                lines += ["", "| paired difference (per position) | ΔAOPC | ΔABPC |", "|---|---|---|"]
+                for name, d in t["paired"].items():
+                    lines.append(f"| {name} | {_fmt(d['aopc'])} | {_fmt(d['abpc'])} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(to_markdown(run(quick=True)))
