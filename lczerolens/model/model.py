@@ -300,10 +300,14 @@ class LczeroModel(nn.Module):
         >>> model.evaluate(LczeroBoard(), top_k=3).best_move  # doctest: +SKIP
         Move.from_uci('e2e4')
         """
+        from lczerolens.board import LczeroBoard
+
         single = isinstance(boards, chess.Board)
         boards = [boards] if single else list(boards)
         if not boards:
             raise InputShapeError("got an empty sequence of boards; pass at least one board")
+        # Plain chess.Board objects work too (their move stack is the history).
+        boards = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in boards]
         results: list[Evaluation] = []
         with torch.inference_mode():
             for start in range(0, len(boards), batch_size):

@@ -578,15 +578,20 @@ def _describe(gm, node_types: dict, label: str, opset: int, dtype: str, low_prec
         if any("/se/" in name for name in names):
             body += " SE"
     elif encoders:
-        body = f"attention body, {len(encoders)} encoders"
+        widths = [m.weight.shape[0] for name, m in mods.items() if name == "encoder0/ln1" and hasattr(m, "weight")]
+        body = f"attention body {len(encoders)}x{widths[0] if widths else '?'}"
+        if any("/smolgen/" in name for name in names):
+            body += " smolgen"
     else:
         body = "unknown body"
-    if any(name.startswith("policy/conv") for name in names):
+    if any(name.startswith("policy/conv2") for name in names):
         policy = "conv policy"
-    elif any(name.startswith("policy/") and "Q" in name for name in names):
+    elif any(name.startswith(("policy/Q", "policy/K", "policy/matmul")) for name in names):
         policy = "attention policy"
-    else:
+    elif any(name.startswith("policy/dense") for name in names):
         policy = "classical policy"
+    else:
+        policy = "policy"
     heads = ", ".join(h for h in gm.heads if h != "policy")
     precision = f"{'fp16 export' if low_precision else 'fp32 export'}, runs in {dtype}"
     return (
