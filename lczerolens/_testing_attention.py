@@ -111,8 +111,8 @@ class AttentionNetSpec:
     input_format : int
         lc0's ``InputFormat`` number recorded in the file.
     encoding : str
-        Weight encoding of every layer: ``LINEAR16`` (what lc0 0.32.1 reads; it crashes on ``FLOAT32`` layers and
-        reads ``FLOAT16``/``BFLOAT16`` layers as zeros), ``FLOAT16``, ``BFLOAT16`` or ``FLOAT32``.
+        Weight encoding of every layer: ``LINEAR16`` (the only one lc0 0.32.1 reads correctly), ``FLOAT16``,
+        ``BFLOAT16`` or ``FLOAT32`` (written with min_version 0.33, so that lc0 0.32 refuses them).
     seed : int
         Seed of the random weights.
     """
@@ -268,7 +268,9 @@ def make_attention_net(spec: AttentionNetSpec | None = None) -> Net:
     net.magic = 0x1C0
     net.license = "lczerolens test network (random weights)"
     net.min_version.major = 0
-    net.min_version.minor = 30
+    # lc0 0.32 misreads layers not in LINEAR16 (FLOAT32 crashes it, FLOAT16/BFLOAT16 read as zeros): such files
+    # ask for 0.33 so that lc0 0.32 refuses them instead of computing garbage.
+    net.min_version.minor = 30 if spec.encoding == "LINEAR16" else 33
     net.min_version.patch = 0
     net.format.weights_encoding = 1  # LINEAR16 by default; every layer states its own encoding anyway
     nf = net.format.network_format

@@ -50,10 +50,10 @@ from torch import nn
 from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
+from lczerolens.model.policy_map import attention_policy_map
 from lczerolens.model.weights import decode_layer
-from lczerolens.policy_index import POLICY_INDEX, POLICY_SIZE
 
-__all__ = ["AttentionNetwork", "build_attention_network", "attention_policy_gather", "position_encoding_map"]
+__all__ = ["AttentionNetwork", "build_attention_network", "position_encoding_map"]
 
 # lc0's NetworkFormat numbers (net.proto).
 _NETWORK_ATTENTIONBODY = 6
@@ -75,11 +75,11 @@ _ACTIVATIONS: dict[int, str | None] = {
     7: "swish",
     8: "relu2",
 }
-#: The last part of lc0's ONNX node name for each activation.
+#: The last part of lc0's ONNX node name for each activation (a subgraph's final node, as the ONNX loader names it).
 _ACTIVATION_NODE = {
     "mish": "mish",
     "relu": "relu",
-    "relu2": "sqrrelu",
+    "relu2": "sqrrelu/sqr",
     "swish": "swish",
     "tanh": "tanh",
     "sigmoid": "sigmoid",
@@ -109,38 +109,6 @@ def position_encoding_map() -> torch.Tensor:
     pe = (queen | knight).float()
     pe.fill_diagonal_(-1.0)
     return pe
-
-
-@lru_cache(maxsize=1)
-def attention_policy_gather() -> torch.Tensor:
-    """Indices into the attention policy's 4288 logits for each of lc0's 1858 moves, ``[1858]`` int64.
-
-    The 4288 logits are the 64 x 64 from/to logits (``from * 64 + to``) followed by 8 x 24 promotion logits
-    (``4096 + 24 * from_file + 3 * to_file + piece`` with pieces queen, rook, bishop; from rank 7 to rank 8).
-    A knight promotion uses the plain from/to entry, as in lc0's policy vector.
-
-    Examples
-    --------
-    >>> from lczerolens.policy_index import POLICY_INDEX
-    >>> int(attention_policy_gather()[POLICY_INDEX["e2e4"]])  # 12 * 64 + 28
-    796
-    """
-    gather = torch.full((POLICY_SIZE,), -1, dtype=torch.long)
-    names = [f"{'abcdefgh'[s % 8]}{s // 8 + 1}" for s in range(64)]
-    for from_sq in range(64):
-        for to_sq in range(64):
-            index = POLICY_INDEX.get(names[from_sq] + names[to_sq])
-            if index is not None:
-                gather[index] = from_sq * 64 + to_sq
-    for from_file in range(8):
-        for to_file in range(8):
-            for piece, letter in enumerate("qrb"):
-                uci = f"{'abcdefgh'[from_file]}7{'abcdefgh'[to_file]}8{letter}"
-                index = POLICY_INDEX.get(uci)
-                if index is not None:
-                    gather[index] = 4096 + 24 * from_file + 3 * to_file + piece
-    assert int((gather < 0).sum()) == 0, "every lc0 move has an attention policy entry"
-    return gather
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -478,7 +446,10 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     >>> network.heads  # doctest: +SKIP
     ('policy', 'wdl', 'mlh')
     """
-    nf = net.format.network_format
+    # What lc0 makes of the file's format (older files leave fields out; lc0 fills them in on loading).
+    from lczerolens.model.native import resolve_network_format
+
+    nf = resolve_network_format(net)
     structure = int(nf.network)
     if structure not in (_NETWORK_ATTENTIONBODY, _NETWORK_ATTENTIONBODY_MULTIHEAD):
         raise UnsupportedModelError(
@@ -635,7 +606,7 @@ def build_attention_network(net: Any) -> AttentionNetwork:
         "policy/promotion/matmul",
         rd.linear(pol.ip4_pol_w, None, f"{pol_where}.ip4_pol", q.out_features, 4, f"{pol_where}.ip4_pol_w"),
     )
-    network.register_buffer("policy_gather", attention_policy_gather().clone())
+    network.register_buffer("policy_gather", torch.from_numpy(attention_policy_map().astype(np.int64)))
 
     val_emb = rd.linear(val.ip_val_w, val.ip_val_b, "ip_val", in_size=embedding)
     add("value/embed/matmul", val_emb)
