@@ -190,6 +190,13 @@ def _san(board: chess.Board, move: chess.Move) -> str:
         return move.uci()
 
 
+def _has_attention(model: Any) -> bool:
+    """Whether the net has attention softmaxes (only then does --softmax change anything)."""
+    from lczerolens.model.ops import Softmax
+
+    return any(isinstance(m, Softmax) for m in model.modules())
+
+
 def _short(x: float) -> str:
     """``1e-06`` -> ``1e-6``: the way people write epsilons."""
     text = f"{x:g}"
@@ -308,7 +315,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     caption = [
         f"{path.name} \u00b7 explaining {title_target}",
         f"{kind} {target_value:+.3f} \u00b7 LRP \u03b5={_short(args.epsilon)}"
-        + (f", softmax={args.softmax}" if "attention" in model.description.lower() else "")
+        + (f", softmax={args.softmax}" if _has_attention(model) else "")
         + (
             f" \u00b7 eval W {100 * evaluation.wdl[0]:.0f}% D {100 * evaluation.wdl[1]:.0f}% "
             f"L {100 * evaluation.wdl[2]:.0f}%"

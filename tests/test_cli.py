@@ -169,3 +169,42 @@ def test_python_dash_m_runs_the_cli() -> None:
     assert done.returncode == 1
     assert done.stderr.strip().startswith("lczerolens: error:") and len(done.stderr.strip().splitlines()) == 1
     assert "bad fen" in done.stderr
+
+
+def test_explain_attention_net_with_moves_left(tmp_path, capsys) -> None:
+    # A small random attention-body net (canonical input format, WDL + moves left), written as real lc0 weights.
+    testing = pytest.importorskip("lczerolens.testing")
+    weights = testing.write_random_net(tmp_path / "bt.pb.gz", "attention", mlh=True, input_format=3, seed=1)
+    out = tmp_path / "mlh.svg"
+    code = main(
+        [
+            "explain",
+            str(weights),
+            "startpos",
+            "--history",
+            "e2e4",
+            "c7c5",
+            "--target",
+            "mlh",
+            "--softmax",
+            "cp",
+            "--out",
+            str(out),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"moves left [\d.]+", text) and "explaining mlh" in text
+    root = ET.fromstring(out.read_text())
+    captions = " ".join(el.text for el in root.iter(NS + "text") if el.get("class") == "caption")
+    assert "softmax=cp" in captions and "moves-left head" in captions
+    assert not [el for el in root.iter() if "move-arrow" in el.get("class", "")]  # a head target: no arrow
+
+
+def test_head_target_missing_from_the_net_is_one_line(tmp_path, capsys) -> None:
+    testing = pytest.importorskip("lczerolens.testing")
+    weights = testing.write_random_net(tmp_path / "value.pb.gz", value="value", blocks=1, filters=8, seed=2)
+    assert main(["explain", str(weights), "startpos", "--target", "win", "--out", str(tmp_path / "w.svg")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a wdl head" in err[0]
+    assert not (tmp_path / "w.svg").exists()
