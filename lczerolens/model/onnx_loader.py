@@ -426,6 +426,10 @@ def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: d
     def is_op(n, op: str) -> bool:
         return isinstance(n, fx.Node) and _op_type(n, node_types) == op
 
+    for n in list(graph.nodes):
+        if _op_type(n, node_types) == "Slice":
+            _freeze_slice(gm, n)
+
     # ---- pattern fusion and rule ops, in graph order
     for n in list(graph.nodes):
         if n.op != "call_module" or getattr(n, "_erased", False) or n not in dependent or n in done:
@@ -511,6 +515,44 @@ def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: d
     # onnx2torch's container of constants: not an op, nothing to explain.
     if hasattr(gm, "initializers"):
         gm.initializers.lrp_linear = True
+
+
+class StaticSlice(nn.Module):
+    """ONNX ``Slice`` with constant starts/ends/axes/steps, as one precomputed basic index ``x[index]``.
+
+    Replaces onnx2torch's slice module, which reads its constants back to numpy at every call (a device sync)
+    and indexes with a list (deprecated by PyTorch). Linear: ``lrp_linear = True``.
+    """
+
+    def __init__(self, index: tuple) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.index]
+
+    def extra_repr(self) -> str:
+        return repr(self.index)
+
+
+def _freeze_slice(gm: fx.GraphModule, n: fx.Node) -> None:
+    """Swap a constant-operand Slice for :class:`StaticSlice` (left alone when anything is not constant)."""
+    args = list(n.args) + [n.kwargs.get(k) for k in ("axes", "steps") if k in n.kwargs]
+    if len(args) < 3 or not all(isinstance(a, fx.Node) and a.op == "get_attr" for a in args[1:] if a is not None):
+        return
+    values = [None if a is None else gm.get_buffer(a.target).tolist() for a in args[1:]]
+    starts, ends = values[0], values[1]
+    axes = values[2] if len(values) > 2 and values[2] is not None else list(range(len(starts)))
+    steps = values[3] if len(values) > 3 and values[3] is not None else [1] * len(starts)
+    if any(step <= 0 for step in steps) or not (all(a >= 0 for a in axes) or all(a < 0 for a in axes)):
+        return
+    slices = {a: slice(int(b), int(e), int(st)) for a, b, e, st in zip(axes, starts, ends, steps, strict=True)}
+    if all(a >= 0 for a in axes):
+        index = tuple(slices.get(a, slice(None)) for a in range(max(axes) + 1))
+    else:
+        index = (Ellipsis,) + tuple(slices.get(a, slice(None)) for a in range(min(axes), 0))
+    setattr(gm, n.target, StaticSlice(index))
+    n.args, n.kwargs = (n.args[0],), {}
 
 
 def _comes_from_softmax(node, node_types: dict) -> bool:
