@@ -109,18 +109,15 @@ def encode(boards: Sequence[chess.Board], fmt) -> torch.Tensor:
 
 
 def to_board_orientation(boards: Sequence[chess.Board], squares: torch.Tensor, fmt) -> torch.Tensor:
-    """Map per-square values ``[N, 8, 8]`` from network orientation to board orientation, ``[N, 64]``."""
+    """Map per-square values ``[N, 8, 8]`` from network orientation to board orientation, ``[N, 64]``.
+
+    Each board undoes its own flip and canonical transform (``LczeroBoard.network_to_board``).
+    """
     from lczerolens.board import LczeroBoard
 
     if squares.dim() != 3 or squares.shape[1:] != (8, 8) or squares.shape[0] != len(boards):
         raise InputShapeError(f"expected [{len(boards)}, 8, 8] per-square values, got {tuple(squares.shape)}")
-    if not _is_canonical(fmt):
-        # Only a rank mirror for black to move: vectorised.
-        out = squares.clone()
-        black = torch.tensor([not b.turn for b in boards], dtype=torch.bool)
-        out[black] = squares[black].flip(-2)
-        return out.reshape(len(boards), 64)
-    rows = [LczeroBoard.network_to_board(squares[i], fmt, board=boards[i]) for i in range(len(boards))]
+    rows = [LczeroBoard.network_to_board(b, squares[i], fmt) for i, b in enumerate(boards)]
     return torch.stack(rows).reshape(len(boards), 64)
 
 
@@ -232,23 +229,21 @@ def _explained(outputs: dict[str, torch.Tensor], target: str, indices: torch.Ten
 def policy_index(board: chess.Board, move: chess.Move, fmt) -> int:
     """The index of ``move`` in lc0's policy vector as the network sees ``board``; ``move`` need not be legal.
 
-    For formats 1 and 2 this is the white-view table after a rank mirror for black; canonical formats defer to
-    the board's transform (``LczeroBoard.encode_move``).
+    ``move`` is written as lc0 writes it (castling king-takes-rook, see :func:`_lc0_move`). Its squares go through
+    the board's own orientation (black's rank mirror, the canonical transform of formats 3 and up) with
+    ``LczeroBoard.board_to_network``; legality is not checked, so a move whose piece was removed keeps its index.
     """
     from lczerolens.board import LczeroBoard
     from lczerolens.policy_index import POLICY_INDEX
 
-    if _is_canonical(fmt):
-        lb = board if isinstance(board, LczeroBoard) else LczeroBoard(board.fen())
-        return int(lb.encode_move(move, fmt))
-    a, b = move.from_square, move.to_square
-    if not board.turn:
-        a, b = chess.square_mirror(a), chess.square_mirror(b)
+    onehot = torch.zeros(2, 64)
+    onehot[0, move.from_square] = 1.0
+    onehot[1, move.to_square] = 1.0
+    net = LczeroBoard.board_to_network(board, onehot.view(2, 8, 8), fmt).reshape(2, 64).argmax(1)
     promo = move.promotion if move.promotion in (chess.QUEEN, chess.ROOK, chess.BISHOP) else None
-    uci = chess.Move(a, b, promotion=promo).uci()
+    uci = chess.Move(int(net[0]), int(net[1]), promotion=promo).uci()
     if uci not in POLICY_INDEX:
-        # Castling written king-to-destination: lc0 writes it king-takes-rook.
-        raise LensError(f"move {move.uci()} has no lc0 policy index")
+        raise LensError(f"move {move.uci()} has no lc0 policy index in {board.fen()}")
     return POLICY_INDEX[uci]
 
 
@@ -261,7 +256,10 @@ def _forward(network: nn.Module, planes: torch.Tensor) -> dict[str, torch.Tensor
 
 def top_moves(model: Any, boards: Sequence[chess.Board], batch_size: int = DEFAULT_BATCH_SIZE) -> list[chess.Move]:
     """Each board's legal move with the highest policy logit (what the network would play)."""
+    from lczerolens.board import LczeroBoard
+
     network, fmt = network_of(model), input_format_of(model)
+    boards = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in boards]
     moves: list[chess.Move] = []
     with torch.no_grad():
         for start in range(0, len(boards), batch_size):
@@ -271,7 +269,7 @@ def top_moves(model: Any, boards: Sequence[chess.Board], batch_size: int = DEFAU
                 legal = list(board.legal_moves)
                 if not legal:
                     raise LensError(f"no legal move to explain in {board.fen()}")
-                idx = torch.tensor([policy_index(board, _lc0_move(board, m), fmt) for m in legal])
+                idx = board.legal_move_indices(fmt)
                 moves.append(legal[int(row[idx].argmax())])
     return moves
 

@@ -64,7 +64,7 @@ def play_chunk(
     temperature : moves are sampled from ``softmax(logits / temperature)`` over the legal moves.
     """
     from lczerolens.board import LczeroBoard, encode_boards
-    from lczerolens.metrics import _lc0_move, input_format_of, policy_index
+    from lczerolens.metrics import input_format_of
 
     if not 0 <= min_ply <= max_ply:
         raise InputShapeError(f"need 0 <= min_ply <= max_ply, got {min_ply}, {max_ply}")
@@ -96,7 +96,7 @@ def play_chunk(
         for row, g, u in zip(policy, active, draws, strict=True):
             board = boards[g]
             legal = list(board.legal_moves)
-            idx = torch.tensor([policy_index(board, _lc0_move(board, m), fmt) for m in legal])
+            idx = board.legal_move_indices(fmt)
             probs = torch.softmax(row[idx] / temperature, 0).numpy()
             cdf = np.cumsum(probs)
             pick = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(legal) - 1)
