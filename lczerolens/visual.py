@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -462,23 +463,26 @@ def _colorbar(
     y: float,
     height: float,
     label: str | None,
-    gradient_id: str,
+    bar_id: str,
     defs: dict[str, ET.Element],
 ) -> tuple[ET.Element, float]:
     """A vertical colour bar (top = ``vmax``) with tick labels; returns the group and its width."""
     width = 14.0
-    grad = ET.Element("linearGradient", {"id": gradient_id, "x1": "0", "y1": "1", "x2": "0", "y2": "0"})
     n_stops = 33
-    for i in range(n_stops):
-        t = i / (n_stops - 1)
-        ET.SubElement(grad, "stop", {"offset": _num(t), "stop-color": cmap(t)})
+    stops = [cmap(i / (n_stops - 1)) for i in range(n_stops)]
+    # Named after its colours: several heatmaps inlined in one HTML page (Jupyter) share one id namespace, and a
+    # fixed id would make every colour bar show the first one's gradient. Equal ids now mean equal gradients.
+    gradient_id = "colorbar-gradient-" + hashlib.sha1("".join(stops).encode()).hexdigest()[:10]
+    grad = ET.Element("linearGradient", {"id": gradient_id, "x1": "0", "y1": "1", "x2": "0", "y2": "0"})
+    for i, color in enumerate(stops):
+        ET.SubElement(grad, "stop", {"offset": _num(i / (n_stops - 1)), "stop-color": color})
     defs[gradient_id] = grad
 
     g = ET.Element(
         "g",
         {
             "class": "colorbar",
-            "id": gradient_id.replace("gradient", "colorbar"),
+            "id": bar_id,
             "data-vmin": repr(scale.vmin),
             "data-vmax": repr(scale.vmax),
             "data-cmap-low": cmap(0.0),
@@ -521,7 +525,7 @@ def _colorbar(
             },
         )
         text = _fmt(value) if scale.vmax > 0 else "0"
-        if scale.absolute and value > 0:
+        if not scale.diverging:  # a sequential scale has no sign to show
             text = text.lstrip("+")
         t_el = ET.SubElement(
             g,
@@ -754,7 +758,7 @@ def render_heatmap(
     if colorbar:
         top = MARGIN if coordinates else 0
         bar, bar_width = _colorbar(
-            scale, colormap, pad + board_size + 14, pad + top, 8 * SQUARE, label, "colorbar-gradient", defs
+            scale, colormap, pad + board_size + 14, pad + top, 8 * SQUARE, label, "colorbar", defs
         )
         width += 14 + bar_width
     width += pad
@@ -903,7 +907,7 @@ def render_grid(
         g.set("data-index", str(i))
         panels.append(g)
         if not shared_scale:
-            bar = _colorbar(scale, colormap, 0.0, 0.0, 8 * SQUARE, label, f"colorbar-gradient-{i}", defs)
+            bar = _colorbar(scale, colormap, 0.0, 0.0, 8 * SQUARE, label, f"colorbar-{i}", defs)
             bars.append(bar)
     if not shared_scale:
         panel_w = board_size + 10 + max(w for _, w in bars)
@@ -929,7 +933,7 @@ def render_grid(
     if shared_scale:
         bar_top = pad + title_h + top
         bar_h = grid_h - title_h - 2 * top
-        bar_g, bar_w = _colorbar(scales[0], colormap, width + 14, bar_top, bar_h, label, "colorbar-gradient", defs)
+        bar_g, bar_w = _colorbar(scales[0], colormap, width + 14, bar_top, bar_h, label, "colorbar", defs)
         svg_children.append(bar_g)
         width += 14 + bar_w
     width += pad

@@ -343,3 +343,17 @@ def test_lczeroboard_delegates_to_render_heatmap() -> None:
     values = _values_with_peak(chess.E4, chess.C6)
     hm = board.render_heatmap(values, move="e7e5", orientation="turn")
     assert hm.svg == render_heatmap(chess.Board(BLACK_TO_MOVE), values, move="e7e5", orientation="turn").svg
+
+
+def test_pictures_inlined_together_keep_their_own_colour_bars() -> None:
+    # Jupyter inlines every SVG into one HTML page: a gradient id shared by two different maps would make the
+    # second colour bar paint the first one's colours.
+    signed = render_heatmap(chess.Board(), np.linspace(-1, 1, 64)).svg
+    magnitude = render_heatmap(chess.Board(), np.linspace(0, 1, 64)).svg
+    grad_ids = [next(ET.fromstring(svg).iter(NS + "linearGradient")).get("id") for svg in (signed, magnitude)]
+    assert grad_ids[0] != grad_ids[1]
+    for svg, gid in zip((signed, magnitude), grad_ids, strict=True):
+        assert f'fill="url(#{gid})"' in svg
+    # A sequential scale has no signs on its ticks.
+    ticks = [el.text for el in _colorbar(magnitude) if el.get("class") == "colorbar-tick"]
+    assert ticks == ["0", "0.5", "1"]
