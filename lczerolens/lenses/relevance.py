@@ -145,7 +145,18 @@ class Relevance:
         )
 
     def render(self, i: int = 0, **options: Any) -> Any:
-        """Board ``i`` with its relevance as a heatmap (an SVG object; see ``LczeroBoard.render_heatmap``)."""
+        """Board ``i`` with its relevance as a heatmap (an SVG object; see ``LczeroBoard.render_heatmap``).
+
+        By default the explained move is drawn as an arrow and the caption names the target and its value;
+        ``options`` (``cmap``, ``vmax``, ``caption``, ``move``, ...) go to :func:`lczerolens.visual.render_heatmap`.
+
+        Example
+        -------
+        >>> rel.render(0, cmap="coolwarm").save("heatmap.svg")  # doctest: +SKIP
+        """
+        if self.moves is not None:
+            options.setdefault("move", self.moves[i])
+        options.setdefault("caption", f"LRP relevance of {self._describe(i)}")
         return self.boards[i].render_heatmap(self.squares[i], **options)
 
     def _repr_svg_(self) -> str | None:

@@ -376,8 +376,7 @@ def _parse_move(move: Any, board: chess.Board, input_format: Any) -> int:
         parsed = move
     else:
         raise InvalidMoveError(f"target {move!r} is not a move: use a chess.Move, a UCI string or a policy index")
-    if not board.is_legal(parsed):
-        raise InvalidMoveError(f"move {parsed.uci()!r} is not legal in {board.fen()!r}")
+    # The board checks legality (and accepts castling as king-takes-rook too).
     return int(board.encode_move(parsed, input_format))
 
 
