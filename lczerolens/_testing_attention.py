@@ -100,6 +100,9 @@ class AttentionNetSpec:
         Channels per square of the PE_DENSE preprocess.
     policy_embedding, policy_d_model : int
         Widths of the attention policy head (embedding, then Q and K).
+    policy_encoder_layers, policy_heads : int
+        Encoder layers inside the policy head (after its embedding; lc0 runs them with alpha 1 and LayerNorm
+        epsilon 1e-6) and their heads.
     value_channels, mlh_channels, mlh_hidden : int
         Per-square channels of the value and moves-left heads, and the moves-left hidden width (the value
         head's hidden width is 128, as ``leela2onnx`` requires).
@@ -133,6 +136,8 @@ class AttentionNetSpec:
     dense_size: int = 8
     policy_embedding: int = 32
     policy_d_model: int = 32
+    policy_encoder_layers: int = 0
+    policy_heads: int = 4
     value_channels: int = 8
     mlh_channels: int = 4
     mlh_hidden: int = 32
@@ -155,6 +160,10 @@ class AttentionNetSpec:
             raise ValueError(
                 f"heads ({self.heads}) must divide embedding_size ({self.embedding_size}) and "
                 f"encoder_layers ({self.encoder_layers}) must be >= 0"
+            )
+        if self.policy_encoder_layers and (self.policy_heads < 1 or self.policy_embedding % self.policy_heads):
+            raise ValueError(
+                f"policy_heads ({self.policy_heads}) must divide policy_embedding ({self.policy_embedding})"
             )
 
     def replace(self, **changes: object) -> AttentionNetSpec:
@@ -219,8 +228,7 @@ def _ffn(w: _Writer, embedding: int, hidden: int) -> FFN:
     return ffn
 
 
-def _encoder(w: _Writer, spec: AttentionNetSpec) -> EncoderLayer:
-    e = spec.embedding_size
+def _encoder(w: _Writer, spec: AttentionNetSpec, e: int, heads: int) -> EncoderLayer:
     layer = EncoderLayer()
     mha = MHA()
     mha.q_w, mha.q_b = w.dense(e, e)
@@ -232,8 +240,8 @@ def _encoder(w: _Writer, spec: AttentionNetSpec) -> EncoderLayer:
         sg.compress = w.weight(spec.smolgen_channels, e)
         sg.dense1_w, sg.dense1_b = w.dense(spec.smolgen_hidden, 64 * spec.smolgen_channels)
         sg.ln1_gammas, sg.ln1_betas = w.norm(spec.smolgen_hidden)
-        sg.dense2_w, sg.dense2_b = w.dense(spec.smolgen_gen * spec.heads, spec.smolgen_hidden)
-        sg.ln2_gammas, sg.ln2_betas = w.norm(spec.smolgen_gen * spec.heads)
+        sg.dense2_w, sg.dense2_b = w.dense(spec.smolgen_gen * heads, spec.smolgen_hidden)
+        sg.ln2_gammas, sg.ln2_betas = w.norm(spec.smolgen_gen * heads)
         mha.smolgen = sg
     layer.mha = mha
     layer.ln1_gammas, layer.ln1_betas = w.norm(e)
@@ -311,7 +319,7 @@ def make_attention_net(spec: AttentionNetSpec | None = None) -> Net:
 
     # Encoders.
     for _ in range(spec.encoder_layers):
-        wt.encoder.append(_encoder(w, spec))
+        wt.encoder.append(_encoder(w, spec, e, spec.heads))
     wt.headcount = spec.heads
     if spec.smolgen and spec.encoder_layers:
         # Shared by every layer: per head, gen -> 64 x 64 logits.
@@ -323,6 +331,10 @@ def make_attention_net(spec: AttentionNetSpec | None = None) -> Net:
     pol.ip2_pol_w, pol.ip2_pol_b = w.dense(spec.policy_d_model, spec.policy_embedding, gain=2.0)
     pol.ip3_pol_w, pol.ip3_pol_b = w.dense(spec.policy_d_model, spec.policy_embedding, gain=2.0)
     pol.ip4_pol_w = w.weight(4, spec.policy_d_model)
+    for _ in range(spec.policy_encoder_layers):
+        pol.pol_encoder.append(_encoder(w, spec, spec.policy_embedding, spec.policy_heads))
+    if spec.policy_encoder_layers:
+        pol.pol_headcount = spec.policy_heads
 
     # Value head.
     val = ValueHead()
@@ -340,6 +352,9 @@ def make_attention_net(spec: AttentionNetSpec | None = None) -> Net:
         wt.ip2_pol_w, wt.ip2_pol_b = pol.ip2_pol_w, pol.ip2_pol_b
         wt.ip3_pol_w, wt.ip3_pol_b = pol.ip3_pol_w, pol.ip3_pol_b
         wt.ip4_pol_w = pol.ip4_pol_w
+        if spec.policy_encoder_layers:
+            wt.pol_encoder = pol.pol_encoder
+            wt.pol_headcount = pol.pol_headcount
         wt.ip_val_w, wt.ip_val_b = val.ip_val_w, val.ip_val_b
         wt.ip1_val_w, wt.ip1_val_b = val.ip1_val_w, val.ip1_val_b
         wt.ip2_val_w, wt.ip2_val_b = val.ip2_val_w, val.ip2_val_b

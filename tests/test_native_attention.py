@@ -1,8 +1,9 @@
 """Attention-body nets built from native weights against lc0 itself (eigen backend and the leela2onnx export).
 
 Generated random-weight nets cover PE_MAP and PE_DENSE embeddings, smolgen on and off, input gates on and off,
-several FFN / smolgen / default activations, WDL and scalar value, moves-left on and off, and the multi-head
-weights layout. Positions come with history (and promotions for both sides); the planes are lc0's own.
+several FFN / smolgen / default activations, WDL and scalar value, moves-left on and off, the multi-head weights
+layout, and encoder layers inside the policy head. Positions come with history (and promotions for both sides);
+the planes are lc0's own.
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ SPECS = {
         heads=8,
         embedding_size=64,
         encoder_layers=1,
+        policy_encoder_layers=1,
         seed=4,
     ),
     "dense-default-relu": AttentionNetSpec(
         default_activation="relu", ffn_activation="default", smolgen_activation="default", encoder_layers=3, seed=5
     ),
-    "dense-selu-nosmolgen": AttentionNetSpec(ffn_activation="selu", smolgen=False, mlh=False, input_format=3, seed=6),
+    "dense-selu-nosmolgen-polenc": AttentionNetSpec(
+        ffn_activation="selu", smolgen=False, mlh=False, input_format=3, policy_encoder_layers=2, policy_heads=2, seed=6
+    ),
 }
 #: Variants whose leela2onnx export computes what the weights mean (PE_MAP, or FFN activation == default).
 ONNX_AGREES = ("map-plain-relu", "map-mish-multihead", "dense-default-relu")
