@@ -48,6 +48,7 @@ __all__ = [
     "calibration_planes",
     "lc0_input_planes",
     "random_net",
+    "reencode_net",
     "write_random_net",
 ]
 
@@ -78,18 +79,18 @@ RESIDUAL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def calibration_planes(input_format: int = 1, n: int = 48, seed: int = 0) -> torch.Tensor:
-    """A float64 batch ``[n, 112, 8, 8]`` of plausible input planes (sparse pieces, the format's aux planes).
+def calibration_planes(input_format: int = 1, n: int = 32, seed: int = 0) -> torch.Tensor:
+    """A float32 batch ``[n, 112, 8, 8]`` of plausible input planes (sparse pieces, the format's aux planes).
 
     Used to calibrate batch norms; not real positions, but the same value ranges as lc0's encoder produces.
     """
     g = torch.Generator().manual_seed(seed)
-    x = torch.zeros(n, 112, 8, 8, dtype=torch.float64)
-    pieces = (torch.rand(n, 104, 8, 8, generator=g, dtype=torch.float64) < 0.04).double()
+    x = torch.zeros(n, 112, 8, 8)
+    pieces = (torch.rand(n, 104, 8, 8, generator=g) < 0.04).float()
     x[:, :104] = pieces
     for h in range(8):  # repetition planes: rarely set
-        x[:, 13 * h + 12] = (torch.rand(n, 1, 1, generator=g, dtype=torch.float64) < 0.1).double()
-    coin = lambda: (torch.rand(n, 1, 1, generator=g, dtype=torch.float64) < 0.5).double()  # noqa: E731
+        x[:, 13 * h + 12] = (torch.rand(n, 1, 1, generator=g) < 0.1).float()
+    coin = lambda: (torch.rand(n, 1, 1, generator=g) < 0.5).float()  # noqa: E731
     if input_format == 1:
         for p in range(104, 109):
             x[:, p] = coin()
@@ -102,7 +103,7 @@ def calibration_planes(input_format: int = 1, n: int = 48, seed: int = 0) -> tor
             x[:, 108] = coin()
         else:
             x[:, 108, 7, 3] = coin()[:, 0, 0]
-    rule50 = torch.randint(0, 60, (n, 1, 1), generator=g).double()
+    rule50 = torch.randint(0, 60, (n, 1, 1), generator=g).float()
     x[:, 109] = rule50 / 100.0 if input_format in _HECTOPLIES else rule50
     if input_format in (132, 133):
         x[:, 110] = coin()
@@ -118,8 +119,12 @@ def _activation(kind: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise ValueError(f"activation must be 'relu' or 'mish', not {kind!r}")
 
 
+def _t(values: Any) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+
 class _Builder:
-    """Draws weights with a numpy generator and runs the float64 calibration forward pass alongside."""
+    """Draws weights with a numpy generator and runs the (float32) calibration forward pass alongside."""
 
     def __init__(self, seed: int, encoding: str, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.rng = np.random.default_rng(seed)
@@ -145,9 +150,9 @@ class _Builder:
             w = w * weight_scale[None, :, None, None]
         b = self.rng.normal(0.0, 0.1, out_ch) if with_bias else np.zeros(out_ch)
         w32 = w.astype(np.float32)
-        y = F.conv2d(x, torch.from_numpy(w32.astype(np.float64)), torch.from_numpy(b), padding=k // 2)
-        mean = y.mean(dim=(0, 2, 3)).numpy() * (1.0 + self.rng.normal(0.0, 0.05, out_ch))
-        var = y.var(dim=(0, 2, 3)).numpy() * self.rng.uniform(0.8, 1.25, out_ch) + 1e-3
+        y = F.conv2d(x, _t(w32), _t(b), padding=k // 2)
+        mean = y.mean(dim=(0, 2, 3)).double().numpy() * (1.0 + self.rng.normal(0.0, 0.05, out_ch))
+        var = y.var(dim=(0, 2, 3)).double().numpy() * self.rng.uniform(0.8, 1.25, out_ch) + 1e-3
         gamma = self.rng.uniform(0.6, 1.4, out_ch) * gamma_scale
         beta = self.rng.normal(0.1, 0.3, out_ch) * gamma_scale
         block = ConvBlock(weights=self.layer(w32))
@@ -158,23 +163,21 @@ class _Builder:
         block.bn_gammas = self.layer(gamma)
         block.bn_betas = self.layer(beta)
         # What lc0 computes (with the values as stored; quantisation error is irrelevant for calibration).
-        z = (y - torch.from_numpy(mean)[None, :, None, None]) / torch.sqrt(
-            torch.from_numpy(var)[None, :, None, None] + _BN_EPS
-        )
-        z = z * torch.from_numpy(gamma)[None, :, None, None] + torch.from_numpy(beta)[None, :, None, None]
+        z = (y - _t(mean)[None, :, None, None]) / torch.sqrt(_t(var)[None, :, None, None] + _BN_EPS)
+        z = z * _t(gamma)[None, :, None, None] + _t(beta)[None, :, None, None]
         return block, z
 
     def dense(self, x: torch.Tensor, out: int, target_std: float | None = None, bias_mean: float = 0.0,
               bias_std: float = 0.1) -> tuple[Layer, Layer, torch.Tensor]:
         """A dense layer ``[out, in]`` (lc0's row-major layout); scaled so outputs have ``target_std``."""
         w = self.rng.standard_normal((out, x.shape[1])) / math.sqrt(x.shape[1])
-        y = x @ torch.from_numpy(w).T
+        y = x @ _t(w).T
         if target_std is not None:
             std = float(y.std())
             scale = target_std / std if std > 0 else 1.0
             w, y = w * scale, y * scale
         b = self.rng.normal(bias_mean, bias_std, out)
-        return self.layer(w), self.layer(b), y + torch.from_numpy(b)
+        return self.layer(w), self.layer(b), y + _t(b)
 
 
 def _residual_net(spec: dict[str, Any]) -> Net:
@@ -227,7 +230,7 @@ def _residual_net(spec: dict[str, Any]) -> Net:
         w.policy1, z = b.conv_bn(h, filters, 3)
         z = act(z)
         wp = b.rng.standard_normal((80, filters, 3, 3)) * math.sqrt(1.0 / (filters * 9))
-        y = F.conv2d(z, torch.from_numpy(wp), padding=1)
+        y = F.conv2d(z, _t(wp), padding=1)
         wp = wp * (2.0 / float(y.std()))
         w.policy = ConvBlock(weights=b.layer(wp), biases=b.layer(b.rng.normal(0.0, 0.3, 80)))
     else:
@@ -333,6 +336,50 @@ def write_random_net(path: str | Path, family: str = "residual", **spec: Any) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_net(random_net(family, **spec), path)
+
+
+def reencode_net(net: Net, encoding: str) -> Net:
+    """A copy of ``net`` with every layer's values re-stored in ``encoding`` (and lc0 0.33 as minimum version
+    unless the encoding is LINEAR16, which lc0 0.32 reads).
+
+    Decoding then re-encoding is exact for ``FLOAT32`` (the copy computes exactly what lc0 computes on the
+    original), and rounds to nearest for ``FLOAT16`` / ``BFLOAT16``.
+
+    Examples
+    --------
+    >>> from lczerolens.model.weights import decode_layer
+    >>> net = random_net(blocks=1, filters=8)
+    >>> f32 = reencode_net(net, "FLOAT32")
+    >>> bool((decode_layer(f32.weights.input.weights) == decode_layer(net.weights.input.weights)).all())
+    True
+    """
+    from lczerolens.model.proto import Message
+    from lczerolens.model.weights import decode_layer
+
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")
+    copy = Net.parse(net.serialize())
+
+    def visit(msg: Message) -> None:
+        for name, value in msg.fields():
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, Layer):
+                    dims = list(item.dims)
+                    new = encode_layer(decode_layer(item, name), encoding)
+                    if dims:
+                        new.dims = dims
+                    if isinstance(value, list):
+                        value[i] = new
+                    else:
+                        setattr(msg, name, new)
+                elif isinstance(item, Message):
+                    visit(item)
+
+    visit(copy.weights)
+    if encoding != "LINEAR16":
+        copy.min_version = EngineVersion(major=0, minor=max(33, copy.min_version.minor), patch=0)
+    return copy
 
 
 def lc0_input_planes(inputs: Any) -> torch.Tensor:

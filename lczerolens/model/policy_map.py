@@ -98,7 +98,7 @@ def attention_policy_map() -> np.ndarray:
 
     Examples
     --------
-    >>> attention_policy_map()[0]  # a1b1: from a1 (0), to b1 (1)
+    >>> int(attention_policy_map()[0])  # a1b1: from a1 (0), to b1 (1)
     1
     """
     return _attention_map()
