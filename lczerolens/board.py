@@ -540,6 +540,15 @@ class LczeroBoard(chess.Board):
     def _orientation(self, input_format: InputFormat | int) -> int:
         return (8 if self.turn == chess.BLACK else 0) + self.canonical_transform(input_format)
 
+    def _move_orientation(self, input_format: InputFormat | int) -> int:
+        """The square mapping lc0 0.32.1 applies to moves: the plane transform, except that whenever the
+        transform includes the transpose, lc0 maps moves by a 180-degree rotation (flip files and mirror
+        ranks) instead. Measured against the priors lc0's search prints; see :meth:`encode_move`."""
+        transform = self.canonical_transform(input_format)
+        if transform & TRANSPOSE_TRANSFORM:
+            transform = FLIP_TRANSFORM | MIRROR_TRANSFORM
+        return (8 if self.turn == chess.BLACK else 0) + transform
+
     def board_to_network(
         self, tensor: torch.Tensor, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE
     ) -> torch.Tensor:
@@ -610,12 +619,16 @@ class LczeroBoard(chess.Board):
         """The index of ``move`` (legal here) in lc0's policy vector for ``input_format``.
 
         Castling may be written either way (``e1g1`` or king-takes-rook ``e1h1``); a knight promotion uses
-        the plain from-to entry.
+        the plain from-to entry. Black's moves are mirrored first; canonical formats then map both squares the
+        way lc0 0.32.1 does. That is the position's canonical transform when it only flips files and/or mirrors
+        ranks; when it includes the transpose, lc0 0.32.1 (checked against the priors its search prints) maps
+        moves by a 180-degree rotation instead, although the input planes are transposed. We follow lc0 here, so
+        indices mean what lc0's search reads from the policy head.
 
         >>> LczeroBoard().encode_move("e2e4")
         322
         """
-        orientation = self._orientation(input_format)
+        orientation = self._move_orientation(input_format)
         return int(self._move_indices([self._parse_move(move)], orientation)[0])
 
     def legal_move_indices(self, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:
@@ -624,7 +637,7 @@ class LczeroBoard(chess.Board):
         >>> LczeroBoard().legal_move_indices().shape
         torch.Size([20])
         """
-        orientation = self._orientation(input_format)
+        orientation = self._move_orientation(input_format)
         return torch.from_numpy(self._move_indices(list(self.legal_moves), orientation))
 
     def decode_move(self, index: int, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> chess.Move:
@@ -639,7 +652,7 @@ class LczeroBoard(chess.Board):
             raise InvalidMoveError(f"policy index {index!r} is not an integer in [0, {_POLICY_SIZE})")
         if not 0 <= index < _POLICY_SIZE:
             raise InvalidMoveError(f"policy index {index!r} is outside [0, {_POLICY_SIZE})")
-        orientation = self._orientation(input_format)
+        orientation = self._move_orientation(input_format)
         moves = list(self.legal_moves)
         hits = np.flatnonzero(self._move_indices(moves, orientation) == index)
         if not len(hits):
