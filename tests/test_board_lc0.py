@@ -213,7 +213,7 @@ def test_batch_of_mixed_boards_matches_lc0(lc0):
     boards = [LczeroBoard.from_moves(moves, fen) for fen, moves in HAND_PICKED]
     for f in (1, 3, 132):
         batch = encode_boards(boards, f)
-        for board, planes, (fen, moves) in zip(boards, batch, HAND_PICKED, strict=True):
+        for planes, (fen, moves) in zip(batch, HAND_PICKED, strict=True):
             assert torch.equal(planes, lc0_planes(lc0[f], fen, moves)), (f, fen, moves)
 
 
