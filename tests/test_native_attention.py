@@ -168,3 +168,35 @@ def test_pe_dense_export_quirk_is_not_followed(
     export_at = np.concatenate([export[n, idx] for n, idx in enumerate(indices)])
     assert np.abs(ours_at - eigen).max() < ATOL
     assert np.abs(export_at - eigen).max() > 1e-2
+
+
+def _rule_ops(network: torch.nn.Module) -> dict[str, tuple]:
+    from lczerolens.model import ops
+
+    out = {}
+    for name, module in network.named_modules():
+        if isinstance(module, ops.RULE_OPS):
+            detail = getattr(module, "kind", getattr(module, "attention_operand", getattr(module, "dim", None)))
+            if isinstance(module, ops.Softmax):
+                detail = detail % 4  # attention logits are [N, heads, 64, 64]: -1 and 3 are the same axis
+            out[name] = (type(module).__name__, detail)
+    return out
+
+
+@pytest.mark.parametrize("name", ["dense-default-relu", "map-mish-multihead"])
+def test_native_and_onnx_paths_agree(
+    name: str, attention_nets: dict[str, Path], lc0_results: dict[str, tuple], lc0_binary: Path
+) -> None:
+    # The same net through both loaders: same outputs, and the same rule ops under the same names.
+    from lczerolens.model import load_onnx
+
+    planes = lc0_results[name][0]
+    _onnx_outputs(attention_nets[name], planes, lc0_binary)  # writes the export next to the net
+    native = load_pb(attention_nets[name])
+    converted = load_onnx(attention_nets[name].with_suffix(".onnx"))
+    with torch.no_grad():
+        a, b = native(planes), converted(planes)
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=ATOL)
+    assert _rule_ops(native) == _rule_ops(converted)
