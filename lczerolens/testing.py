@@ -79,7 +79,7 @@ RESIDUAL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def calibration_planes(input_format: int = 1, n: int = 32, seed: int = 0) -> torch.Tensor:
+def calibration_planes(input_format: int = 1, n: int = 16, seed: int = 0) -> torch.Tensor:
     """A float32 batch ``[n, 112, 8, 8]`` of plausible input planes (sparse pieces, the format's aux planes).
 
     Used to calibrate batch norms; not real positions, but the same value ranges as lc0's encoder produces.
