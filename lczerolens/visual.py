@@ -438,6 +438,16 @@ def _board_group(
             child.set("fill", colors[square])
             child.set("data-square", name)
             child.set("data-value", repr(float(values[square])))
+        elif child.tag == "g" and len(child) == 1 and child[0].tag == "path" and "d" in child[0].attrib:
+            # A coordinate letter: chess.svg writes each glyph's outline twice per board. One copy in <defs>,
+            # referenced by <use>, keeps grids of many boards small.
+            path = child[0]
+            glyph_id = "glyph-" + hashlib.sha1(path.get("d", "").encode()).hexdigest()[:10]
+            if glyph_id not in defs:
+                defs[glyph_id] = ET.Element("path", {"id": glyph_id, "d": path.get("d", "")})
+            child.remove(path)
+            ET.SubElement(child, "use", {"href": f"#{glyph_id}", "xlink:href": f"#{glyph_id}"})
+            child.set("class", "coord")
         elif "arrow" in cls and move is not None:
             child.set("class", "arrow move-arrow")
             child.set("opacity", str(ARROW_OPACITY))
