@@ -426,9 +426,15 @@ def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: d
     def is_op(n, op: str) -> bool:
         return isinstance(n, fx.Node) and _op_type(n, node_types) == op
 
+    # ---- constant-operand shape ops as precomputed modules (onnx2torch's read their constants at every call)
     for n in list(graph.nodes):
-        if _op_type(n, node_types) == "Slice":
+        op = _op_type(n, node_types)
+        if op == "Slice":
             _freeze_slice(gm, n)
+        elif op == "Reshape":
+            _freeze_reshape(gm, n, node_types[n.target])
+        elif op == "Gather":
+            _freeze_gather(gm, n, node_types[n.target])
 
     # ---- pattern fusion and rule ops, in graph order
     for n in list(graph.nodes):
@@ -553,6 +559,61 @@ def _freeze_slice(gm: fx.GraphModule, n: fx.Node) -> None:
         index = (Ellipsis,) + tuple(slices.get(a, slice(None)) for a in range(min(axes), 0))
     setattr(gm, n.target, StaticSlice(index))
     n.args, n.kwargs = (n.args[0],), {}
+
+
+class StaticReshape(nn.Module):
+    """ONNX ``Reshape`` with a constant shape (``0`` copies the input's size on that axis, ONNX's default)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+        self._copy = any(d == 0 for d in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._copy:
+            return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)])
+        return x.reshape(self.shape)
+
+    def extra_repr(self) -> str:
+        return repr(self.shape)
+
+
+class IndexGather(nn.Module):
+    """ONNX ``Gather`` along ``axis`` by a constant 1-D index with no negative entries: ``index_select``."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(x, self.axis, index)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+def _constant(gm: fx.GraphModule, arg) -> torch.Tensor | None:
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        return gm.get_buffer(arg.target)
+    return None
+
+
+def _freeze_reshape(gm: fx.GraphModule, n: fx.Node, onnx_node) -> None:
+    shape = _constant(gm, n.args[1]) if len(n.args) == 2 and not n.kwargs else None
+    if shape is None or shape.dim() != 1 or _attr(onnx_node, "allowzero", 0):
+        return
+    setattr(gm, n.target, StaticReshape(tuple(int(d) for d in shape.tolist())))
+    n.args = (n.args[0],)
+
+
+def _freeze_gather(gm: fx.GraphModule, n: fx.Node, onnx_node) -> None:
+    index = _constant(gm, n.args[1]) if len(n.args) == 2 and not n.kwargs else None
+    axis = int(_attr(onnx_node, "axis", 0))
+    if index is None or index.dim() != 1 or bool((index < 0).any()) or axis < 0:
+        return
+    if index.dtype != torch.int64:
+        gm.get_submodule("initializers").register_buffer(n.args[1].target.split(".")[-1], index.long())
+    setattr(gm, n.target, IndexGather(axis))
 
 
 def _comes_from_softmax(node, node_types: dict) -> bool:
