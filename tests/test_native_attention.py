@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from lczerolens._testing_attention import AttentionNetSpec, write_attention_net
+from lczerolens._testing_attention import AttentionNetSpec, make_attention_net, write_attention_net
 from lczerolens.model.native import load_pb
 from lczerolens.testing import lc0_input_planes
 
@@ -118,6 +118,20 @@ def test_positions_include_promotions_for_both_sides(lc0_results: dict[str, tupl
     # lc0's promotion indices are 1792 and up; games 3 (white b7xa8) and 4 (black g2xf1/g1/h1) have them.
     _, indices, _ = next(iter(lc0_results.values()))
     assert any(i >= 1792 for i in indices[3]) and any(i >= 1792 for i in indices[4])
+
+
+def test_embedding_none_runs_as_pe_map_like_lc0(generated_dir: Path) -> None:
+    # An explicit INPUT_EMBEDDING_NONE: lc0's eigen backend runs the PE_MAP embedding (leela2onnx refuses the file).
+    from lczerolens.model.proto import write_net
+
+    net = make_attention_net(AttentionNetSpec(embedding="PE_MAP", encoder_layers=1, seed=8))
+    net.format.network_format.input_embedding = 0
+    path = write_net(net, generated_dir / "bt-embedding-none.pb.gz")
+    planes, indices, outputs = _lc0_reference(path)
+    with torch.no_grad():
+        out = load_pb(path)(planes)
+    for n, (idx, ref) in enumerate(zip(indices, outputs, strict=True)):
+        np.testing.assert_allclose(out["policy"][n, idx].numpy(), np.array(ref.p_raw(*idx)), rtol=0, atol=ATOL)
 
 
 def _onnx_outputs(path: Path, planes: torch.Tensor, lc0_binary: Path) -> dict[str, np.ndarray]:

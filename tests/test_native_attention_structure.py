@@ -202,8 +202,8 @@ def test_no_encoder_layers_is_unsupported() -> None:
 
 def test_unknown_embedding_is_unsupported() -> None:
     net = make_attention_net(AttentionNetSpec(embedding="PE_MAP", encoder_layers=1))
-    net.format.network_format.input_embedding = 0
-    with pytest.raises(UnsupportedModelError, match="input embedding 0"):
+    net.format.network_format.input_embedding = 7
+    with pytest.raises(UnsupportedModelError, match="input embedding 7 is unknown"):
         _load(net)
 
 

@@ -13,7 +13,8 @@ embedding FFN, where the net's FFN activation belongs). The computation, per pos
   plane values;
 - input embedding: PE_MAP concatenates lc0's constant 64x64 position map (-1 on the square itself, 1 on the
   squares a queen or knight reaches from it, else 0); PE_DENSE sends planes 0-11 of the whole board
-  (768 values, square-major) through one dense layer to one vector per square and concatenates that;
+  (768 values, square-major) through one dense layer to one vector per square and concatenates that; a net
+  whose embedding is NONE runs as PE_MAP, as in lc0's backends;
 - a dense layer, the default activation, and (PE_DENSE) a LayerNorm with epsilon 1e-3;
 - input gates ``x * mult + add`` (both ``[64, E]``);
 - PE_DENSE: an embedding FFN with the FFN activation, ``LN(alpha * ffn(x) + x)``;
@@ -466,11 +467,15 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     if num_encoders == 0:
         raise UnsupportedModelError("this attention-body net has no encoder layers; lczerolens needs at least one.")
     embedding_kind = _EMBEDDING_NAMES.get(int(nf.input_embedding))
-    if embedding_kind not in ("PE_MAP", "PE_DENSE"):
+    if embedding_kind is None:
         raise UnsupportedModelError(
-            f"input embedding {int(nf.input_embedding)} ({embedding_kind or 'unknown'}) is not supported; "
-            "supported: PE_MAP (1) and PE_DENSE (2)."
+            f"input embedding {int(nf.input_embedding)} is unknown; supported: PE_MAP (1), PE_DENSE (2), and NONE (0),"
+            " which lc0's backends run as PE_MAP."
         )
+    if embedding_kind == "NONE":
+        # lc0's backends (eigen included) treat anything but PE_DENSE as the PE_MAP embedding; only leela2onnx
+        # refuses such a file.
+        embedding_kind = "PE_MAP"
     if int(nf.policy) != _POLICY_ATTENTION:
         raise UnsupportedModelError(
             f"policy format {int(nf.policy)} with an attention body is not supported; only POLICY_ATTENTION (3)."
