@@ -268,3 +268,35 @@ def test_float_fields_exact(maia_net: Net) -> None:
     layer = maia_net.weights.input.weights
     assert np.float32(layer.min_val) == layer.min_val
     assert Layer.parse(layer.serialize()).min_val == layer.min_val
+
+
+@pytest.fixture(scope="module")
+def small_raw() -> bytes:
+    from lczerolens.testing import random_net
+
+    return serialize_net(random_net(blocks=1, filters=8, moves_left=True, seed=1), compress=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_damaged_files_raise_only_model_load_error(small_raw: bytes, data: st.DataObject) -> None:
+    # Truncations and byte flips anywhere: the reader either decodes something or raises ModelLoadError; so does
+    # the network builder on whatever decodes.
+    from lczerolens.errors import UnsupportedModelError
+    from lczerolens.model.native import build_network
+
+    raw = bytearray(small_raw)
+    cut = data.draw(st.integers(0, len(raw)), label="cut")
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(1, 255)), max_size=4))
+    for pos, xor in flips:
+        raw[pos] ^= xor
+    damaged = bytes(raw[:cut]) if data.draw(st.booleans(), label="truncate") else bytes(raw)
+    compressed = data.draw(st.booleans(), label="gzip")
+    try:
+        net = parse_net(gzip.compress(damaged) if compressed else damaged)
+    except ModelLoadError:
+        return
+    try:
+        build_network(net)
+    except (ModelLoadError, UnsupportedModelError):
+        pass
