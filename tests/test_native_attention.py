@@ -47,8 +47,8 @@ SPECS = {
         mlh=False,
         seed=2,
     ),
-    "dense-swish-value": AttentionNetSpec(
-        ffn_activation="swish", smolgen_activation="relu2", input_gates=False, wdl=False, seed=3
+    "dense-swish-tanh-value": AttentionNetSpec(
+        ffn_activation="swish", smolgen_activation="tanh", input_gates=False, wdl=False, seed=3
     ),
     "map-mish-multihead": AttentionNetSpec(
         embedding="PE_MAP",

@@ -228,7 +228,7 @@ class AttentionNetwork(nn.Module):
             return x
         return self._modules[f"{prefix}/{_ACTIVATION_NODE[kind]}"](x)
 
-    def _encoder(self, x: torch.Tensor, prefix: str, heads: int, alpha: float, ffn_act: str) -> torch.Tensor:
+    def _encoder(self, x: torch.Tensor, prefix: str, heads: int, alpha: float, ffn_act: str | None) -> torch.Tensor:
         m = self._modules
         n, t, _ = x.shape
         q = m[prefix + "/mha/Q/w"](x)
