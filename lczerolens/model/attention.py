@@ -489,9 +489,8 @@ def build_attention_network(net: Any) -> AttentionNetwork:
         input_format = InputFormat(int(nf.input) or 1)
     except ValueError:
         raise UnsupportedModelError(f"input format {int(nf.input)} is not one lczerolens knows.") from None
-    if w.has("smolgen_b"):
-        # lc0's backends never read a global smolgen bias; refuse rather than guess.
-        raise UnsupportedModelError("the net has a global smolgen bias (smolgen_b), which lc0 does not use.")
+    # A global smolgen bias (smolgen_b) is ignored, as lc0's backends and its ONNX converter ignore it (the
+    # training code's generator has no bias).
 
     default = "mish" if int(nf.default_activation) == 1 else "relu"
     ffn_act = _activation(nf.ffn_activation, default, "FFN")
