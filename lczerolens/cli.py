@@ -15,6 +15,8 @@ Bad input (a missing file, a bad FEN, an illegal move, an unknown target) is rep
 from __future__ import annotations
 
 import argparse
+import functools
+import operator
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -152,6 +154,15 @@ def _fail(message: str, err: TextIO) -> int:
     return 1
 
 
+_IMPOSSIBLE_TEXT = {
+    chess.STATUS_NO_WHITE_KING: "white has no king",
+    chess.STATUS_NO_BLACK_KING: "black has no king",
+    chess.STATUS_TOO_MANY_KINGS: "too many kings",
+    chess.STATUS_OPPOSITE_CHECK: "the side not to move is in check",
+}
+_IMPOSSIBLE = functools.reduce(operator.or_, _IMPOSSIBLE_TEXT)
+
+
 def _make_board(fen: str, history: Sequence[str]) -> Any:
     from lczerolens.board import LczeroBoard
 
@@ -162,6 +173,11 @@ def _make_board(fen: str, history: Sequence[str]) -> Any:
         raise
     except ValueError as exc:  # python-chess's own FEN errors, if the board class lets them through
         raise InvalidBoardError(f"invalid FEN {fen!r}: {exc}; give a FEN in quotes or 'startpos'") from exc
+    # Positions no game can reach, which lc0 would not be asked about: fail here rather than explain nonsense.
+    broken = board.status() & _IMPOSSIBLE
+    if broken:
+        reasons = ", ".join(text for flag, text in _IMPOSSIBLE_TEXT.items() if broken & flag)
+        raise InvalidBoardError(f"invalid position {fen!r}: {reasons}; give a position from a legal game")
     for i, uci in enumerate(history):
         move = _parse_move(board, uci, what=f"history move {i + 1}")
         board.push(move)
@@ -176,10 +192,12 @@ def _parse_move(board: chess.Board, text: str, what: str = "move") -> chess.Move
         try:
             move = board.parse_san(text)
         except ValueError:
-            legal = sorted(m.uci() for m in board.legal_moves)
-            shown = " ".join(legal[:12]) + (" ..." if len(legal) > 12 else "")
-            hint = f"legal moves: {shown}" if legal else "the position has no legal moves"
-            raise InvalidMoveError(f"{what} {text!r} is not a legal move in {board.fen()!r}; {hint}") from None
+            move = None
+    if not move:  # not a move, or the null move ("0000", "--"), which python-chess parses but no network plays
+        legal = sorted(m.uci() for m in board.legal_moves)
+        shown = " ".join(legal[:12]) + (" ..." if len(legal) > 12 else "")
+        hint = f"legal moves: {shown}" if legal else "the position has no legal moves"
+        raise InvalidMoveError(f"{what} {text!r} is not a legal move in {board.fen()!r}; {hint}")
     return move
 
 

@@ -143,6 +143,10 @@ def test_explain_chosen_move_in_san(maia_pb_path, tmp_path, capsys) -> None:
         (["explain", "{maia}", "7k/5Q2/6K1/8/8/8/8/8 b - - 0 1"], "no legal moves"),
         (["explain", "{tmp}/garbage.onnx", ITALIAN], "garbage.onnx"),
         (["frobnicate"], "frobnicate"),
+        (["explain", "{maia}", "4k3/8/8/8/8/8/4R3/4K3 w - - 0 1"], "the side not to move is in check"),
+        (["explain", "{maia}", "8/8/8/8/8/8/8/8 w - - 0 1"], "has no king"),
+        (["explain", "{maia}", "startpos", "--move", "0000"], "0000"),
+        (["explain", "{maia}", "startpos", "--top", "0"], "--top"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, fragment, maia_pb_path, tmp_path, capsys) -> None:
