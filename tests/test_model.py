@@ -13,6 +13,7 @@ from tensordict import TensorDict
 from lczerolens import LczeroModel
 from lczerolens.board import InputFormat, LczeroBoard, encode_boards
 from lczerolens.errors import InputShapeError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
+from lczerolens.model import ops
 
 # Games from the start position or a FEN, with moves: history planes, castling, en passant, repetitions.
 GAMES = [
@@ -104,7 +105,7 @@ def test_attributes_and_repr(maia):
     assert maia.heads == ("policy", "wdl")
     assert isinstance(maia.network, torch.nn.Module)
     text = repr(maia)
-    assert "residual 6x64" in text and "CLASSICAL_112_PLANE" in text and "maia-1900.onnx" in text
+    assert "residual 6x64" in text and "CLASSICAL_112_PLANE (assumed" in text and "maia-1900.onnx" in text
     assert len(text.splitlines()) == 1
 
 
@@ -228,4 +229,23 @@ def test_pb_dispatch(maia_pb_path):
         return
     model = LczeroModel.from_path(maia_pb_path)
     assert model.input_format == InputFormat.CLASSICAL_112_PLANE
-    assert "wdl" in model.heads
+    assert model.heads == ("policy", "wdl")
+    assert "assumed" not in repr(model)  # the weights record their input format
+
+
+def test_pb_and_onnx_agree(maia, maia_pb_path, lc0_maia):
+    """Both loaders on maia-1900: same outputs, same rule ops under the same names."""
+    pytest.importorskip("lczerolens.model.native")
+    native = LczeroModel.from_path(maia_pb_path)
+    planes = lc0_maia[0]
+    with torch.inference_mode():
+        a, b = native(planes), maia(planes)
+    torch.testing.assert_close(a["policy"], b["policy"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a["wdl"], b["wdl"], atol=1e-5, rtol=0)
+
+    def rule_ops(net):
+        return {
+            n: type(m).__name__ + getattr(m, "kind", "") for n, m in net.named_modules() if isinstance(m, ops.RULE_OPS)
+        }
+
+    assert rule_ops(native.network) == rule_ops(maia.network)

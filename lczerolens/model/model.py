@@ -121,6 +121,10 @@ class LczeroModel(nn.Module):
         self.network = network
         fmt = input_format if input_format is not None else getattr(network, "input_format", None)
         self._input_format = InputFormat(fmt) if fmt is not None else InputFormat.CLASSICAL_112_PLANE
+        # Say so in repr when nobody recorded or chose the format (lc0's ONNX exports do not record it).
+        self._format_assumed = input_format is None and (
+            fmt is None or str(getattr(network, "input_format_source", "")).startswith("default")
+        )
         self.source = source if source is not None else getattr(network, "source", None)
 
     # ------------------------------------------------------------------ construction
@@ -205,8 +209,9 @@ class LczeroModel(nn.Module):
         return p.dtype if p is not None else torch.float32
 
     def __repr__(self) -> str:
+        assumed = " (assumed; pass input_format= to from_path if wrong)" if self._format_assumed else ""
         return (
-            f"LczeroModel({self.description}; input_format={self.input_format.name}, "
+            f"LczeroModel({self.description}; input_format={self.input_format.name}{assumed}, "
             f"heads={self.heads}, source={self.source!r})"
         )
 
