@@ -134,6 +134,20 @@ def test_embedding_none_runs_as_pe_map_like_lc0(generated_dir: Path) -> None:
         np.testing.assert_allclose(out["policy"][n, idx].numpy(), np.array(ref.p_raw(*idx)), rtol=0, atol=ATOL)
 
 
+def test_global_smolgen_bias_is_ignored_like_lc0(generated_dir: Path) -> None:
+    from lczerolens.model.proto import write_net
+    from lczerolens.model.weights import encode_layer
+
+    net = make_attention_net(AttentionNetSpec(encoder_layers=1, seed=12))
+    net.weights.smolgen_b = encode_layer(np.linspace(-3.0, 3.0, 4096))
+    path = write_net(net, generated_dir / "bt-smolgen-bias.pb.gz")
+    planes, indices, outputs = _lc0_reference(path)
+    with torch.no_grad():
+        out = load_pb(path)(planes)
+    for n, (idx, ref) in enumerate(zip(indices, outputs, strict=True)):
+        np.testing.assert_allclose(out["policy"][n, idx].numpy(), np.array(ref.p_raw(*idx)), rtol=0, atol=ATOL)
+
+
 def _onnx_outputs(path: Path, planes: torch.Tensor, lc0_binary: Path) -> dict[str, np.ndarray]:
     ort = pytest.importorskip("onnxruntime")
     onnx_path = path.with_suffix(".onnx")
