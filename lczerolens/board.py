@@ -27,6 +27,7 @@ torch.Size([112, 8, 8])
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from typing import Any
@@ -198,26 +199,47 @@ assert all(POLICY_INDEX[u] == i for i, u in enumerate(POLICY_MOVES))
 class _Snapshot:
     """What lc0 needs to know about one position of the history (white's point of view).
 
-    ``w``: the 12 piece bitboards, white's P N B R Q K then black's; ``b``: the same with black's first.
-    ``ep``: the en-passant square lc0 marks (``-1`` for none); ``reps``: lc0's repetition count, valid for
-    the position's ``depth`` in the history (its index in python-chess's move stack).
+    ``w``: the 12 piece bitboards, white's P N B R Q K then black's. ``ep``: the en-passant square lc0
+    marks (``-1`` for none). ``reps``: lc0's repetition count, valid for the position's ``depth`` in the
+    history (its index in python-chess's move stack). ``planes(black)``: the position's 13 planes as
+    little-endian uint64 bytes, seen by white (``black=False``) or by black (ranks mirrored, black first).
     """
 
-    __slots__ = ("w", "b", "turn", "castling", "ep", "r50", "key", "depth", "reps")
+    __slots__ = ("w", "turn", "castling", "ep", "r50", "key", "depth", "reps", "_planes")
 
     def __init__(self, board: chess.Board, depth: int, ep: int) -> None:
         black, white = board.occupied_co  # indexed by colour: BLACK == 0
         p, n, b, r, q, k = board.pawns, board.knights, board.bishops, board.rooks, board.queens, board.kings
         self.w = (p & white, n & white, b & white, r & white, q & white, k & white,
                   p & black, n & black, b & black, r & black, q & black, k & black)  # fmt: skip
-        self.b = self.w[6:] + self.w[:6]
         self.turn = board.turn
-        self.castling = board.clean_castling_rights()
+        self.castling = board.clean_castling_rights() if board.castling_rights else 0
         self.ep = ep
         self.r50 = board.halfmove_clock
         self.key = (self.w, self.turn, self.castling, ep)
         self.depth = depth
         self.reps = 0
+        self._planes: list[bytes | None] = [None, None]
+
+    def planes(self, black: bool) -> bytes:
+        cached = self._planes[black]
+        if cached is None:
+            w = self.w
+            rep = _ALL if self.reps else 0
+            # Big-endian packing of a mask gives the little-endian bytes of its rank mirror: black's view.
+            if black:
+                cached = _PACK13_MIRRORED(*w[6:], *w[:6], rep)
+            else:
+                cached = _PACK13(*w, rep)
+            self._planes[black] = cached
+        return cached
+
+
+_PACK13 = struct.Struct("<13Q").pack
+_PACK13_MIRRORED = struct.Struct(">13Q").pack
+_PACK8 = struct.Struct("<8Q").pack
+_PACK8_MIRRORED = struct.Struct(">8Q").pack
+_EMPTY_SLOT = bytes(8 * _PLANES_PER_BOARD)
 
 
 def _pushed_ep(board: chess.Board) -> int:
@@ -251,6 +273,25 @@ def _fen_ep(board: chess.Board) -> int:
 _START_KEY = _Snapshot(chess.Board(), 0, -1).key
 
 
+_CORNERS = chess.BB_A1 | chess.BB_H1 | chess.BB_A8 | chess.BB_H8
+_QUEEN_CORNERS = chess.BB_A1 | chess.BB_A8
+_KING_CORNERS = chess.BB_H1 | chess.BB_H8
+
+
+def _fill_planes(snap: _Snapshot, black: bool) -> bytes:
+    """A FEN fill copy with an en-passant square: the position before the double pawn push that made it."""
+    pieces = list(snap.w)
+    ep = snap.ep
+    pusher_is_white = snap.turn == chess.BLACK
+    plane = 0 if pusher_is_white else 6
+    origin, landed = (ep - 8, ep + 8) if pusher_is_white else (ep + 8, ep - 8)
+    pieces[plane] = (pieces[plane] | (1 << origin)) & ~(1 << landed)
+    rep = _ALL if snap.reps else 0
+    if black:
+        return _PACK13_MIRRORED(*pieces[6:], *pieces[:6], rep)
+    return _PACK13(*pieces, rep)
+
+
 def _castling_masks(castling: int, w_king: int, b_king: int) -> tuple[int, int]:
     """Squares of the rooks with queen-side and king-side castling rights (both colours)."""
     queen_side = king_side = 0
@@ -265,9 +306,9 @@ def _castling_masks(castling: int, w_king: int, b_king: int) -> tuple[int, int]:
 
 def _choose_transform(cur: _Snapshot, black: bool) -> int:
     """lc0's canonical transform of the current position (only called when nobody can castle)."""
-    planes = cur.b if black else cur.w
+    planes = cur.w
     if black:
-        planes = tuple(_mirror_ranks_int(v) for v in planes)
+        planes = tuple(_mirror_ranks_int(v) for v in planes[6:] + planes[:6])
     king = planes[5]
     transform = 0
     if king & 0x0F0F0F0F0F0F0F0F:
@@ -426,16 +467,31 @@ class LczeroBoard(chess.Board):
 
     def _history(self, fmt: InputFormat, cur: _Snapshot) -> list[tuple[_Snapshot, bool]]:
         """The positions lc0 writes into history slots 0..7, each with whether it is a FEN fill copy."""
-        canonical = _is_canonical(fmt)
-        v2 = fmt in _V2_FORMATS
         slots = [(cur, False)]
-        if canonical and cur.r50 == 0:
-            return slots
+        stack = self._stack
         index = cur.depth - 1
+        if not _is_canonical(fmt):
+            # Formats 1 and 2: the last eight positions, then copies of the FEN position (unless it is the
+            # standard start position).
+            while index >= 0 and len(slots) < _N_HISTORY:
+                snap = stack[index].__dict__.get("_lczero")
+                if snap is None or snap.depth != index:
+                    snap = self._snapshot_at(index)
+                slots.append((snap, False))
+                index -= 1
+            if len(slots) < _N_HISTORY:
+                root = slots[-1][0]
+                if root.key != _START_KEY:
+                    slots.extend([(root, True)] * (_N_HISTORY - len(slots)))
+            return slots
+        v2 = fmt in _V2_FORMATS
+        if cur.r50 == 0:
+            return slots
         while len(slots) < _N_HISTORY:
             filled = index < 0
             snap = self._snapshot_at(0) if (filled and cur.depth) else (cur if filled else self._snapshot_at(index))
-            if canonical and (snap.castling != cur.castling or snap.ep >= 0):
+            # Canonical formats stop at a change of castling rights and at an earlier en-passant mark.
+            if snap.castling != cur.castling or snap.ep >= 0:
                 break
             if filled and snap.key == _START_KEY:
                 break
@@ -447,53 +503,53 @@ class LczeroBoard(chess.Board):
                 index -= 1
                 continue
             slots.append((snap, filled))
-            if canonical and snap.r50 == 0:
+            if snap.r50 == 0:  # nothing before a capture or pawn move can repeat
                 break
             index -= 1
         return slots
 
-    def _encoding_row(self, fmt: InputFormat) -> tuple[list[int], bool, int, int]:
-        """The 112 plane masks in white's orientation, black to move, rule-50 count and canonical transform."""
+    def _encoding_row(self, fmt: InputFormat) -> tuple[bytes, int, int]:
+        """The 112 plane masks as little-endian uint64 bytes in the side to move's view (before the canonical
+        transform), the rule-50 count and the canonical transform."""
         cur = self._current_snapshot()
-        black = cur.turn == chess.BLACK
-        row: list[int] = []
-        for snap, filled in self._history(fmt, cur):
-            pieces = snap.b if black else snap.w
+        black = not cur.turn
+        slots = self._history(fmt, cur)
+        parts = []
+        for snap, filled in slots:
+            cached = snap._planes[black]
             if filled and snap.ep >= 0:
-                # A FEN fill copy shows the position before the double pawn push that made the en-passant square.
-                pieces = list(pieces)
-                ep = snap.ep
-                pusher_is_white = snap.turn == chess.BLACK
-                plane = 0 if pusher_is_white != black else 6
-                origin, landed = (ep - 8, ep + 8) if pusher_is_white else (ep + 8, ep - 8)
-                pieces[plane] = (pieces[plane] | (1 << origin)) & ~(1 << landed)
-            row.extend(pieces)
-            row.append(_ALL if snap.reps else 0)
-        row.extend([0] * (_AUX - len(row)))
+                cached = _fill_planes(snap, black)
+            elif cached is None:
+                cached = snap.planes(black)
+            parts.append(cached)
+        if len(slots) < _N_HISTORY:
+            parts.append(_EMPTY_SLOT * (_N_HISTORY - len(slots)))
 
+        # Auxiliary planes, first in white's view (packed mirrored for black).
+        cr = cur.castling
         if fmt == InputFormat.CLASSICAL_112_PLANE:
-            cr = cur.castling
-            wq, wk = bool(cr & chess.BB_A1), bool(cr & chess.BB_H1)
-            bq, bk = bool(cr & chess.BB_A8), bool(cr & chess.BB_H8)
-            if cr & ~(chess.BB_A1 | chess.BB_H1 | chess.BB_A8 | chess.BB_H8):
+            if cr & ~_CORNERS:  # Chess960 rooks: sides decided by the king's file
                 queen_side, king_side = _castling_masks(cr, cur.w[5], cur.w[11])
-                wq, wk = bool(queen_side & chess.BB_RANK_1), bool(king_side & chess.BB_RANK_1)
-                bq, bk = bool(queen_side & chess.BB_RANK_8), bool(king_side & chess.BB_RANK_8)
-            flags = (bq, bk, wq, wk) if black else (wq, wk, bq, bk)
-            row.extend(_ALL if f else 0 for f in flags)
+            else:
+                queen_side, king_side = cr & _QUEEN_CORNERS, cr & _KING_CORNERS
+            ours, theirs = (chess.BB_RANK_8, chess.BB_RANK_1) if black else (chess.BB_RANK_1, chess.BB_RANK_8)
+            aux0 = _ALL if queen_side & ours else 0
+            aux1 = _ALL if king_side & ours else 0
+            aux2 = _ALL if queen_side & theirs else 0
+            aux3 = _ALL if king_side & theirs else 0
         else:
-            row.extend(_castling_masks(cur.castling, cur.w[5], cur.w[11]) if cur.castling else (0, 0))
-            row.extend((0, 0))
+            aux0, aux1 = _castling_masks(cr, cur.w[5], cur.w[11]) if cr else (0, 0)
+            aux2 = aux3 = 0
         if _is_canonical(fmt):
             # The en-passant mark sits on the rank-8 square (side to move's view) of the en-passant file.
-            row.append(0 if cur.ep < 0 else 1 << (chess.square_file(cur.ep) + (0 if black else 56)))
+            aux4 = 0 if cur.ep < 0 else 1 << ((cur.ep & 7) + (0 if black else 56))
         else:
-            row.append(_ALL if black else 0)
-        row.append(_ALL)  # rule-50 plane, filled with its value later
-        row.append(_ALL if (black and fmt in _ARMAGEDDON_FORMATS) else 0)
-        row.append(_ALL)
-        transform = _choose_transform(cur, black) if (_is_canonical(fmt) and not cur.castling) else 0
-        return row, black, cur.r50, transform
+            aux4 = _ALL if black else 0
+        aux6 = _ALL if (black and fmt in _ARMAGEDDON_FORMATS) else 0
+        # Plane 109 (rule 50) is written as all ones here and scaled by its value afterwards.
+        parts.append((_PACK8_MIRRORED if black else _PACK8)(aux0, aux1, aux2, aux3, aux4, _ALL, aux6, _ALL))
+        transform = _choose_transform(cur, black) if (cr == 0 and _is_canonical(fmt)) else 0
+        return b"".join(parts), cur.r50, transform
 
     # -- encoding ----------------------------------------------------------------------------------------------
 
@@ -727,10 +783,6 @@ def canonical_transform(board: chess.Board, input_format: InputFormat | int) -> 
     return board.canonical_transform(input_format)
 
 
-# Byte -> its 8 bits as float32 (little bit order: bit 0 = file a).
-_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.float32)
-
-
 def encode_boards(boards: Sequence[chess.Board] | chess.Board,
                   input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:  # fmt: skip
     """Encode a batch of boards: a float32 tensor ``[N, 112, 8, 8]`` (see :meth:`LczeroBoard.to_input_tensor`).
@@ -746,8 +798,7 @@ def encode_boards(boards: Sequence[chess.Board] | chess.Board,
     if isinstance(boards, chess.Board):
         boards = [boards]
     n = len(boards)
-    rows: list[list[int]] = []
-    blacks: list[int] = []
+    rows: list[bytes] = []
     r50 = np.empty(n, dtype=np.float32)
     transforms: dict[int, list[int]] = {}
     for i, board in enumerate(boards):
@@ -755,23 +806,19 @@ def encode_boards(boards: Sequence[chess.Board] | chess.Board,
             if not isinstance(board, chess.Board):
                 raise InvalidBoardError(f"encode_boards takes chess boards, got {type(board).__name__}: {board!r}")
             board = LczeroBoard.from_board(board)
-        row, black, rule50, transform = board._encoding_row(fmt)
+        row, r50[i], transform = board._encoding_row(fmt)
         rows.append(row)
-        if black:
-            blacks.append(i)
-        r50[i] = rule50
         if transform:
             transforms.setdefault(transform, []).append(i)
-    masks = np.array(rows, dtype=np.uint64).reshape(n, 112)
-    if blacks:
-        masks[blacks] = masks[blacks].byteswap()  # mirror ranks: black's view
-    for transform, index in transforms.items():
-        # lc0 transforms planes 0..108 (all-zero and all-one planes are unchanged by any transform anyway).
-        masks[index, :109] = _transform_array(masks[index, :109], transform)
-    planes = torch.from_numpy(_BYTE_BITS[masks.astype("<u8", copy=False).view(np.uint8)])
-    planes = planes.reshape(n, 112, 8, 8)
-    values = torch.from_numpy(r50)
+    masks = np.frombuffer(b"".join(rows), dtype="<u8").reshape(n, 112)
+    if transforms:
+        masks = masks.copy()
+        for transform, index in transforms.items():
+            # lc0 transforms planes 0..108 (all-zero and all-one planes are unchanged by any transform anyway).
+            masks[index, :109] = _transform_array(masks[index, :109], transform)
+    bits = np.unpackbits(masks.view(np.uint8), bitorder="little")  # bit s of a mask = square s
+    planes = bits.astype(np.float32).reshape(n, 112, 64)
     if fmt >= InputFormat.CANONICALIZATION_HECTOPLIES:
-        values = values / 100.0
-    planes[:, 109] = values[:, None, None]
-    return planes
+        r50 /= np.float32(100.0)  # float32 division, as lc0 does
+    planes[:, 109] = r50[:, None]
+    return torch.from_numpy(planes).reshape(n, 112, 8, 8)
