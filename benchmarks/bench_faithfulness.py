@@ -57,9 +57,10 @@ def evaluate_net(
 ) -> dict[str, Any]:
     """AOPC/ABPC (mean, 95% interval), ms per position and paired differences for each target and method."""
     out: dict[str, Any] = {}
+    cache: dict = {}  # shared by both targets: the same boards (random orders, occlusion) are evaluated once
     for target in targets:
         t0 = time.perf_counter()
-        task = metrics.prepare(model, fens, target)
+        task = metrics.prepare(model, fens, target, cache=cache)
         results: dict[str, metrics.MethodResult] = {}
         rows: dict[str, Any] = {}
         for name in methods:

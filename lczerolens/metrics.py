@@ -229,22 +229,20 @@ def _explained(outputs: dict[str, torch.Tensor], target: str, indices: torch.Ten
 def policy_index(board: chess.Board, move: chess.Move, fmt) -> int:
     """The index of ``move`` in lc0's policy vector as the network sees ``board``; ``move`` need not be legal.
 
-    ``move`` is written as lc0 writes it (castling king-takes-rook, see :func:`_lc0_move`). Its squares go through
-    the board's own orientation (black's rank mirror, the canonical transform of formats 3 and up) with
-    ``LczeroBoard.board_to_network``; legality is not checked, so a move whose piece was removed keeps its index.
+    A legal move goes through ``LczeroBoard.encode_move`` (black's mirror, and lc0 0.32.1's own square mapping
+    of moves in canonical formats). A move made illegal by a removal (its piece gone) gets the index the same
+    mapping gives, without the legality check.
     """
     from lczerolens.board import LczeroBoard
-    from lczerolens.policy_index import POLICY_INDEX
+    from lczerolens.errors import InvalidMoveError
 
-    onehot = torch.zeros(2, 64)
-    onehot[0, move.from_square] = 1.0
-    onehot[1, move.to_square] = 1.0
-    net = LczeroBoard.board_to_network(board, onehot.view(2, 8, 8), fmt).reshape(2, 64).argmax(1)
-    promo = move.promotion if move.promotion in (chess.QUEEN, chess.ROOK, chess.BISHOP) else None
-    uci = chess.Move(int(net[0]), int(net[1]), promotion=promo).uci()
-    if uci not in POLICY_INDEX:
-        raise LensError(f"move {move.uci()} has no lc0 policy index in {board.fen()}")
-    return POLICY_INDEX[uci]
+    lb = board if isinstance(board, LczeroBoard) else LczeroBoard.from_board(board)
+    try:
+        return int(lb.encode_move(move, fmt))
+    except InvalidMoveError:
+        pass
+    # LczeroBoard's own (private) mapping: it has no public move index that skips the legality check.
+    return int(lb._move_indices([move], lb._move_orientation(fmt))[0])
 
 
 def _forward(network: nn.Module, planes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -301,16 +299,30 @@ def explained_outputs(
     For ``target="move"``, ``indices[i]`` is the policy index read on board ``i`` (see :func:`move_indices`).
     """
     _check_target(target)
-    network, fmt = network_of(model), input_format_of(model)
     if target == "move" and (indices is None or len(indices) != len(boards)):
         raise InputShapeError("the move target needs one policy index per board")
-    out = []
+    move, value = _evaluate(model, boards, indices if target == "move" else None, target == "value", batch_size)
+    return move if target == "move" else value
+
+
+def _evaluate(
+    model: Any, boards: Sequence[chess.Board], indices: torch.Tensor | None, need_value: bool, batch_size: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Policy logits at ``indices`` (when given) and the value logit (when the net has one, or raise if needed)."""
+    network, fmt = network_of(model), input_format_of(model)
+    moves, values = [], []
     with torch.no_grad():
         for start in range(0, len(boards), batch_size):
-            chunk = boards[start : start + batch_size]
-            idx = None if indices is None else indices[start : start + batch_size]
-            out.append(_explained(_forward(network, encode(chunk, fmt)), target, idx).to(torch.float64))
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+            outputs = _forward(network, encode(boards[start : start + batch_size], fmt))
+            if indices is not None:
+                idx = indices[start : start + batch_size]
+                moves.append(_explained(outputs, "move", idx).to(torch.float64))
+            if need_value or "wdl_logits" in outputs or "value_logit" in outputs:
+                values.append(_value_of(outputs).to(torch.float64))
+    empty = torch.zeros(0, dtype=torch.float64)
+    move = (torch.cat(moves) if moves else empty) if indices is not None else None
+    value = (torch.cat(values) if values else empty) if values or not boards else None
+    return move, value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -358,11 +370,16 @@ def fen_only(boards: Sequence[chess.Board | str]) -> list[chess.Board]:
 
 
 def prepare(
-    model: Any, boards: Sequence[chess.Board | str], target: str = "move", batch_size: int = DEFAULT_BATCH_SIZE
+    model: Any,
+    boards: Sequence[chess.Board | str],
+    target: str = "move",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    cache: dict[tuple[str, int], float] | None = None,
 ) -> Task:
     """Fix what is explained on each position: the top legal move's logit, or the value logit.
 
     Every position must have at least one piece besides the kings (and a legal move, for the move target).
+    ``cache`` may be shared by the tasks of one model (see :func:`cached_outputs`); never across models.
     """
     _check_target(target)
     fen_boards = fen_only(boards)
@@ -375,7 +392,7 @@ def prepare(
         moves = top_moves(model, fen_boards, batch_size)
         indices = move_indices(fen_boards, moves, fmt)
     f0 = explained_outputs(model, fen_boards, target, indices, batch_size)
-    return Task(fen_boards, target, moves, indices, f0)
+    return Task(fen_boards, target, moves, indices, f0, {} if cache is None else cache)
 
 
 def cached_outputs(
@@ -385,17 +402,24 @@ def cached_outputs(
     indices: torch.Tensor | None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> torch.Tensor:
-    """:func:`explained_outputs` of ``boards``, evaluating only those not yet in ``task.cache``."""
+    """:func:`explained_outputs` of ``boards``, evaluating only those not yet in ``task.cache``.
+
+    The cache is keyed by (FEN, policy index), ``-1`` standing for the value; each forward pass stores the value
+    too, so a value task sharing the cache of a move task (same model, same positions) reuses those boards.
+    """
     keys = [(b.fen(en_passant="fen"), -1 if indices is None else int(indices[i])) for i, b in enumerate(boards)]
-    todo = {}
+    todo: dict[tuple[str, int], int] = {}
     for i, key in enumerate(keys):
         if key not in task.cache and key not in todo:
             todo[key] = i
     if todo:
         rows = list(todo.values())
         idx = None if indices is None else indices[rows]
-        fresh = explained_outputs(model, [boards[i] for i in rows], task.target, idx, batch_size)
-        task.cache.update(zip(todo, fresh.tolist(), strict=True))
+        move, value = _evaluate(model, [boards[i] for i in rows], idx, indices is None, batch_size)
+        if move is not None:
+            task.cache.update(zip(todo, move.tolist(), strict=True))
+        if value is not None:
+            task.cache.update(((key[0], -1), v) for key, v in zip(todo, value.tolist(), strict=True))
     return torch.tensor([task.cache[k] for k in keys], dtype=torch.float64)
 
 
@@ -526,7 +550,8 @@ def occlusion_attribution(model: Any, task: Task, batch_size: int = DEFAULT_BATC
         where.extend((i, s) for s in removable_squares(board))
         if task.target == "move":
             indices.append(_indices_for(task, i, singles, fmt))
-    values = cached_outputs(model, task, boards, torch.cat(indices) if indices else None, batch_size)
+    # Not through the cache: the time measured must be the method's own cost (n + 1 forward passes).
+    values = explained_outputs(model, boards, task.target, torch.cat(indices) if indices else None, batch_size)
     scores = torch.zeros(len(task), 64, dtype=torch.float64)
     rows = torch.tensor([w[0] for w in where], dtype=torch.long)
     cols = torch.tensor([w[1] for w in where], dtype=torch.long)

@@ -305,6 +305,11 @@ def test_move_index_follows_the_board_orientation(fmt: int) -> None:
         assert metrics.policy_index(b, move, fmt) == b.encode_move(move, fmt)
         seen.add(b.canonical_transform(fmt))
     assert len(seen) == (2 if fmt >= 3 else 1)
+    # Once the rook is gone the move is illegal; its index is the one the same orientation gives.
+    with_rook, without_rook = metrics.removal_path(board, [chess.C2, chess.H1])
+    assert without_rook.canonical_transform(fmt) == with_rook.canonical_transform(fmt)
+    assert not without_rook.is_legal(move)
+    assert metrics.policy_index(without_rook, move, fmt) == with_rook.encode_move(move, fmt)
     # Castling is written king-takes-rook.
     board = LczeroBoard("r3k2r/pppq1ppp/2n2n2/3pp3/3PP3/2N2N2/PPPQ1PPP/R3K2R b KQkq - 3 8")
     castle = chess.Move.from_uci("e8g8")
@@ -328,3 +333,17 @@ def test_canonical_format_keeps_explaining_the_same_move() -> None:
     assert path[0].canonical_transform(fmt) != transform
     idx = metrics._indices_for(task, 0, path, fmt)
     assert int(idx[0]) == path[0].encode_move(task.moves[0], fmt) != int(task.indices[0])
+
+
+def test_shared_cache_gives_the_same_figures() -> None:
+    net = random_toy(8)
+    shared: dict = {}
+    for target in ("move", "value"):
+        cached = metrics.prepare(net, FENS[:4], target, cache=shared)
+        fresh = metrics.prepare(net, FENS[:4], target)
+        for method in ("random", "occlusion", "gradient_x_input"):
+            a = metrics.evaluate_method(net, cached, method)
+            b = metrics.evaluate_method(net, fresh, method)
+            assert torch.allclose(a.aopc, b.aopc) and torch.allclose(a.abpc, b.abpc), (target, method)
+    # The value entries were filled by the move task's forward passes too.
+    assert any(key[1] == -1 for key in shared) and any(key[1] >= 0 for key in shared)
