@@ -438,6 +438,8 @@ def _board_group(
             child.set("fill", colors[square])
             child.set("data-square", name)
             child.set("data-value", repr(float(values[square])))
+            # Hovering a square in a browser shows its value.
+            ET.SubElement(child, "title").text = f"{name}: {float(values[square]):+.4g}"
         elif child.tag == "g" and len(child) == 1 and child[0].tag == "path" and "d" in child[0].attrib:
             # A coordinate letter: chess.svg writes each glyph's outline twice per board. One copy in <defs>,
             # referenced by <use>, keeps grids of many boards small.

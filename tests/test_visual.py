@@ -204,8 +204,10 @@ def test_values_accept_torch_numpy_lists_8x8_and_64() -> None:
     # [rank, file]: row 3, column 4 is e4.
     t = torch.zeros(8, 8)
     t[3, 4] = 1.0
-    squares = _squares(render_heatmap(board, t).svg)
+    svg = render_heatmap(board, t).svg
+    squares = _squares(svg)
     assert squares["e4"]["value"] == 1.0 and sum(sq["value"] for sq in squares.values()) == 1.0
+    assert "<title>e4: +1</title>" in svg  # the hover text of e4's square
 
 
 def test_colour_maps_by_name_and_callable() -> None:
