@@ -40,7 +40,7 @@ from lczerolens.model.proto import (
     Weights,
     write_net,
 )
-from lczerolens.model.weights import ENCODINGS, encode_layer
+from lczerolens.model.weights import ENCODINGS, decode_layer, encode_layer
 
 __all__ = [
     "INPUT_FORMATS",
@@ -64,8 +64,10 @@ RESIDUAL_DEFAULTS: dict[str, Any] = {
     "filters": 16,
     "se": True,
     "se_channels": None,  # filters // 4 when None
-    "policy": "conv",  # "conv" (80 planes + mapping) or "classical" (1x1 conv + dense)
+    "policy": "conv",  # "conv" (80 planes + mapping), "classical" (1x1 conv + dense) or "attention"
     "policy_channels": 8,  # classical policy head only
+    "policy_embedding": 16,  # attention policy head only: per-square embedding width
+    "policy_d_model": 16,  # attention policy head only: query/key width
     "value": "wdl",  # "wdl" (3 logits) or "value" (one logit, tanh)
     # lc0 0.32.1's leela2onnx hard-codes 32 value channels and 128 hidden units for residual nets.
     "value_channels": 32,
@@ -190,8 +192,8 @@ def _residual_net(spec: dict[str, Any]) -> Net:
         raise ValueError(f"input_format must be one of {INPUT_FORMATS}, not {fmt}")
     if s["encoding"] not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, not {s['encoding']!r}")
-    if s["policy"] not in ("conv", "classical"):
-        raise ValueError(f"policy must be 'conv' or 'classical', not {s['policy']!r}")
+    if s["policy"] not in ("conv", "classical", "attention"):
+        raise ValueError(f"policy must be 'conv', 'classical' or 'attention', not {s['policy']!r}")
     if s["value"] not in ("wdl", "value"):
         raise ValueError(f"value must be 'wdl' or 'value', not {s['value']!r}")
     filters = int(s["filters"])
@@ -233,10 +235,25 @@ def _residual_net(spec: dict[str, Any]) -> Net:
         y = F.conv2d(z, _t(wp), padding=1)
         wp = wp * (2.0 / float(y.std()))
         w.policy = ConvBlock(weights=b.layer(wp), biases=b.layer(b.rng.normal(0.0, 0.3, 80)))
-    else:
+    elif s["policy"] == "classical":
         w.policy, z = b.conv_bn(h, int(s["policy_channels"]), 1)
         z = act(z).reshape(nb, -1)
         w.ip_pol_w, w.ip_pol_b, _ = b.dense(z, 1858, target_std=2.0, bias_std=0.3)
+    else:
+        # lc0's attention policy on a residual body (T79/T80 style): per-square SELU embedding, Q.K^T / sqrt(d)
+        # from/to logits, promotion offsets from the keys of the last rank.
+        tokens = h.permute(0, 2, 3, 1).reshape(nb * 64, filters)
+        w.ip_pol_w, w.ip_pol_b, e = b.dense(tokens, int(s["policy_embedding"]), target_std=1.0)
+        e = F.selu(e)
+        d_model = int(s["policy_d_model"])
+        w.ip2_pol_w, w.ip2_pol_b, q = b.dense(e, d_model, target_std=1.0, bias_std=0.1)
+        w.ip3_pol_w, w.ip3_pol_b, k = b.dense(e, d_model, target_std=1.0, bias_std=0.1)
+        logits = q.reshape(nb, 64, d_model) @ k.reshape(nb, 64, d_model).transpose(1, 2) / math.sqrt(d_model)
+        # Scale Q so the from/to logits spread over about two units.
+        scale = 2.0 / float(logits.std())
+        w.ip2_pol_w = b.layer(decode_layer(w.ip2_pol_w) * scale)
+        w.ip2_pol_b = b.layer(decode_layer(w.ip2_pol_b) * scale)
+        w.ip4_pol_w, _, _ = b.dense(k.reshape(nb, 64, d_model)[:, 56:].reshape(-1, d_model), 4, target_std=0.5)
 
     w.value, z = b.conv_bn(h, int(s["value_channels"]), 1)
     z = act(z).reshape(nb, -1)
@@ -259,7 +276,11 @@ def _residual_net(spec: dict[str, Any]) -> Net:
         network=nf.NetworkStructure.NETWORK_SE_WITH_HEADFORMAT
         if s["se"]
         else nf.NetworkStructure.NETWORK_CLASSICAL_WITH_HEADFORMAT,
-        policy=nf.PolicyFormat.POLICY_CONVOLUTION if s["policy"] == "conv" else nf.PolicyFormat.POLICY_CLASSICAL,
+        policy={
+            "conv": nf.PolicyFormat.POLICY_CONVOLUTION,
+            "classical": nf.PolicyFormat.POLICY_CLASSICAL,
+            "attention": nf.PolicyFormat.POLICY_ATTENTION,
+        }[s["policy"]],
         value=nf.ValueFormat.VALUE_WDL if wdl else nf.ValueFormat.VALUE_CLASSICAL,
         moves_left=nf.MovesLeftFormat.MOVES_LEFT_V1 if s["moves_left"] else nf.MovesLeftFormat.MOVES_LEFT_NONE,
         default_activation=nf.DefaultActivation.DEFAULT_ACTIVATION_MISH
@@ -302,7 +323,9 @@ def random_net(family: str = "residual", **spec: Any) -> Net:
     **spec
         For the residual family (defaults in :data:`RESIDUAL_DEFAULTS`): ``input_format`` (1, 2, 3, 4, 5, 132,
         133), ``blocks``, ``filters``, ``se`` (squeeze-excitation on/off), ``se_channels``, ``policy``
-        (``"conv"`` or ``"classical"``), ``policy_channels``, ``value`` (``"wdl"`` or ``"value"``),
+        (``"conv"``, ``"classical"`` or ``"attention"``: lc0's attention policy head on the residual body, as in
+        the T79/T80 nets), ``policy_channels`` (classical), ``policy_embedding`` and ``policy_d_model``
+        (attention), ``value`` (``"wdl"`` or ``"value"``),
         ``value_channels``, ``value_hidden``, ``moves_left`` (bool), ``mlh_channels``, ``mlh_hidden``,
         ``activation`` (``"relu"`` or ``"mish"``), ``encoding`` (``"LINEAR16"``, ``"FLOAT16"``,
         ``"BFLOAT16"``, ``"FLOAT32"``), ``seed``.
@@ -354,7 +377,6 @@ def reencode_net(net: Net, encoding: str) -> Net:
     True
     """
     from lczerolens.model.proto import Message
-    from lczerolens.model.weights import decode_layer
 
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding must be one of {ENCODINGS}, not {encoding!r}")

@@ -46,6 +46,10 @@ SPECS: dict[str, dict[str, Any]] = {
     "mish-conv-value-mlh-f5": dict(activation="mish", value="value", moves_left=True, input_format=5, blocks=1,
                                    seed=6),
     "relu-conv-wdl-f133": dict(input_format=133, blocks=3, filters=8, se_channels=2, seed=7),
+    # lc0's attention policy head on a residual body (the T79/T80 layout).
+    "mish-attnpol-wdl-mlh-f1": dict(policy="attention", activation="mish", moves_left=True, seed=8),
+    "relu-attnpol-value-nose-f3": dict(policy="attention", se=False, value="value", input_format=3, blocks=1,
+                                       policy_embedding=8, policy_d_model=24, seed=9),
 }
 
 
@@ -183,29 +187,38 @@ def test_maia_contract(maia_case: Case) -> None:
     assert all(t.dtype == torch.float32 for t in out.values())
 
 
-def test_maia_module_names_are_lc0_onnx_node_names(maia_case: Case, maia_onnx_path: Path) -> None:
+def check_module_names(network: torch.nn.Module, onnx_path: Path) -> None:
+    """Module names are the export's node names; every nonlinear node has its rule module."""
     onnx = pytest.importorskip("onnx")
-    graph = onnx.load(str(maia_onnx_path), load_external_data=False).graph
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
     nodes = {n.name.lstrip("/"): n.op_type for n in graph.node}
-    modules = dict(maia_case.network.named_children())
+    modules = dict(network.named_children())
     for name, module in modules.items():
         if isinstance(module, torch.nn.Conv2d):
             assert nodes.get(name) == "Conv", name
         elif isinstance(module, torch.nn.Linear):
             assert "MatMul" in (nodes.get(name), nodes.get(f"{name}/matmul")), name
         elif isinstance(module, ops.Activation):
-            assert nodes.get(name) == {"relu": "Relu"}[module.kind], name
+            # Mish is written as Softplus, Tanh, Mul; the Mul carries the activation's name.
+            assert nodes.get(name) == {"relu": "Relu", "mish": "Mul", "selu": "Selu"}[module.kind], name
         elif isinstance(module, ops.Gate):
             assert nodes.get(name) == "Mul" and name.endswith("/conv2/se/mul"), name
+        elif isinstance(module, ops.MatMul):
+            assert nodes.get(name) == "MatMul" and module.attention_operand is None, name
         else:
             pytest.fail(f"unexpected module {name}: {type(module).__name__}")
-    # Every nonlinear ONNX node of the export has its rule module here.
     for name, op in nodes.items():
-        if op == "Relu":
-            assert isinstance(modules.get(name), ops.Activation), name
+        if op in ("Relu", "Selu") or (op == "Softplus" and name.endswith("/mish/softplus")):
+            assert isinstance(modules.get(name.removesuffix("/softplus")), ops.Activation), name
         if op == "Sigmoid":  # the SE gate: Sigmoid + Mul fused into one Gate
             assert isinstance(modules.get(name.replace("/sigmoid", "/mul")), ops.Gate), name
-    assert sum(isinstance(m, ops.Gate) for m in modules.values()) == 6
+        if op == "MatMul" and name not in modules and name.removesuffix("/matmul") not in modules:
+            pytest.fail(f"no module for MatMul node {name}")
+
+
+def test_maia_module_names_are_lc0_onnx_node_names(maia_case: Case, maia_onnx_path: Path) -> None:
+    check_module_names(maia_case.network, maia_onnx_path)
+    assert sum(isinstance(m, ops.Gate) for m in maia_case.network.children()) == 6
 
 
 def test_rule_ops_are_called_through_their_modules(maia_case: Case) -> None:
@@ -258,6 +271,7 @@ def test_generated_matches_eigen(generated_case: tuple[str, Case]) -> None:
 def test_generated_matches_onnxruntime_on_lc0_export(generated_case: tuple[str, Case], lc0_binary: Path) -> None:
     case = generated_case[1]
     check_against_onnx(case, run_onnx(lc0_binary, case.path, case.eigen.planes))
+    check_module_names(case.network, case.path.with_suffix(".onnx"))
 
 
 def test_generated_contract(generated_case: tuple[str, Case]) -> None:
@@ -277,8 +291,11 @@ def test_generated_contract(generated_case: tuple[str, Case]) -> None:
     if mlh:
         assert case.ours["mlh"].shape == (n,) and (case.ours["mlh"] >= 0).all()
     kind = spec.get("activation", "relu")
+    attention = spec.get("policy") == "attention"
     acts = [m for m in network.modules() if isinstance(m, ops.Activation)]
-    assert {a.kind for a in acts} == ({kind, "relu"} if mlh else {kind})
+    expected = {kind} | ({"relu"} if mlh else set()) | ({"selu"} if attention else set())
+    assert {a.kind for a in acts} == expected
+    assert sum(isinstance(m, ops.MatMul) for m in network.modules()) == (1 if attention else 0)
     gates = [m for m in network.modules() if isinstance(m, ops.Gate)]
     assert len(gates) == (spec.get("blocks", 2) if spec.get("se", True) else 0)
 
@@ -382,8 +399,11 @@ def test_unsupported_formats(small_net: Net) -> None:
     with pytest.raises(UnsupportedModelError, match="input format 7"):
         _load(small_net)
     nf.input = 1
-    nf.policy = NetworkFormat.PolicyFormat.POLICY_ATTENTION
-    with pytest.raises(UnsupportedModelError, match="POLICY_ATTENTION"):
+    nf.policy = NetworkFormat.PolicyFormat.POLICY_UNKNOWN
+    with pytest.raises(UnsupportedModelError, match="POLICY_UNKNOWN"):
+        _load(small_net)
+    nf.policy = NetworkFormat.PolicyFormat.POLICY_ATTENTION  # declared, but the file has a conv policy head
+    with pytest.raises(ModelLoadError, match=r"weights\.ip_pol_b is missing"):
         _load(small_net)
     nf.policy = NetworkFormat.PolicyFormat.POLICY_CONVOLUTION
     nf.value = NetworkFormat.ValueFormat.VALUE_PARAM
@@ -408,6 +428,22 @@ def test_attention_net_without_builder_is_unsupported(monkeypatch: pytest.Monkey
     net.format.network_format.network = NetworkFormat.NetworkStructure.NETWORK_ATTENTIONBODY_WITH_HEADFORMAT
     monkeypatch.setitem(sys.modules, "lczerolens.model.attention", None)  # import now raises ImportError
     with pytest.raises(UnsupportedModelError, match="attention-body"):
+        _load(net)
+
+
+def test_attention_policy_with_policy_encoders_is_unsupported() -> None:
+    from lczerolens.model.proto import EncoderLayer
+
+    net = random_net(blocks=1, filters=8, policy="attention")
+    net.weights.pol_encoder.append(EncoderLayer())
+    with pytest.raises(UnsupportedModelError, match="1 encoder layers"):
+        _load(net)
+
+
+def test_attention_policy_size_mismatch() -> None:
+    net = random_net(blocks=1, filters=8, policy="attention")
+    net.weights.ip4_pol_w = net.weights.ip2_pol_b
+    with pytest.raises(ModelLoadError, match=r"weights\.ip4_pol_w has 16 values .* needs 64"):
         _load(net)
 
 

@@ -8,7 +8,11 @@ Architecture (what lc0's backends and ``leela2onnx`` compute):
   activation, ``se/matmul2`` S -> 2F) split into gate logits ``s1`` and shifts ``s2``; output
   ``sigmoid(s1) * x + s2``; then the skip add and the activation;
 - policy: convolution head (``policy/conv1`` 3x3 F -> F with activation, ``policy/conv2`` 3x3 F -> 80, the 5120
-  values gathered into the 1858 logits) or classical head (``policy/conv`` 1x1 with activation, ``policy/dense``);
+  values gathered into the 1858 logits), classical head (``policy/conv`` 1x1 with activation, ``policy/dense``),
+  or attention head as in lc0's T79/T80 nets (each square's F channels through ``policy/dense1`` and SELU, queries
+  ``policy/Q`` and keys ``policy/K``, from/to logits ``Q.K^T / sqrt(d)`` by the :class:`~lczerolens.model.ops.MatMul`
+  ``policy/matmul``, promotion offsets ``policy/promotion/matmul`` from the keys of rank 8 added to the rank 7 ->
+  rank 8 logits, the ``[67, 64]`` block gathered into the 1858 logits);
 - value: ``value/conv`` 1x1 with activation, ``value/dense1`` with activation, ``value/dense2`` giving 3 WDL
   logits or one value logit;
 - moves left: ``mlh/conv`` 1x1 with activation, ``mlh/dense1`` with activation, ``mlh/dense2``, ReLU
@@ -35,7 +39,7 @@ from torch import nn
 from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
-from lczerolens.model.policy_map import CONV_POLICY_PLANES, conv_policy_map
+from lczerolens.model.policy_map import CONV_POLICY_PLANES, attention_policy_map, conv_policy_map
 from lczerolens.model.proto import ConvBlock, Layer, Net, NetworkFormat
 from lczerolens.model.weights import decode_layer
 
@@ -104,11 +108,12 @@ def _conv(weight: np.ndarray, bias: np.ndarray) -> nn.Conv2d:
     return m
 
 
-def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
+def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
     out, inp = weight.shape
-    m = nn.Linear(inp, out, device="meta")
+    m = nn.Linear(inp, out, bias=bias is not None, device="meta")
     m.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
-    m.bias = nn.Parameter(torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)))
+    if bias is not None:
+        m.bias = nn.Parameter(torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)))
     m.lrp_linear = True
     return m
 
@@ -144,8 +149,9 @@ class ResidualNetwork(nn.Module):
             p = f"block{i}"
             self._block_names.append((f"{p}/conv1", f"{p}/conv1/{activation}", f"{p}/conv2",
                                       f"{p}/conv2/se" if has_se else "", f"{p}/conv2/{activation}"))
-        if policy == "conv":
-            self.register_buffer("policy_mapping", torch.from_numpy(conv_policy_map().copy()), persistent=False)
+        if policy in ("conv", "attention"):
+            table = conv_policy_map() if policy == "conv" else attention_policy_map()
+            self.register_buffer("policy_mapping", torch.from_numpy(table.copy()), persistent=False)
 
     def forward(self, planes: torch.Tensor) -> dict[str, torch.Tensor]:
         m = self._modules
@@ -168,9 +174,11 @@ class ResidualNetwork(nn.Module):
             p = m[f"policy/conv1/{act}"](m["policy/conv1"](x))
             p = m["policy/conv2"](p).flatten(1)
             out["policy"] = p[:, self.policy_mapping]
-        else:
+        elif self.policy_kind == "classical":
             p = m[f"policy/conv/{act}"](m["policy/conv"](x)).flatten(1)
             out["policy"] = m["policy/dense"](p)
+        else:
+            out["policy"] = self._attention_policy(x)
 
         v = m[f"value/conv/{act}"](m["value/conv"](x)).flatten(1)
         v = m[f"value/dense1/{act}"](m["value/dense1"](v))
@@ -185,6 +193,21 @@ class ResidualNetwork(nn.Module):
             h = m[f"mlh/dense1/{act}"](m["mlh/dense1"](h))
             out["mlh"] = m["output/mlh"](m["mlh/dense2"](h))[:, 0]
         return out
+
+    def _attention_policy(self, x: torch.Tensor) -> torch.Tensor:
+        m = self._modules
+        n = x.shape[0]
+        tokens = x.permute(0, 2, 3, 1).reshape(n, 64, x.shape[1])  # token = square = rank * 8 + file
+        e = m["policy/dense1/selu"](m["policy/dense1"](tokens))
+        q, k = m["policy/Q"](e), m["policy/K"](e)
+        logits = m["policy/matmul"](q, k.transpose(1, 2)) * self.policy_scale  # [n, 64 from, 64 to]
+        # Promotions: 4 offsets per rank-8 square from its key; the knight offset is added to the other three.
+        offsets = m["policy/promotion/matmul"](k[:, 56:64, :])  # [n, 8 to-file, 4]
+        offsets = (offsets[:, :, :3] + offsets[:, :, 3:4]).reshape(n, 1, 24)
+        plain = logits[:, 48:56, 56:64].unsqueeze(-1).expand(n, 8, 8, 3).reshape(n, 8, 24)
+        promotions = (plain + offsets).reshape(n, 3, 64)
+        flat = torch.cat([logits, promotions], dim=1).reshape(n, 67 * 64)
+        return flat[:, self.policy_mapping]
 
     def extra_repr(self) -> str:
         return self.description
@@ -230,6 +253,13 @@ def build_residual_network(net: Net, nf: NetworkFormat, source: str = "lc0 weigh
         policy = "conv"
     elif policy_format == _NF.PolicyFormat.POLICY_CLASSICAL:
         policy = "classical"
+    elif policy_format == _NF.PolicyFormat.POLICY_ATTENTION:
+        policy = "attention"
+        if len(w.pol_encoder) > 0:
+            raise UnsupportedModelError(
+                f"{source}: the attention policy head has {len(w.pol_encoder)} encoder layers, which lczerolens "
+                "does not build on a residual body; convert the net with `lc0 leela2onnx` and load the .onnx file."
+            )
     else:
         raise UnsupportedModelError(
             f"{source}: policy format {_enum_name(policy_format, _NF.PolicyFormat)} on a residual body is not "
@@ -278,6 +308,21 @@ def build_residual_network(net: Net, nf: NetworkFormat, source: str = "lc0 weigh
         add("policy/conv1", _conv(*dec.conv(w.policy1, "weights.policy1", filters, filters, 3)))
         add(f"policy/conv1/{act}", ops.Activation(act))
         add("policy/conv2", _conv(*dec.conv(w.policy, "weights.policy", CONV_POLICY_PLANES, filters, 3)))
+    elif policy == "attention":
+        emb = dec.layer(w.ip_pol_b, "weights.ip_pol_b").size
+        d_model = dec.layer(w.ip2_pol_b, "weights.ip2_pol_b").size
+        add("policy/dense1", _linear(*dec.dense(w.ip_pol_w, w.ip_pol_b, "weights.ip_pol_w", "weights.ip_pol_b",
+                                                emb, filters)))
+        # lc0 uses SELU here for every residual-body net (the default activation only for attention bodies).
+        add("policy/dense1/selu", ops.Activation("selu"))
+        add("policy/Q", _linear(*dec.dense(w.ip2_pol_w, w.ip2_pol_b, "weights.ip2_pol_w", "weights.ip2_pol_b",
+                                           d_model, emb)))
+        add("policy/K", _linear(*dec.dense(w.ip3_pol_w, w.ip3_pol_b, "weights.ip3_pol_w", "weights.ip3_pol_b",
+                                           d_model, emb)))
+        add("policy/matmul", ops.MatMul())
+        promo = dec.layer(w.ip4_pol_w, "weights.ip4_pol_w", 4 * d_model).reshape(4, d_model)
+        add("policy/promotion/matmul", _linear(promo, None))
+        network.policy_scale = float(np.float32(1.0) / np.sqrt(np.float32(d_model)))
     else:
         pol_ch = _channels(dec, w.policy, "weights.policy", filters)
         add("policy/conv", _conv(*dec.conv(w.policy, "weights.policy", pol_ch, filters, 1)))
