@@ -247,6 +247,10 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
                 f"writing .png needs cairosvg and the cairo library ({exc}); `pip install 'lczerolens[png]'` "
                 "or write .svg"
             ) from exc
+    if args.cmap is not None:
+        from lczerolens.visual import get_cmap
+
+        get_cmap(args.cmap)  # an unknown name fails now, not after the network ran
     if args.top < 1:
         raise RenderError(f"--top must be at least 1, not {args.top}")
     if not args.epsilon > 0:

@@ -147,6 +147,7 @@ def test_explain_chosen_move_in_san(maia_pb_path, tmp_path, capsys) -> None:
         (["explain", "{maia}", "8/8/8/8/8/8/8/8 w - - 0 1"], "has no king"),
         (["explain", "{maia}", "startpos", "--move", "0000"], "0000"),
         (["explain", "{maia}", "startpos", "--top", "0"], "--top"),
+        (["explain", "{maia}", "startpos", "--cmap", "rainbow"], "rainbow"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(args, fragment, maia_pb_path, tmp_path, capsys) -> None:
