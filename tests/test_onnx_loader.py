@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 
 import numpy as np
@@ -214,6 +215,10 @@ def test_maia_structure(maia_net):
     assert maia_net.heads == ("policy", "wdl")
     assert int(maia_net.input_format) == 1
     assert "6x64" in maia_net.description and "SE" in maia_net.description
+    # a copy (as lenses or users may make) keeps the contract attributes and the rule ops
+    twin = copy.deepcopy(maia_net)
+    assert twin.heads == maia_net.heads and twin.input_format == maia_net.input_format
+    assert isinstance(twin._modules["block0/conv2/se/mul"], ops.Gate) and twin._modules["inputconv"].lrp_linear
 
 
 def test_fp16_export(maia_fp16_onnx_path, maia_net):

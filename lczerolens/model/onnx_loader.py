@@ -45,7 +45,7 @@ from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, ModelNotFoundError, UnsupportedModelError
 from lczerolens.model import ops
 
-__all__ = ["load_onnx", "LINEAR_OP_TYPES"]
+__all__ = ["load_onnx", "OnnxNetwork", "LINEAR_OP_TYPES"]
 
 _DEFAULT_INPUT = "/input/planes"
 _DEFAULT_OUTPUTS = {
@@ -85,7 +85,7 @@ def load_onnx(
     *,
     half: bool = False,
     input_format: InputFormat | int | None = None,
-) -> fx.GraphModule:
+) -> OnnxNetwork:
     """Load an lc0 ONNX export as a network (see the network contract in the module docstring).
 
     Parameters
@@ -100,7 +100,7 @@ def load_onnx(
 
     Returns
     -------
-    torch.fx.GraphModule
+    OnnxNetwork
         ``network(planes)`` -> ``dict`` with ``policy`` and ``wdl_logits`` / ``value_logit`` and ``mlh``;
         attributes ``input_format``, ``input_format_source``, ``heads``, ``description``, ``onnx_opset``,
         ``source``.
@@ -137,8 +137,9 @@ def load_onnx(
         _to_float32(model)
 
     node_types = _module_node_map(model)
-    gm = _convert(model, label)
-    _normalise(gm, node_types, input_name, outputs, label)
+    converted = _convert(model, label)
+    _normalise(converted, node_types, input_name, outputs, label)
+    gm = OnnxNetwork(converted, converted.graph)
     if half and not keep_half:
         gm.half()
     elif keep_half:
@@ -154,6 +155,19 @@ def load_onnx(
     gm.description = _describe(gm, node_types, label, opset, "float16" if half else "float32", low_precision)
     gm.eval()
     return gm
+
+
+class OnnxNetwork(fx.GraphModule):
+    """The converted network: a ``torch.fx.GraphModule`` whose contract attributes survive ``copy.deepcopy``."""
+
+    _CONTRACT_ATTRS = ("input_format", "input_format_source", "heads", "onnx_opset", "source", "description")
+
+    def __deepcopy__(self, memo: dict) -> OnnxNetwork:
+        res = super().__deepcopy__(memo)
+        for name in self._CONTRACT_ATTRS:
+            if name in self.__dict__:
+                setattr(res, name, self.__dict__[name])
+        return res
 
 
 # ----------------------------------------------------------------------------------------------- reading
