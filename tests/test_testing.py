@@ -131,7 +131,7 @@ def test_bad_specs_raise() -> None:
     with pytest.raises(ValueError, match="encoding"):
         random_net(encoding="INT8")
     with pytest.raises(ValueError, match="policy"):
-        random_net(policy="attention")
+        random_net(policy="attention-encoder")
     with pytest.raises(ValueError, match="value"):
         random_net(value="param")
     with pytest.raises(ValueError, match="activation"):
