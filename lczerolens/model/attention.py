@@ -395,7 +395,7 @@ def _build_encoder(
     add(f"{prefix}/ln2", rd.layer_norm(layer.ln2_gammas, layer.ln2_betas, f"{where}.ln2", embedding, eps))
 
 
-def _heads(net: Any, multihead: bool) -> tuple[Any, Any, Any, str]:
+def _heads(net: Any) -> tuple[Any, Any, Any, str]:
     """(policy head, its embedding weight owner, value head, where) following lc0's head resolution."""
     w = net.weights
     if w.has("policy_heads"):
@@ -414,7 +414,6 @@ def _heads(net: Any, multihead: bool) -> tuple[Any, Any, Any, str]:
         val = w.value_heads.winner
     else:
         val = w
-    del multihead
     return pol, emb, val, pol_where
 
 
@@ -578,7 +577,7 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     network.smolgen = any(layer.mha.has("smolgen") for layer in w.encoder)
 
     # Heads.
-    pol, emb, val, pol_where = _heads(net, structure == _NETWORK_ATTENTIONBODY_MULTIHEAD)
+    pol, emb, val, pol_where = _heads(net)
     pol_emb = rd.linear(emb.ip_pol_w, emb.ip_pol_b, "ip_pol", in_size=embedding)
     add("policy/dense1/matmul", pol_emb)
     _add_activation(network, "policy/dense1", default)
