@@ -380,7 +380,7 @@ def _caption_lines(caption: Any) -> list[str]:
 
 def _text_width(text: str, size: float) -> float:
     """A generous estimate of a text's width in user units (no font metrics in a pure-Python SVG writer)."""
-    return 0.6 * size * len(text)
+    return 0.58 * size * len(text)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -555,7 +555,7 @@ def _colorbar(
         widest = max(widest, _text_width(text, font))
     total = width + 7 + widest
     if label:
-        lx = x + total + 8 + font / 2
+        lx = x + total + 4 + font / 2
         ly = y + height / 2
         lab = ET.SubElement(
             g,
@@ -571,7 +571,7 @@ def _colorbar(
             },
         )
         lab.text = label
-        total += 8 + font + 2
+        total += 4 + font + 2
     return g, total
 
 
