@@ -36,7 +36,7 @@ def apply_activation(kind: str, x: torch.Tensor) -> torch.Tensor:
         r = torch.relu(x)
         return r * r
     if kind == "mish":
-        return x * torch.tanh(F.softplus(x))
+        return F.mish(x)
     if kind == "swish":
         return x * torch.sigmoid(x)
     if kind == "tanh":
