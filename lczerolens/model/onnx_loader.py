@@ -140,6 +140,8 @@ def load_onnx(
     converted = _convert(model, label)
     _normalise(converted, node_types, input_name, outputs, label)
     gm = OnnxNetwork(converted, converted.graph)
+    if "initializers" in gm._modules:
+        gm.initializers.lrp_linear = True  # onnx2torch's container of constants: not an op, nothing to explain
     if half and not keep_half:
         gm.half()
     elif keep_half:
@@ -532,9 +534,6 @@ def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: d
             linear = len(deps) <= 1 if needs is None else not any(i in needs for i in deps)
         module.lrp_linear = linear
         module.onnx_op_type = op
-    # onnx2torch's container of constants: not an op, nothing to explain.
-    if hasattr(gm, "initializers"):
-        gm.initializers.lrp_linear = True
 
 
 class StaticSlice(nn.Module):
