@@ -317,9 +317,12 @@ def _make_scale(arrays: Sequence[np.ndarray], norm: str | None, vmax: float | No
     if vmax is None:
         top = max(float(np.abs(a).max()) for a in arrays)
     else:
-        if not (isinstance(vmax, (int, float)) and math.isfinite(vmax) and vmax > 0):
+        try:
+            top = float(vmax)  # also numpy and 0-d torch scalars, e.g. a batch's relevance.abs().max()
+        except (TypeError, ValueError):
+            top = float("nan")
+        if not (math.isfinite(top) and top > 0):
             raise RenderError(f"vmax must be a positive number, not {vmax!r}")
-        top = float(vmax)
     return _Scale(top, diverging, absolute)
 
 

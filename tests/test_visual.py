@@ -181,6 +181,8 @@ def test_magnitudes_use_a_sequential_map_and_vmax_shares_a_scale() -> None:
     # A fixed vmax: values are placed on that scale and clipped beyond it.
     shared = _squares(render_heatmap(chess.Board(), values, vmax=6.0).svg)
     assert shared["h8"]["fill"] == COLORMAPS["Reds"](0.5)
+    assert _squares(render_heatmap(chess.Board(), values, vmax=torch.tensor(6.0)).svg) == shared
+    assert _squares(render_heatmap(chess.Board(), values, vmax=np.float32(6.0)).svg) == shared
     clipped = _squares(render_heatmap(chess.Board(), values, vmax=1.5).svg)
     assert clipped["h8"]["fill"] == clipped["g8"]["fill"] == COLORMAPS["Reds"](1.0)
     # "absolute" draws |value|: -3 and +3 get the same colour.
