@@ -564,8 +564,8 @@ class LczeroBoard(chess.Board):
 
         Formats 5 and 133 (V2) write only history positions that are repetitions. For a FEN position whose
         history reaches back to the FEN without a rule-50 reset or a change of castling rights, lc0 0.32.1
-        itself never returns (it hangs); lczerolens stops at the FEN, so those slots stay empty, exactly as
-        lc0 would encode the position if the FEN had a rule-50 count of zero.
+        itself never returns (it hangs). lczerolens stops there instead: the FEN position and anything before
+        it are never repetitions, so the remaining slots stay empty.
 
         Examples
         --------
@@ -665,14 +665,20 @@ class LczeroBoard(chess.Board):
             move = to_rook(move)  # castling as king takes rook
             f, t = net[move.from_square], net[move.to_square]
             if move.promotion in (chess.QUEEN, chess.ROOK, chess.BISHOP):
-                out[i] = _PROMO[f & 7, t & 7, move.promotion]
+                on_ranks = f >> 3 == 6 and t >> 3 == 7 and abs((f & 7) - (t & 7)) <= 1
+                out[i] = _PROMO[f & 7, t & 7, move.promotion] if on_ranks else -1
             else:
                 out[i] = _FROM_TO[f * 64 + t]
         return out
 
-    def encode_move(self, move: str | chess.Move,
-                    input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> int:  # fmt: skip
-        """The index of ``move`` (legal here) in lc0's policy vector for ``input_format``.
+    def encode_move(
+        self,
+        move: str | chess.Move,
+        input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE,
+        *,
+        strict: bool = True,
+    ) -> int:
+        """The index of ``move`` in lc0's policy vector for ``input_format``.
 
         Castling may be written either way (``e1g1`` or king-takes-rook ``e1h1``); a knight promotion uses
         the plain from-to entry. Black's moves are mirrored first; canonical formats then map both squares the
@@ -681,11 +687,32 @@ class LczeroBoard(chess.Board):
         moves by a 180-degree rotation instead, although the input planes are transposed. We follow lc0 here, so
         indices mean what lc0's search reads from the policy head.
 
+        With ``strict=False`` a move that is not legal here (e.g. after a piece was removed) still gets the
+        index the same mapping gives, as long as lc0's policy has an entry for it.
+
         >>> LczeroBoard().encode_move("e2e4")
         322
+        >>> LczeroBoard().encode_move("e2e5", strict=False)  # not legal, but the policy has an entry
+        326
         """
         orientation = self._move_orientation(input_format)
-        return int(self._move_indices([self._parse_move(move)], orientation)[0])
+        if strict:
+            return int(self._move_indices([self._parse_move(move)], orientation)[0])
+        try:
+            parsed = self._parse_move(move)
+        except InvalidMoveError:
+            parsed = move if isinstance(move, chess.Move) else None
+            if isinstance(move, str):
+                try:
+                    parsed = chess.Move.from_uci(move.strip())
+                except ValueError:
+                    pass
+            if parsed is None or not parsed or parsed.drop:
+                raise
+        index = int(self._move_indices([parsed], orientation)[0])
+        if index < 0:
+            raise InvalidMoveError(f"{parsed.uci()!r} has no entry in lc0's policy vector (seen from {self.fen()!r})")
+        return index
 
     def legal_move_indices(self, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:
         """Policy indices of all legal moves, in ``self.legal_moves`` order (a ``torch.LongTensor``).

@@ -246,6 +246,17 @@ def test_bad_indices(bad):
     assert str(bad) in str(info.value)
 
 
+def test_non_strict_encoding_of_moves_that_are_not_legal():
+    board = LczeroBoard("4k3/8/8/8/8/8/8/4K3 b - - 0 1")
+    # The same mapping as for legal moves: black's e7e5 reads as e2e4; a removed piece's move still has an index.
+    assert board.encode_move("e7e5", strict=False) == POLICY_INDEX["e2e4"]
+    assert board.encode_move(chess.Move.from_uci("a2a1q"), strict=False) == POLICY_INDEX["a7a8q"]
+    assert board.encode_move("e8d8", strict=False) == board.encode_move("e8d8")
+    for bad in ("e7e1q", "a1h2", "zz", chess.Move.null()):
+        with pytest.raises(InvalidMoveError):
+            board.encode_move(bad, strict=False)
+
+
 def test_index_of_an_illegal_move():
     board = LczeroBoard()
     with pytest.raises(InvalidMoveError, match=str(POLICY_INDEX["e2e5"])):
