@@ -27,9 +27,9 @@ from lczerolens.positions import DEFAULT_NET, load_positions
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "assets" / "cache" / "generated"
 
-#: Positions of the default run on maia-1900 and on the (about 6x costlier) attention net.
+#: Positions of the default run on maia-1900 and on the attention net (about 16x costlier per forward pass).
 DEFAULT_POSITIONS = 100
-DEFAULT_ATTENTION_POSITIONS = 30
+DEFAULT_ATTENTION_POSITIONS = 12
 QUICK_POSITIONS = 4
 
 METHOD_LABELS = {
@@ -179,7 +179,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         if "error" in info:
             lines += [f"**{net}**: not run ({info['error']})", ""]
             continue
-        lines += [f"**{net}** ({info['positions']} positions; {info['description']}). Note: {info['note']}.", ""]
+        lines += [
+            f"**{net}** ({info['positions']} positions; {info['description']}). Note: {info['note']}.",
+            "",
+        ]
         for target, t in info["targets"].items():
             lines += [
                 f"Target: {TARGET_LABELS[target]}; {t['mean_pieces']:.1f} pieces removed per position on average.",

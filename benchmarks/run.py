@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import platform
 import statistics
 import sys
@@ -104,7 +105,7 @@ def dict_table(result: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     _flatten("", result, rows)
     lines = ["| measure | value |", "|---|---|"]
-    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in rows]
+    lines += [f"| {k.replace('|', chr(92) + '|')} | {v.replace('|', chr(92) + '|')} |" for k, v in rows]
     return "\n".join(lines)
 
 
@@ -122,14 +123,12 @@ def _section(title: str, fn: Callable[[], dict[str, Any]], render: Callable[[dic
 
 
 def _module_run(name: str, **kwargs: Any) -> Callable[[], dict[str, Any]]:
+    """``benchmarks.<name>.run`` with those of ``kwargs`` it accepts."""
+
     def call() -> dict[str, Any]:
-        module = importlib.import_module(f"benchmarks.{name}")
-        try:
-            return module.run(**kwargs)
-        except TypeError:
-            if not kwargs:
-                raise
-            return module.run()
+        run = importlib.import_module(f"benchmarks.{name}").run
+        accepted = inspect.signature(run).parameters
+        return run(**{k: v for k, v in kwargs.items() if k in accepted})
 
     return call
 
@@ -139,10 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results/results.md"), help="markdown file to write")
     parser.add_argument("--positions", type=int, default=None, help="positions for maia-1900 (default 100)")
     parser.add_argument(
-        "--attention-positions", type=int, default=None, help="positions for the attention net (default 30)"
+        "--attention-positions", type=int, default=None, help="positions for the attention net (default 12)"
     )
     parser.add_argument("--quick", action="store_true", help="a tiny run for smoke testing")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = {"quick": True} if args.quick else {}
+    threads = {"threads": args.threads} if args.threads else {}
 
     from benchmarks import bench_faithfulness
 
@@ -158,13 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             lambda: bench_faithfulness.run(args.positions, args.attention_positions, quick=args.quick),
             bench_faithfulness.to_markdown,
         ),
-        _section(
-            "Encoding throughput", _module_run("bench_encoding", **({"quick": True} if args.quick else {})), dict_table
-        ),
-        _section("Loading times", _module_run("bench_loading", **({"quick": True} if args.quick else {})), dict_table),
-        _section(
-            "Relevance cost", _module_run("bench_relevance", **({"quick": True} if args.quick else {})), dict_table
-        ),
+        _section("Encoding throughput", _module_run("bench_encoding", **quick), dict_table),
+        _section("Loading times", _module_run("bench_loading", **quick), dict_table),
+        _section("Relevance cost", _module_run("bench_relevance", **quick, **threads), dict_table),
         _section(
             f"Forward pass vs onnxruntime (maia-1900, batch {YARDSTICK_BATCH})",
             lambda: onnx_yardstick(repeats=3 if args.quick else 20),
