@@ -330,6 +330,13 @@ def random_net(family: str = "residual", **spec: Any) -> Net:
         ``activation`` (``"relu"`` or ``"mish"``), ``encoding`` (``"LINEAR16"``, ``"FLOAT16"``,
         ``"BFLOAT16"``, ``"FLOAT32"``), ``seed``.
 
+    Notes
+    -----
+    With the defaults every variant loads in lc0 0.32.1 and converts with its ``leela2onnx``. Two limits of
+    lc0 0.32.1 shape them: ``leela2onnx`` assumes 32 value channels and 128 hidden value units for residual nets
+    (other sizes crash it, though its backends run them), and only LINEAR16 layers are read correctly (other
+    encodings arrived in lc0 0.33, so such files declare 0.33 as their minimum version and lc0 0.32 refuses them).
+
     Examples
     --------
     >>> net = random_net(blocks=1, filters=8, value="value", moves_left=True, seed=3)
