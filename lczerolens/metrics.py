@@ -10,9 +10,10 @@ MoRF and slowly under LeRF:
 - ``ABPC = mean_k (f_LeRF_k - f_MoRF_k)``, the area between the LeRF and MoRF curves.
 
 For the move target (the policy logit of the network's top legal move in the original position, its policy index
-held fixed while pieces go) both are divided by ``|f_0|``; the value target (``win_logit - loss_logit`` before
-lc0's final softmax, or the value logit before tanh for non-WDL nets) is reported unnormalised, because its
-``f_0`` is often near zero. This follows ``FAITHFULNESS.md`` exactly.
+held fixed while pieces go; in canonical formats, whose board transform may change when the last pawn or castling
+right goes, the index follows the same move) both are divided by ``|f_0|``; the value target
+(``win_logit - loss_logit`` before lc0's final softmax, or the value logit before tanh for non-WDL nets) is
+reported unnormalised, because its ``f_0`` is often near zero. This follows ``FAITHFULNESS.md`` exactly.
 
 Details of a removal:
 
@@ -26,23 +27,24 @@ Details of a removal:
   exact reverse of the MoRF order.
 
 Evaluation is batched: every removal step of every position goes through the network in large batches, not one
-forward per step.
+forward per step, and a board already evaluated (by another method, or for the other target) is not evaluated
+again (:func:`cached_outputs`).
 
-Attribution methods with one signature, ``method(model, boards, target, moves) -> Tensor [N, 64]`` (board
-orientation, see :data:`METHODS`): :func:`random_attribution` (one seed; :func:`evaluate_method` averages the
+Attribution methods share one signature, ``method(model, task) -> Tensor [N, 64]`` (board orientation; see
+:data:`METHODS` and :class:`Task`): :func:`random_attribution` (one seed; :func:`evaluate_method` averages the
 metrics over 5 seeds), :func:`abs_gradient_attribution`, :func:`gradient_x_input_attribution`,
 :func:`occlusion_attribution` (one extra forward per piece) and :func:`lrp_attribution` (the LRP lens, either
 softmax rule).
 
 Example
 -------
->>> from lczerolens import LczeroBoard, LczeroModel
->>> from lczerolens import metrics
+>>> from lczerolens import LczeroModel, metrics
 >>> model = LczeroModel.from_path("assets/cache/maia-1900.pb.gz")  # doctest: +SKIP
->>> boards = [LczeroBoard("r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3")]
->>> result = metrics.evaluate_method(model, boards, "gradient_x_input", target="move")  # doctest: +SKIP
->>> metrics.bootstrap_mean(result.abpc)  # doctest: +SKIP
-Estimate(mean=..., low=..., high=...)
+>>> fens = ["r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"]
+>>> task = metrics.prepare(model, fens, target="move")  # doctest: +SKIP
+>>> result = metrics.evaluate_method(model, task, "gradient_x_input")  # doctest: +SKIP
+>>> print(metrics.bootstrap_mean(result.abpc))  # doctest: +SKIP
+1.013 [0.934, 1.160]
 """
 
 from __future__ import annotations
@@ -64,9 +66,6 @@ TARGETS = ("move", "value")
 RANDOM_SEEDS = (0, 1, 2, 3, 4)
 #: Boards per forward pass when evaluating removal steps.
 DEFAULT_BATCH_SIZE = 512
-
-Attribution = Callable[[Any, Sequence[chess.Board], str, "Sequence[chess.Move | None]"], torch.Tensor]
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The network behind a model
@@ -133,8 +132,8 @@ def removable_squares(board: chess.Board) -> list[int]:
 def remove_pieces(board: chess.Board, squares: Sequence[int]) -> chess.Board:
     """A copy of ``board`` (same class, no move history) with the pieces on ``squares`` removed.
 
-    Castling rights whose rook is gone are cleared, and the en-passant square is cleared when no pseudo-legal
-    en-passant capture is left. Side to move, rule-50 counter and move number are kept. Kings may not be removed.
+    Castling rights whose rook is gone are cleared, and so is the en-passant square once it no longer holds
+    (:func:`en_passant_holds`). Side to move, rule-50 counter and move number are kept. Kings are never removed.
 
     Example
     -------
