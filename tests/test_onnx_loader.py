@@ -252,6 +252,31 @@ def test_fp16_export(maia_fp16_onnx_path, maia_net):
     assert_normalised(net16)
 
 
+def test_bf16_export(maia_pb_path, lc0_binary, tmp_path, maia_net):
+    """bf16 export (lc0 casts around each conv): float32 by default with the casts gone; half=True is float16.
+    onnxruntime cannot run it (no bf16 Relu on CPU), so the reference is the fp32 export: bf16 weights keep 8 bits
+    of mantissa, measured ~0.1 on policy logits."""
+    path = tmp_path / "maia-bf16.onnx"
+    subprocess.run(
+        [str(lc0_binary), "leela2onnx", f"--input={maia_pb_path}", f"--output={path}", "--onnx-data-type=bf16"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    planes = random_planes(4, seed=2)
+    with torch.inference_mode():
+        ref = maia_net(planes)["policy"]
+        for half in (False, True):
+            net = load_onnx(path, half=half)
+            dtype = torch.float16 if half else torch.float32
+            assert all(p.dtype == dtype for p in net.parameters())
+            assert not any(n.endswith(("/to_float", "/to_bf16")) for n in net._modules)
+            assert_normalised(net)
+            out = net(planes.to(dtype))["policy"].float()
+            torch.testing.assert_close(out, ref, atol=0.4, rtol=0)
+    assert "bf16 export" in net.description
+
+
 def test_module_names_follow_lc0(maia_net, maia_onnx_path):
     names = {n.name.lstrip("/") for n in onnx.load(str(maia_onnx_path)).graph.node}
     for name in maia_net._modules:

@@ -21,10 +21,11 @@ normalised so that a lens can explain it:
 it is computed from ``/input/planes`` (shape computations, i.e. ``Shape`` ops, do not count).
 
 Precision: lc0's ``--onnx-data-type=f16`` / ``bf16`` exports store inputs, outputs and weights in half
-precision. By default they are converted to float32 before conversion (weights upcast exactly, ``Cast`` nodes to
-half retargeted to float32), so the network runs in float32 on any device. ``half=True`` keeps an fp16 export's
-own precision (the network then takes and returns float16 tensors, as onnxruntime does on the file); for an fp32
-export, ``half=True`` converts the network to float16 after loading.
+precision (bf16 exports also cast around each convolution). By default they are converted to float32 before
+conversion (weights upcast exactly, ``Cast`` nodes to half retargeted to float32 and then dropped as no-ops), so
+the network runs in float32 on any device and takes float32 planes. ``half=True`` keeps an fp16 export as it is
+(the network takes and returns float16 tensors, as onnxruntime does on the file); for fp32 and bf16 exports,
+``half=True`` converts the float32 network to float16 after loading.
 
 The input format: lc0 0.32.1 does not record the network's input format in the ONNX file (no metadata, no doc
 string; the graph only shows 112 input planes). A ``metadata_props`` entry ``input_format`` (a number or an
@@ -120,7 +121,6 @@ def load_onnx(
     >>> net(torch.zeros(1, 112, 8, 8))["policy"].shape  # doctest: +SKIP
     torch.Size([1, 1858])
     """
-    import onnx
 
     model, label = _read_model(source)
     input_name, outputs = _find_inputs_outputs(model, label)
@@ -128,25 +128,20 @@ def load_onnx(
     opset = opsets.get("", opsets.get("ai.onnx", 0))
     _check_convertible(model, opsets, label)
 
-    low_precision = _elem_type(model.graph.input, input_name) in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
-    low_precision = low_precision or any(
-        t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) for t in model.graph.initializer
-    )
-    keep_half = half and low_precision
-    if low_precision and not keep_half:
+    export_dtype = _export_dtype(model, input_name)
+    # half=True keeps an fp16 export as it is (its own Casts included); everything else is converted in float32.
+    keep_half = half and export_dtype == "fp16"
+    if export_dtype != "fp32" and not keep_half:
         _to_float32(model)
 
     node_types = _module_node_map(model)
     converted = _convert(model, label)
-    _normalise(converted, node_types, input_name, outputs, label)
+    _normalise(converted, node_types, input_name, outputs, label, drop_float_casts=not keep_half)
     gm = OnnxNetwork(converted, converted.graph)
     if "initializers" in gm._modules:
         gm.initializers.lrp_linear = True  # onnx2torch's container of constants: not an op, nothing to explain
     if half and not keep_half:
         gm.half()
-    elif keep_half:
-        # A bf16 export converts to bfloat16 weights: half=True means float16 on our side.
-        gm.to(torch.float16)
 
     fmt, fmt_source = _input_format(model, input_format, label)
     gm.input_format = fmt
@@ -154,7 +149,7 @@ def load_onnx(
     gm.heads = tuple(h for h in ("policy", "wdl", "value", "mlh") if h in outputs)
     gm.onnx_opset = opset
     gm.source = label
-    gm.description = _describe(gm, node_types, label, opset, "float16" if half else "float32", low_precision)
+    gm.description = _describe(gm, label, opset, export_dtype, "float16" if half else "float32")
     gm.eval()
     return gm
 
@@ -287,6 +282,18 @@ def _check_convertible(model, opsets: dict[str, int], label: str) -> None:
         )
 
 
+def _export_dtype(model, input_name: str) -> str:
+    """``"fp32"``, ``"fp16"`` or ``"bf16"``: the precision of the export's input and weights."""
+    import onnx
+
+    types = {_elem_type(model.graph.input, input_name)} | {t.data_type for t in model.graph.initializer}
+    if onnx.TensorProto.FLOAT16 in types:
+        return "fp16"
+    if onnx.TensorProto.BFLOAT16 in types:
+        return "bf16"
+    return "fp32"
+
+
 def _to_float32(model) -> None:
     """Rewrite a float16/bfloat16 export in place to float32 (exact upcast of every half-precision value)."""
     import numpy as np
@@ -377,7 +384,15 @@ def _attr(onnx_node, name: str, default=None):
     return default
 
 
-def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: dict[str, str], label: str) -> None:
+def _normalise(
+    gm: fx.GraphModule,
+    node_types: dict,
+    input_name: str,
+    outputs: dict[str, str],
+    label: str,
+    *,
+    drop_float_casts: bool = True,
+) -> None:
     graph = gm.graph
     by_target = {n.target: n for n in graph.nodes if n.op == "call_module"}
 
@@ -441,6 +456,17 @@ def _normalise(gm: fx.GraphModule, node_types: dict, input_name: str, outputs: d
 
     def is_op(n, op: str) -> bool:
         return isinstance(n, fx.Node) and _op_type(n, node_types) == op
+
+    # ---- Casts to float32 of activations are no-ops once the network runs in float32 (fp16/bf16 exports cast
+    # around ops they compute in float32): drop them, so .half() later cannot leave a float32 island.
+    if drop_float_casts:
+        import onnx
+
+        for n in list(graph.nodes):
+            if _op_type(n, node_types) == "Cast" and n.args and n.args[0] in dependent:
+                if _attr(node_types[n.target], "to") == onnx.TensorProto.FLOAT:
+                    n.replace_all_uses_with(n.args[0])
+                    graph.erase_node(n)
 
     # ---- constant-operand shape ops as precomputed modules (onnx2torch's read their constants at every call)
     for n in list(graph.nodes):
@@ -683,7 +709,7 @@ def _erase_dead(graph: fx.Graph) -> None:
 # ----------------------------------------------------------------------------------------------- describing
 
 
-def _describe(gm, node_types: dict, label: str, opset: int, dtype: str, low_precision: bool) -> str:
+def _describe(gm, label: str, opset: int, export_dtype: str, dtype: str) -> str:
     mods = gm._modules
     names = list(mods)
     kinds = sorted({m.kind for m in mods.values() if isinstance(m, ops.Activation)})
@@ -709,7 +735,7 @@ def _describe(gm, node_types: dict, label: str, opset: int, dtype: str, low_prec
     else:
         policy = "policy"
     heads = ", ".join(h for h in gm.heads if h != "policy")
-    precision = f"{'fp16 export' if low_precision else 'fp32 export'}, runs in {dtype}"
+    precision = f"{export_dtype} export, runs in {dtype}"
     return (
         f"lc0 network ({body}, {policy}, heads: {heads}; activations: {', '.join(kinds) or 'none'}) "
         f"from ONNX {Path(label).name} (opset {opset}, {precision})"
