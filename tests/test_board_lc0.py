@@ -208,6 +208,46 @@ def test_random_pawnless_endgames_match_lc0(lc0, seed, plies):
     assert assert_planes(lc0, fen, [m.uci() for m in game.move_stack]) >= 5
 
 
+def test_chess960_games_match_lc0(lc0):
+    """Chess960 starts, with castling (king takes rook) as often as it is legal: planes and move indices."""
+    rng = random.Random(960)
+    castled = 0
+    for _ in range(12):
+        board = LczeroBoard(chess.Board.from_chess960_pos(rng.randrange(960)).fen(), chess960=True)
+        fen = board.fen()
+        for _ in range(rng.randint(0, 30)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            castles = [m for m in moves if board.is_castling(m)]
+            move = rng.choice(castles) if castles and rng.random() < 0.7 else rng.choice(moves)
+            castled += board.is_castling(move)
+            board.push(move)
+        moves = _uci_moves(board)
+        for f in FORMATS:
+            assert torch.equal(board.to_input_tensor(f), lc0_planes(lc0[f], fen, moves)), (f, fen, moves)
+        state = backends.GameState(fen=fen, moves=moves)
+        # lc0 names castling by the king's destination, which can clash with a plain king move's name:
+        # compare the index sets, and plain moves by name.
+        theirs = list(zip(state.moves(), state.policy_indices(), strict=True))
+        for f in (1, 2):
+            ours = board.legal_move_indices(f).tolist()
+            assert sorted(ours) == sorted(index for _, index in theirs), (fen, moves)
+            plain = {m.uci(): i for m, i in zip(board.legal_moves, ours, strict=True) if not board.is_castling(m)}
+            clashes = {
+                chess.square_name(m.from_square)
+                + chess.square_name(chess.square(2 if m.to_square < m.from_square else 6, m.from_square // 8))
+                for m in board.legal_moves
+                if board.is_castling(m)
+            }
+            checked = {name for name, index in theirs if name in plain and name not in clashes}
+            assert checked == set(plain) - clashes, (fen, moves)
+            for name, index in theirs:
+                if name in checked:
+                    assert plain[name] == index, (fen, moves, name)
+    assert castled >= 3
+
+
 def test_batch_of_mixed_boards_matches_lc0(lc0):
     """encode_boards over a batch mixing white/black to move and transforms equals lc0 board by board."""
     boards = [LczeroBoard.from_moves(moves, fen) for fen, moves in HAND_PICKED]
