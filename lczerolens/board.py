@@ -10,10 +10,15 @@ move, then, for the canonical formats (3 and up), the position's canonical trans
 2 = mirror ranks, 4 = transpose about the a8-h1 diagonal, applied in that order).
 :meth:`LczeroBoard.board_to_network` and :meth:`LczeroBoard.network_to_board` convert between the two.
 
+Policy indices (:meth:`LczeroBoard.encode_move`) mirror black's moves and, in the canonical formats, map the
+squares as lc0 0.32.1 does: like the planes when the transform only flips files and/or mirrors ranks, but by a
+180-degree rotation whenever the transform includes the transpose (measured against lc0's own search).
+
 How it is fast: every position keeps a snapshot of its bitboards (python-chess integers), computed once when a
 move is pushed and attached to python-chess's own saved board state, so encoding never replays the move stack.
-:func:`encode_boards` turns the snapshots of a whole batch into one ``uint64`` array, applies the black-to-move
-flip and the canonical transforms to whole columns of it, and unpacks all bits in one numpy call.
+Each snapshot packs its 13 planes once per point of view into bytes (black's view is the big-endian packing of
+the same masks). :func:`encode_boards` joins the bytes of a whole batch into one ``uint64`` array, applies the
+canonical transforms to whole groups of rows, and unpacks all bits in one numpy call.
 
 Example
 -------
@@ -354,6 +359,12 @@ class LczeroBoard(chess.Board):
     earlier ones. A board set up from a FEN has no history; lc0 (and this class) then fills the history slots
     with copies of the FEN position (with a double pawn push undone when the FEN has an en-passant square),
     except for the standard starting position.
+
+    En-passant marks follow lc0: after a double pawn push the square counts (for the canonical formats' plane
+    108, for repetitions and for where canonical history stops) only when an enemy pawn stands beside the
+    pushed pawn, pinned or not; a FEN's en-passant square counts as given, unless it contradicts the position
+    (no pawn that could just have made the push), in which case it is ignored. Repetitions are counted as lc0
+    counts them (same pieces, side, castling rights and mark, within the rule-50 window).
 
     Parameters
     ----------
