@@ -345,6 +345,8 @@ def test_canonical_policy_indices_match_lc0_binary_priors(lc0, nets, lc0_binary)
         game = _random_game(rng, rng.randint(60, 160))
         positions.append((START, _uci_moves(game)))
     transforms_seen = set()
+    detected: list[bool] = []
+    transposed_differs: list[bool] = []
     for f in (3, 133):
         engine = _UciEngine(lc0_binary, nets[f])
         try:
@@ -363,10 +365,23 @@ def test_canonical_policy_indices_match_lc0_binary_priors(lc0, nets, lc0_binary)
                 ours = torch.softmax(logits, 0) * 100
                 theirs = torch.tensor([priors[m] for m in legal], dtype=torch.float64)
                 assert torch.allclose(ours, theirs, atol=0.1, rtol=0), (f, fen, moves, (ours - theirs).abs().max())
-                transforms_seen.add(board.canonical_transform(f))
+                transform = board.canonical_transform(f)
+                transforms_seen.add(transform)
+                if transform:
+                    # The test can tell: the untransformed indices (formats 1/2) give visibly different priors.
+                    plain = board.legal_move_indices(InputFormat.CASTLING_PLANE).tolist()
+                    wrong = torch.softmax(torch.tensor(output.p_raw(*plain), dtype=torch.float64), 0) * 100
+                    detected.append(bool((wrong - theirs).abs().max() > 0.5))
+                if transform & 4:
+                    # lc0 0.32.1's quirk: mapping moves like the (transposed) planes does NOT give its priors.
+                    like_planes = board._move_indices(legal, board._orientation(f)).tolist()
+                    odd = torch.softmax(torch.tensor(output.p_raw(*like_planes), dtype=torch.float64), 0) * 100
+                    transposed_differs.append(bool((odd - theirs).abs().max() > 0.5))
         finally:
             engine.close()
     assert transforms_seen == set(range(8)), transforms_seen
+    assert len(detected) > 40 and sum(detected) >= 0.9 * len(detected), (sum(detected), len(detected))
+    assert len(transposed_differs) > 10 and sum(transposed_differs) >= 0.9 * len(transposed_differs)
 
 
 def test_policy_logits_spread_enough_to_catch_a_wrong_index(lc0):
