@@ -251,6 +251,14 @@ def test_load_from_bytes_equals_load_from_path(maia_pb_path: Path, maia_case: Ca
     assert "the given lc0 weights" in network.description
 
 
+def test_bad_input_shape(maia_case: Case) -> None:
+    from lczerolens.errors import InputShapeError
+
+    for shape in ((112, 8, 8), (1, 104, 8, 8), (1, 112, 64)):
+        with pytest.raises(InputShapeError, match=r"\[N, 112, 8, 8\]"):
+            maia_case.network(torch.zeros(shape))
+
+
 def test_batch_and_gradients(maia_case: Case) -> None:
     planes = maia_case.eigen.planes.clone().requires_grad_(True)
     out = maia_case.network(planes)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from lczerolens.board import InputFormat
-from lczerolens.errors import ModelLoadError, UnsupportedModelError
+from lczerolens.errors import InputShapeError, ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
 from lczerolens.model.policy_map import CONV_POLICY_PLANES, attention_policy_map, conv_policy_map
 from lczerolens.model.proto import ConvBlock, Layer, Net, NetworkFormat
@@ -143,7 +143,7 @@ class ResidualNetwork(nn.Module):
         self.has_mlh = mlh
         self.description = description
         self.heads = ("policy",) + (("wdl",) if wdl else ("value",)) + (("mlh",) if mlh else ())
-        # Names used by forward, per block: (conv1, act1, conv2, se or None, act2).
+        # Names used by forward, per block: (conv1, act1, conv2, SE prefix or "" without SE, act2).
         self._block_names: list[tuple[str, ...]] = []
         for i, has_se in enumerate(blocks):
             p = f"block{i}"
@@ -154,6 +154,11 @@ class ResidualNetwork(nn.Module):
             self.register_buffer("policy_mapping", torch.from_numpy(table.copy()), persistent=False)
 
     def forward(self, planes: torch.Tensor) -> dict[str, torch.Tensor]:
+        if planes.dim() != 4 or tuple(planes.shape[1:]) != (112, 8, 8):
+            raise InputShapeError(
+                f"expected input planes of shape [N, 112, 8, 8], got {list(planes.shape)}; encode boards with "
+                "lczerolens.board.encode_boards or LczeroBoard.to_input_tensor (and add the batch dimension)."
+            )
         m = self._modules
         act = self.activation
         x = m[f"inputconv/{act}"](m["inputconv"](planes))
