@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lczerolens.errors import UnsupportedModelError
 from lczerolens.model import LczeroModel, ops
 from lczerolens.model.onnx_loader import load_onnx
 
@@ -133,3 +134,14 @@ def test_attention_fp16_export(generated_dir, lc0_binary):
     # fp16 weights and fp16 arithmetic (onnxruntime) vs fp16 weights in fp32 arithmetic (ours)
     torch.testing.assert_close(b["policy"], torch.from_numpy(ref16["/output/policy"]).float(), atol=5e-2, rtol=0)
     torch.testing.assert_close(b["policy"], a["policy"], atol=5e-2, rtol=0)
+
+
+def test_attention_low_opset_is_refused_with_remedy(generated_dir, lc0_binary):
+    """lc0 0.32.1 writes LayerNormalization (opset 17) even for --onnx-opset=16: refused, naming the remedy."""
+    attention = pytest.importorskip("lczerolens._testing_attention")
+    spec = attention.AttentionNetSpec(embedding="PE_MAP", embedding_size=16, encoder_layers=1, heads=2)
+    pb = attention.write_attention_net(spec, generated_dir / "c-attn-opset16.pb.gz")
+    onnx_path = generated_dir / "c-attn-opset16.onnx"
+    export(lc0_binary, pb, onnx_path, "--onnx-opset=16")
+    with pytest.raises(UnsupportedModelError, match=r"LayerNormalization.*--onnx-opset=17"):
+        load_onnx(onnx_path)

@@ -252,6 +252,27 @@ def test_fp16_export(maia_fp16_onnx_path, maia_net):
     assert_normalised(net16)
 
 
+@pytest.mark.parametrize("opset", [7, 12])
+def test_older_opsets(opset, maia_pb_path, lc0_binary, tmp_path):
+    """lc0's opset 7 (IR 3, whose initializers lc0 does not list as inputs) and opset 12 exports load and match."""
+    path = tmp_path / f"maia-opset{opset}.onnx"
+    subprocess.run(
+        [str(lc0_binary), "leela2onnx", f"--input={maia_pb_path}", f"--output={path}", f"--onnx-opset={opset}"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    net = load_onnx(path)
+    assert_normalised(net)
+    assert net.onnx_opset == opset
+    planes = random_planes(4, seed=3)
+    ref = run_ort(path, planes)
+    with torch.inference_mode():
+        out = net(planes)
+    torch.testing.assert_close(out["policy"], torch.from_numpy(ref["/output/policy"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["wdl_logits"].softmax(-1), torch.from_numpy(ref["/output/wdl"]), atol=1e-5, rtol=0)
+
+
 def test_bf16_export(maia_pb_path, lc0_binary, tmp_path, maia_net):
     """bf16 export (lc0 casts around each conv): float32 by default with the casts gone; half=True is float16.
     onnxruntime cannot run it (no bf16 Relu on CPU), so the reference is the fp32 export: bf16 weights keep 8 bits

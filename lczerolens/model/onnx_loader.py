@@ -198,12 +198,20 @@ def _read_model(source: str | Path | bytes):
         ) from exc
     if not model.graph.node:
         raise ModelLoadError(f"{label} holds no ONNX graph (truncated, corrupted, or not an ONNX file)")
+    if model.ir_version < 4 and model.graph.initializer:
+        # lc0 writes initializers without listing them as graph inputs, which IR 3 (its opset-7 exports)
+        # requires; IR 4 made that optional, with the same meaning.
+        model.ir_version = 4
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises ValidationError and a few others
-        raise ModelLoadError(
-            f"{label} is not a valid ONNX model (truncated or corrupted?): {str(exc).splitlines()[0]}"
-        ) from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "No Op registered for" in str(exc):
+            # lc0 0.32.1 writes LayerNormalization even for --onnx-opset below 17, where it does not exist.
+            raise UnsupportedModelError(
+                f"{label} uses an op its opset does not define ({first}); {_REMEDY_OPSET}"
+            ) from exc
+        raise ModelLoadError(f"{label} is not a valid ONNX model (truncated or corrupted?): {first}") from exc
     return model, label
 
 
@@ -521,14 +529,12 @@ def _normalise(
             if abs(alpha - 1.6732632423543772) < 1e-6 and abs(gamma - 1.0507009873554805) < 1e-6:
                 set_module(n, ops.Activation("selu"), (n.args[0],))
         elif op == "Softmax":
-            onnx_node = node_types[n.target]
             module = gm.get_submodule(n.target)
-            dim = getattr(module, "dim", None)
-            if dim is None:
-                dim = _attr(onnx_node, "axis", -1)
-                if getattr(module, "axis", dim) != dim:
-                    dim = module.axis
-            set_module(n, ops.Softmax(int(dim)), (n.args[0],))
+            if isinstance(module, nn.Softmax):  # opset >= 13: a softmax over one axis
+                set_module(n, ops.Softmax(int(module.dim)), (n.args[0],))
+            elif getattr(module, "axis", None) == -1:  # opset < 13 flattens from `axis`: the same only for -1
+                set_module(n, ops.Softmax(-1), (n.args[0],))
+            # else: left as it is, marked not linear below (a lens refuses it, naming it)
         elif op == "LayerNormalization":
             _replace_layer_norm(gm, n, node_types[n.target], label)
         elif op == "Mul" and len(dep_args(n)) == 2:
