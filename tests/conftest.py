@@ -7,6 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The suite runs as two pytest-xdist workers on two cores: one torch thread each avoids oversubscription,
+# which makes small-tensor ops several times slower.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "assets" / "cache"
