@@ -835,6 +835,8 @@ def encode_boards(boards: Sequence[chess.Board] | chess.Board,
     fmt = _as_format(input_format)
     if isinstance(boards, chess.Board):
         boards = [boards]
+    elif not isinstance(boards, Sequence):
+        boards = list(boards)
     n = len(boards)
     rows: list[bytes] = []
     r50 = np.empty(n, dtype=np.float32)

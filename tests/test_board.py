@@ -132,6 +132,9 @@ def test_batch_equals_single_boards():
         for board, planes in zip(batch_boards, batch, strict=True):
             assert torch.equal(board.to_input_tensor(f), planes)
     assert encode_boards([], 1).shape == (0, 112, 8, 8)
+    assert torch.equal(encode_boards(iter(batch_boards), 3), encode_boards(batch_boards, 3))
+    with pytest.raises(InvalidBoardError, match="'e2e4'"):
+        encode_boards(["e2e4"])
 
 
 def test_board_edits_without_push_are_seen():
