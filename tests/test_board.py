@@ -113,6 +113,16 @@ def test_copy_with_a_cut_stack_encodes_as_its_own_fen_history():
         assert torch.equal(game.to_input_tensor(f), again.to_input_tensor(f)), f
 
 
+def test_states_pushed_behind_our_back_are_rebuilt():
+    moves = ["e2e4", "g8f6", "g1f3", "f6g8", "f3g1", "g8f6", "e4e5", "d7d5"]
+    board = LczeroBoard()
+    for uci in moves:
+        chess.Board.push(board, chess.Move.from_uci(uci))  # python-chess's push: no snapshot taken
+    reference = LczeroBoard.from_moves(moves)
+    for f in FORMATS:
+        assert torch.equal(board.to_input_tensor(f), reference.to_input_tensor(f)), f
+
+
 def test_from_board_and_plain_boards_in_a_batch():
     plain = chess.Board()
     for uci in ["d2d4", "d7d5", "c2c4", "e7e6", "b1c3"]:
