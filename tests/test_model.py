@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 
 import chess
@@ -133,6 +134,10 @@ def test_evaluate(maia):
         assert ev.wdl == pytest.approx(wdl.tolist(), abs=1e-6)
         assert ev.value == pytest.approx(float(wdl[0] - wdl[2]), abs=1e-6)
         assert ev.mlh is None
+    chunked = maia.evaluate(boards, top_k=3, batch_size=4)
+    for a, b in zip(chunked, evals, strict=True):  # batch size changes rounding only
+        assert [m.move for m in a.moves] == [m.move for m in b.moves]
+        assert [m.probability for m in a.moves] == pytest.approx([m.probability for m in b.moves], abs=1e-5)
     single = maia.evaluate(boards[0], top_k=None)
     assert len(single.moves) == 20 and sum(m.probability for m in single.moves) == pytest.approx(1, abs=1e-5)
     assert "Evaluation(" in repr(single) and "%" in repr(single)
@@ -231,6 +236,14 @@ def test_pb_dispatch(maia_pb_path):
     assert model.input_format == InputFormat.CLASSICAL_112_PLANE
     assert model.heads == ("policy", "wdl")
     assert "assumed" not in repr(model)  # the weights record their input format
+
+
+def test_uncompressed_weights_by_content(maia_pb_path, tmp_path):
+    """An uncompressed lc0 protobuf under an unhelpful name is told by its first bytes (lc0's magic field)."""
+    pytest.importorskip("lczerolens.model.native")
+    raw = tmp_path / "maia.weights"
+    raw.write_bytes(gzip.decompress(maia_pb_path.read_bytes()))
+    assert LczeroModel.from_path(raw).heads == ("policy", "wdl")
 
 
 def test_pb_and_onnx_agree(maia, maia_pb_path, lc0_maia):
