@@ -98,71 +98,7 @@ def _is_canonical(fmt: InputFormat) -> bool:
     return fmt >= InputFormat.CANONICALIZATION
 
 
-# --- bitboard transforms (on Python ints and on numpy uint64 arrays alike) ---------------------------------
-
-
-def _flip_files(v):
-    """Mirror files (a <-> h): reverse the bits inside every byte."""
-    v = ((v >> 1) & 0x5555555555555555) | ((v & 0x5555555555555555) << 1)
-    v = ((v >> 2) & 0x3333333333333333) | ((v & 0x3333333333333333) << 2)
-    return ((v >> 4) & 0x0F0F0F0F0F0F0F0F) | ((v & 0x0F0F0F0F0F0F0F0F) << 4)
-
-
-def _mirror_ranks_int(v: int) -> int:
-    """Mirror ranks (1 <-> 8) of a Python int bitboard: reverse its bytes."""
-    return int.from_bytes(v.to_bytes(8, "little"), "big")
-
-
-def _transpose(v):
-    """Transpose about the a8-h1 diagonal: square (rank, file) goes to (7 - file, 7 - rank)."""
-    v = ((v & 0xAA00AA00AA00AA00) >> 9) | ((v & 0x0055005500550055) << 9) | (v & 0x55AA55AA55AA55AA)
-    v = ((v & 0xCCCC0000CCCC0000) >> 18) | ((v & 0x0000333300003333) << 18) | (v & 0x3333CCCC3333CCCC)
-    return ((v & 0xF0F0F0F000000000) >> 36) | ((v & 0x000000000F0F0F0F) << 36) | (v & 0x0F0F0F0FF0F0F0F0)
-
-
-def _transform_int(v: int, transform: int) -> int:
-    if transform & FLIP_TRANSFORM:
-        v = _flip_files(v)
-    if transform & MIRROR_TRANSFORM:
-        v = _mirror_ranks_int(v)
-    if transform & TRANSPOSE_TRANSFORM:
-        v = _transpose(v) & _ALL
-    return v
-
-
-def _transform_array(a: np.ndarray, transform: int) -> np.ndarray:
-    """The transform applied to every element of a uint64 array (the same bit tricks, vectorised)."""
-    a = a.astype(np.uint64, copy=True)
-    if transform & FLIP_TRANSFORM:
-        a = _flip_files_np(a)
-    if transform & MIRROR_TRANSFORM:
-        a = a.byteswap()
-    if transform & TRANSPOSE_TRANSFORM:
-        a = _transpose_np(a)
-    return a
-
-
-def _u(x: int) -> np.uint64:
-    return np.uint64(x)
-
-
-def _flip_files_np(v: np.ndarray) -> np.ndarray:
-    m1, m2, m4 = _u(0x5555555555555555), _u(0x3333333333333333), _u(0x0F0F0F0F0F0F0F0F)
-    v = ((v >> _u(1)) & m1) | ((v & m1) << _u(1))
-    v = ((v >> _u(2)) & m2) | ((v & m2) << _u(2))
-    return ((v >> _u(4)) & m4) | ((v & m4) << _u(4))
-
-
-def _transpose_np(v: np.ndarray) -> np.ndarray:
-    v = ((v & _u(0xAA00AA00AA00AA00)) >> _u(9)) | ((v & _u(0x0055005500550055)) << _u(9)) | (
-        v & _u(0x55AA55AA55AA55AA)
-    )
-    v = ((v & _u(0xCCCC0000CCCC0000)) >> _u(18)) | ((v & _u(0x0000333300003333)) << _u(18)) | (
-        v & _u(0x3333CCCC3333CCCC)
-    )
-    return ((v & _u(0xF0F0F0F000000000)) >> _u(36)) | ((v & _u(0x000000000F0F0F0F)) << _u(36)) | (
-        v & _u(0x0F0F0F0FF0F0F0F0)
-    )
+# --- canonical transforms ------------------------------------------------------------------------------------
 
 
 def _square_transform(square: int, transform: int) -> int:
@@ -175,6 +111,32 @@ def _square_transform(square: int, transform: int) -> int:
         rank, file = divmod(square, 8)
         square = (7 - file) * 8 + (7 - rank)
     return square
+
+
+# _SQUARE_GOES[t][s]: where square s goes under transform t.
+_SQUARE_GOES = np.array([[_square_transform(s, t) for s in range(64)] for t in range(8)], dtype=np.int64)
+
+
+def _transform_int(mask: int, transform: int) -> int:
+    """A Python-int bitboard under a canonical transform (square by square; only used for rare tie-breaks)."""
+    goes = _SQUARE_GOES[transform]
+    out = 0
+    for square in chess.scan_forward(mask):
+        out |= 1 << int(goes[square])
+    return out
+
+
+def _transform_array(masks: np.ndarray, transform: int) -> np.ndarray:
+    """Every uint64 bitboard of ``masks`` under a canonical transform (unpack, move the bits, pack)."""
+    bits = np.unpackbits(masks.astype("<u8").view(np.uint8).reshape(*masks.shape, 8), axis=-1, bitorder="little")
+    moved = np.empty_like(bits)
+    moved[..., _SQUARE_GOES[transform]] = bits
+    return np.packbits(moved, axis=-1, bitorder="little").view("<u8").reshape(masks.shape)
+
+
+def _mirror_ranks_int(mask: int) -> int:
+    """Mirror ranks (1 <-> 8) of a Python-int bitboard: its bytes in reverse order."""
+    return int.from_bytes(mask.to_bytes(8, "little"), "big")
 
 
 # _NET_SQUARE[black * 8 + transform][s]: the network-orientation square of board square s.
@@ -309,6 +271,14 @@ def _castling_masks(castling: int, w_king: int, b_king: int) -> tuple[int, int]:
     return queen_side, king_side
 
 
+_FILES_A_TO_D = chess.BB_FILE_A | chess.BB_FILE_B | chess.BB_FILE_C | chess.BB_FILE_D
+_RANKS_5_TO_8 = chess.BB_RANK_5 | chess.BB_RANK_6 | chess.BB_RANK_7 | chess.BB_RANK_8
+# In the e1-h4 quadrant: squares beyond the a8-h1 diagonal (file + rank > 7) and on it (h1, g2, f3, e4).
+_QUADRANT = [s for s in range(32) if chess.square_file(s) >= 4]
+_BEYOND_DIAGONAL = sum(1 << s for s in _QUADRANT if chess.square_file(s) + chess.square_rank(s) > 7)
+_ON_DIAGONAL = sum(1 << s for s in _QUADRANT if chess.square_file(s) + chess.square_rank(s) == 7)
+
+
 def _choose_transform(cur: _Snapshot, black: bool) -> int:
     """lc0's canonical transform of the current position (only called when nobody can castle)."""
     planes = cur.w
@@ -316,19 +286,20 @@ def _choose_transform(cur: _Snapshot, black: bool) -> int:
         planes = tuple(_mirror_ranks_int(v) for v in planes[6:] + planes[:6])
     king = planes[5]
     transform = 0
-    if king & 0x0F0F0F0F0F0F0F0F:
+    if king & _FILES_A_TO_D:
         transform |= FLIP_TRANSFORM
-        king = _flip_files(king)
     if planes[0] | planes[6]:
         return transform  # with pawns on the board only the file flip is allowed
-    if king & 0xFFFFFFFF00000000:
+    king = _transform_int(king, transform)
+    if king & _RANKS_5_TO_8:
         transform |= MIRROR_TRANSFORM
         king = _mirror_ranks_int(king)
     # The king now stands in the e1-h4 quadrant: transpose when it is beyond the a8-h1 diagonal.
-    if king & 0xE0C08000:
+    if king & _BEYOND_DIAGONAL:
         return transform | TRANSPOSE_TRANSFORM
-    if king & 0x10204080:
-        # On the diagonal: compare bitboards with their transposes, in lc0's order of tie-breakers.
+    if king & _ON_DIAGONAL:
+        # On the diagonal: compare bitboards with their transposes as integers, in lc0's order of tie-breakers
+        # (all pieces, ours, kings, queens, rooks, knights, bishops); the smaller one wins.
         ours = planes[0] | planes[1] | planes[2] | planes[3] | planes[4] | planes[5]
         theirs = planes[6] | planes[7] | planes[8] | planes[9] | planes[10] | planes[11]
         for value in (
@@ -341,7 +312,7 @@ def _choose_transform(cur: _Snapshot, black: bool) -> int:
             planes[2] | planes[8],
         ):
             value = _transform_int(value, transform)
-            alternative = _transpose(value) & _ALL
+            alternative = _transform_int(value, TRANSPOSE_TRANSFORM)
             if value < alternative:
                 return transform
             if value > alternative:
