@@ -126,12 +126,25 @@ def _transform_int(mask: int, transform: int) -> int:
     return out
 
 
+# _REVERSED_BITS[byte]: the byte with its bits in reverse order (a rank with its files mirrored).
+_REVERSED_BITS = np.packbits(
+    np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1), axis=1, bitorder="little"
+)[:, 0]
+
+
 def _transform_array(masks: np.ndarray, transform: int) -> np.ndarray:
-    """Every uint64 bitboard of ``masks`` under a canonical transform (unpack, move the bits, pack)."""
-    bits = np.unpackbits(masks.astype("<u8").view(np.uint8).reshape(*masks.shape, 8), axis=-1, bitorder="little")
-    moved = np.empty_like(bits)
-    moved[..., _SQUARE_GOES[transform]] = bits
-    return np.packbits(moved, axis=-1, bitorder="little").view("<u8").reshape(masks.shape)
+    """Every uint64 bitboard of ``masks`` under a canonical transform."""
+    masks = masks.astype("<u8")
+    if transform & FLIP_TRANSFORM:
+        masks = _REVERSED_BITS[masks.view(np.uint8)].view("<u8")
+    if transform & MIRROR_TRANSFORM:
+        masks = masks.byteswap()
+    if transform & TRANSPOSE_TRANSFORM:
+        bits = np.unpackbits(masks.view(np.uint8).reshape(*masks.shape, 8), axis=-1, bitorder="little")
+        moved = np.empty_like(bits)
+        moved[..., _SQUARE_GOES[TRANSPOSE_TRANSFORM]] = bits
+        masks = np.packbits(moved, axis=-1, bitorder="little").view("<u8").reshape(masks.shape)
+    return masks
 
 
 def _mirror_ranks_int(mask: int) -> int:
@@ -281,14 +294,12 @@ _ON_DIAGONAL = sum(1 << s for s in _QUADRANT if chess.square_file(s) + chess.squ
 
 def _choose_transform(cur: _Snapshot, black: bool) -> int:
     """lc0's canonical transform of the current position (only called when nobody can castle)."""
-    planes = cur.w
-    if black:
-        planes = tuple(_mirror_ranks_int(v) for v in planes[6:] + planes[:6])
-    king = planes[5]
+    w = cur.w
+    king = _mirror_ranks_int(w[11]) if black else w[5]  # our king, side to move's view
     transform = 0
     if king & _FILES_A_TO_D:
         transform |= FLIP_TRANSFORM
-    if planes[0] | planes[6]:
+    if w[0] | w[6]:
         return transform  # with pawns on the board only the file flip is allowed
     king = _transform_int(king, transform)
     if king & _RANKS_5_TO_8:
@@ -298,6 +309,7 @@ def _choose_transform(cur: _Snapshot, black: bool) -> int:
     if king & _BEYOND_DIAGONAL:
         return transform | TRANSPOSE_TRANSFORM
     if king & _ON_DIAGONAL:
+        planes = tuple(_mirror_ranks_int(v) for v in w[6:] + w[:6]) if black else w
         # On the diagonal: compare bitboards with their transposes as integers, in lc0's order of tie-breakers
         # (all pieces, ours, kings, queens, rooks, knights, bishops); the smaller one wins.
         ours = planes[0] | planes[1] | planes[2] | planes[3] | planes[4] | planes[5]
