@@ -99,17 +99,21 @@ def run(
     formats: tuple[InputFormat | int, ...] = (InputFormat.CLASSICAL_112_PLANE, InputFormat.CANONICALIZATION),
     repeats: int = 3,
     seed: int = 0,
+    quick: bool = False,
 ) -> dict[str, Any]:
     """Measure encoding throughput (boards per second, single thread).
 
-    Returns a dict: ``{"n_boards", "history", "threads", "naive_boards_per_s", "formats": {name: {"batch",
-    "cold", "single", "speedup_vs_naive"}}}``, plus ``"naive_agrees"``: whether the naive encoder gives the
-    same classical piece planes as lczerolens on its boards (a sanity check of the yardstick).
+    Returns a dict: ``{"n_boards", "history", "threads", "clock", "naive_boards_per_s", "formats": {name:
+    {"batch", "cold", "single", "speedup_vs_naive"}}}``, ``"naive_agrees"`` (whether the naive encoder gives
+    the same classical piece planes as lczerolens on its boards: a sanity check of the yardstick) and
+    ``"markdown"`` (the same as a table). ``quick=True`` runs a small smoke version.
 
     >>> result = run(n_boards=50, n_naive=10, repeats=1)  # doctest: +SKIP
     >>> result["formats"]["CLASSICAL_112_PLANE"]["batch"] > 0  # doctest: +SKIP
     True
     """
+    if quick:
+        n_boards, n_naive, repeats = min(n_boards, 200), min(n_naive, 20), 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -151,9 +155,30 @@ def run(
                 "single": single,
                 "speedup_vs_naive": batch / naive_rate,
             }
+        result["markdown"] = to_markdown(result, repeats)
         return result
     finally:
         torch.set_num_threads(threads)
+
+
+def to_markdown(result: dict[str, Any], repeats: int = 3) -> str:
+    """The result as a markdown table (boards per second, CPU time, best of ``repeats``)."""
+    lines = [
+        f"{result['n_boards']} boards with {result['history']} positions of history each, one thread, boards per "
+        f"second of CPU time (best of {repeats}).",
+        "",
+        "| encoder | boards/s |",
+        "|---|---|",
+        f"| naive per-square Python (`piece_at`), classical | {result['naive_boards_per_s']:,.0f} |",
+    ]
+    for name, rates in result["formats"].items():
+        lines += [
+            f"| `encode_boards`, {name} | {rates['batch']:,.0f} (x{rates['speedup_vs_naive']:.0f} naive) |",
+            f"| `encode_boards`, {name}, first encode of fresh boards | {rates['cold']:,.0f} |",
+            f"| `to_input_tensor`, {name}, one board at a time | {rates['single']:,.0f} |",
+        ]
+    lines.append(f"\nNaive encoder agrees with lczerolens on the piece planes: {result['naive_agrees']}.")
+    return "\n".join(lines) + "\n"
 
 
 def _print(result: dict[str, Any]) -> None:
