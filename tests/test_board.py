@@ -384,3 +384,12 @@ def test_random_games_round_trip(seed, plies, fmt):
     assert planes.shape == (112, 8, 8)
     assert ((planes == 0) | (planes == 1))[:109].all()
     assert torch.equal(encode_boards([board, board], fmt)[1], planes)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import lczerolens.board
+
+    result = doctest.testmod(lczerolens.board, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 20 and result.failed == 0
