@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import chess
@@ -306,6 +307,9 @@ class _UciEngine:
              "--threads=1", "--verbose-move-stats"],  # fmt: skip
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
         )  # fmt: skip
+        # Never wait forever on lc0 (it can hang on some V2 inputs): kill it after two minutes.
+        self.watchdog = threading.Timer(120, self.proc.kill)
+        self.watchdog.start()
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -327,10 +331,11 @@ class _UciEngine:
                 out[found.group(1)] = float(found.group(2))
 
     def close(self) -> None:
-        self.send("quit")
+        self.watchdog.cancel()
         try:
+            self.send("quit")
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, OSError):
             self.proc.kill()
 
 
