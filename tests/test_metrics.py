@@ -41,6 +41,7 @@ class ToyNet(nn.Module):
         self.input_format = InputFormat.CLASSICAL_112_PLANE
         self.heads = ("policy", "wdl")
         self.description = "toy: weighted piece count"
+        self.lrp_linear = True  # linear in the planes: the LRP lens may treat it as such
 
     def forward(self, planes: torch.Tensor) -> dict[str, torch.Tensor]:
         s = (planes[:, :12] * self.weights).sum((1, 2, 3)) + self.bias
@@ -347,3 +348,16 @@ def test_shared_cache_gives_the_same_figures() -> None:
             assert torch.allclose(a.aopc, b.aopc) and torch.allclose(a.abpc, b.abpc), (target, method)
     # The value entries were filled by the move task's forward passes too.
     assert any(key[1] == -1 for key in shared) and any(key[1] >= 0 for key in shared)
+
+
+@pytest.mark.parametrize("softmax", ["attnlrp", "cp"])
+def test_lrp_on_the_linear_net_recovers_the_truth(softmax: str) -> None:
+    # A network with no rule-bearing op: every LRP rule reduces to gradient x input, i.e. the contributions.
+    pytest.importorskip("lczerolens.lenses")
+    net = random_toy(9)
+    for target in ("move", "value"):
+        task = metrics.prepare(net, FENS[:4], target)
+        truth = torch.stack([true_scores(net, b) for b in task.boards])
+        lrp = metrics.lrp_attribution(net, task, softmax=softmax)
+        # The bias is no square's: LRP leaves it out, as the truth does.
+        assert torch.allclose(lrp, truth, atol=1e-4), target
