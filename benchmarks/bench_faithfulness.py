@@ -78,7 +78,11 @@ def evaluate_net(
                 "eval_s": time.perf_counter() - t1,
             }
         paired = {}
-        for lrp in LRP_METHODS:
+        # Without attention both softmax modes give the same scores: compare one of them only.
+        same = all(m in results for m in LRP_METHODS) and all(
+            torch.equal(getattr(results["lrp_attnlrp"], k), getattr(results["lrp_cp"], k)) for k in ("aopc", "abpc")
+        )
+        for lrp in LRP_METHODS[:1] if same else LRP_METHODS:
             for base in BASELINES:
                 if lrp in results and base in results:
                     paired[f"{lrp} - {base}"] = {
@@ -89,6 +93,7 @@ def evaluate_net(
         out[target] = {
             "methods": rows,
             "paired": paired,
+            "lrp_modes_identical": same,
             "mean_pieces": float(pieces.mean()),
             "seconds": time.perf_counter() - t0,
         }
@@ -167,12 +172,46 @@ def _fmt(e: dict[str, float]) -> str:
     return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
+def summary_markdown(result: dict[str, Any]) -> str:
+    """One compact table: ABPC (95% interval) of every method for each net and target, and its cost."""
+    columns, costs = [], []
+    for net, info in result["nets"].items():
+        if "error" not in info:
+            short = net.split(" (")[0]
+            for target, t in info["targets"].items():
+                columns.append((f"{short}, {target} ({info['positions']})", t))
+            costs.append((short, next(iter(info["targets"].values()))))
+    if not columns:
+        return ""
+    lines = [
+        "| method | "
+        + " | ".join(f"ABPC {c}" for c, _ in columns)
+        + " | "
+        + " | ".join(f"cost ms/position, {c}" for c, _ in costs)
+        + " |",
+        "|---" * (len(columns) + len(costs) + 1) + "|",
+    ]
+    for name, label in METHOD_LABELS.items():
+        cells = []
+        for _, t in columns:
+            row = t["methods"].get(name, {})
+            cells.append(_fmt(row["abpc"]) if "abpc" in row else "not run")
+        for _, t in costs:
+            row = t["methods"].get(name, {})
+            cells.append(f"{row['ms_per_position']:.1f}" if "ms_per_position" in row else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def to_markdown(result: dict[str, Any]) -> str:
-    """The faithfulness tables: one per net and target, then the paired differences."""
+    """A summary table, then the tables of each net and target with AOPC, ABPC, cost and paired differences."""
     lines = [
         f"Positions: {result['position_set']}; encoding: {result['encoding']}. AOPC and ABPC are means over "
-        "positions with bootstrap 95% intervals (higher is more faithful); cost is the attribution's own time per "
-        "position (ms, batched), not the perturbation evaluation.",
+        "positions with bootstrap 95% intervals (higher is more faithful; the move target is normalised by "
+        "|f0|, the value target is not); cost is the attribution's own time per position (ms, batched), not the "
+        "perturbation evaluation. Occlusion costs one forward pass per piece.",
+        "",
+        summary_markdown(result),
         "",
     ]
     for net, info in result["nets"].items():
@@ -201,6 +240,8 @@ def to_markdown(result: dict[str, Any]) -> str:
             if t["paired"]:
                 lines += ["", "| paired difference (per position) | ΔAOPC | ΔABPC |", "|---|---|---|"]
                 for name, d in t["paired"].items():
+                    if t.get("lrp_modes_identical"):
+                        name = name.replace("lrp_attnlrp", "lrp (either mode)")
                     lines.append(f"| {name} | {_fmt(d['aopc'])} | {_fmt(d['abpc'])} |")
             lines.append("")
     return "\n".join(lines)

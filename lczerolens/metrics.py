@@ -353,6 +353,17 @@ class Task:
     def __len__(self) -> int:
         return len(self.boards)
 
+    def subset(self, rows: slice) -> Task:
+        """The task restricted to ``rows`` of its positions (sharing the cache)."""
+        return Task(
+            self.boards[rows],
+            self.target,
+            None if self.moves is None else self.moves[rows],
+            None if self.indices is None else self.indices[rows],
+            self.f0[rows],
+            self.cache,
+        )
+
 
 def fen_only(boards: Sequence[chess.Board | str]) -> list[chess.Board]:
     """FEN-only :class:`lczerolens.LczeroBoard` copies (no move history) of boards or FEN strings."""
@@ -609,11 +620,13 @@ def evaluate_method(
     method: str | Callable[..., torch.Tensor],
     name: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    warmup: bool = True,
 ) -> MethodResult:
     """AOPC and ABPC per position of one attribution ``method`` (a name in :data:`METHODS` or a callable).
 
     ``"random"`` is the mean of the per-position metrics over the orders of :data:`RANDOM_SEEDS`. The time
-    recorded is that of the attribution alone (per position), not of the perturbation evaluation.
+    recorded is that of the attribution alone (per position), not of the perturbation evaluation; with
+    ``warmup`` the method first runs once on one position, untimed (first-call costs are not per position).
     """
     if isinstance(method, str):
         if method not in METHODS:
@@ -633,6 +646,8 @@ def evaluate_method(
             abpc.append(curves.abpc())
         per_position = secs / len(RANDOM_SEEDS) / len(task)
         return MethodResult(name, task.target, torch.stack(aopc).mean(0), torch.stack(abpc).mean(0), per_position)
+    if warmup:
+        fn(model, task.subset(slice(0, 1)))
     t0 = time.perf_counter()
     scores = fn(model, task)
     secs = time.perf_counter() - t0
