@@ -274,6 +274,22 @@ def test_relevance_orientation_and_breakdown(tiny):
     assert len(one) == 1 and torch.equal(one.squares[0], rel.squares[1])
 
 
+@pytest.mark.parametrize("fmt", [InputFormat.CLASSICAL_112_PLANE, InputFormat.CANONICALIZATION,
+                                 InputFormat.CANONICALIZATION_V2_ARMAGEDDON])
+def test_board_orientation_batched_equals_board_by_board(fmt):
+    """Boards are decoded in groups of equal orientation: the same as one ``network_to_board`` per board."""
+    boards = random_boards(10, seed=8, max_plies=160)
+    boards += [LczeroBoard("8/8/8/8/8/8/1k6/K7 w - - 0 1"), LczeroBoard("8/8/8/4k3/8/8/5PK1/8 b - - 0 1")]
+    planes = torch.randn(len(boards), 112, 8, 8, generator=torch.Generator().manual_seed(0))
+    rel = Relevance(planes, torch.zeros(len(boards)), boards, fmt, "value")
+    expected = torch.stack([b.network_to_board(p.sum(0), fmt) for b, p in zip(boards, planes, strict=True)])
+    assert torch.equal(rel.squares, expected)
+    per_plane = torch.stack([b.network_to_board(p, fmt) for b, p in zip(boards, planes, strict=True)])
+    assert torch.equal(rel.board_planes, per_plane)
+    if fmt != InputFormat.CLASSICAL_112_PLANE:
+        assert len({b.canonical_transform(fmt) for b in boards}) > 1  # the groups are really exercised
+
+
 def test_move_targets_agree(tiny):
     board = LczeroBoard("r3k2r/8/8/8/8/8/8/R3K2R w KQkq - 0 1")
     lens = LrpLens()
@@ -316,6 +332,15 @@ def test_value_target_for_value_logit_nets(tiny, boards):
         LrpLens().relevance(ValueNet(), boards, "win")
 
 
+def test_works_under_no_grad_and_inference_mode(tiny, boards):
+    ref = LrpLens().relevance(tiny, boards, "value").planes
+    with torch.no_grad():
+        assert torch.equal(LrpLens().relevance(tiny, boards, "value").planes, ref)
+    with torch.inference_mode():
+        planes = torch.stack([b.to_input_tensor() for b in boards])
+        assert torch.equal(LrpLens().relevance(tiny, boards, "value", planes=planes).planes, ref)
+
+
 def test_planes_override(tiny, boards):
     x = torch.stack([b.to_input_tensor() for b in boards])
     lens = LrpLens()
@@ -330,7 +355,10 @@ def test_repr_and_render(tiny, boards):
     rel = LrpLens().relevance(tiny, boards[:2])
     assert "Relevance(N=2" in repr(rel) and rel.moves[0].uci() in repr(rel)
     svg = rel._repr_svg_()
-    assert svg is not None and svg.lstrip().startswith("<")
+    assert svg is not None and svg.lstrip().startswith("<") and svg.count('class="board"') == 2
+    assert rel[0]._repr_svg_().count('class="board"') == 1
+    assert rel.render_history(1).svg.count('class="board"') == 8
+    assert rel.render(0).svg == rel.render(0).svg
 
 
 # --------------------------------------------------------------------------------------------------------------

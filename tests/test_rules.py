@@ -222,10 +222,14 @@ def test_identity_rule_matches_reference(kind, shape):
     y = ops.apply_activation(kind, x)
     g = _rand(*shape, seed=21)
     r_y = (y * g).numpy()
-    xn = x.numpy()
+    yn, xn = y.numpy(), x.numpy()
+    f0 = float(ops.apply_activation(kind, torch.zeros((), dtype=torch.float64)))
+    assert (f0 == 0.0) == (kind != "sigmoid")
     r_ref = np.zeros(shape)
     for idx in np.ndindex(*shape):
-        r_ref[idx] = r_y[idx] * xn[idx] / _stab(xn[idx], EPS)  # R_x = R_y, stabilised
+        # R_x = R_y x / stab(x); a non-zero f(0) is a bias keeping its share R_y f(0) / f(x), so that
+        # R_x = R_y (f(x) - f(0)) / f(x) * x / stab(x), written with R_y / f(x) = g to avoid 0 / 0 at x = 0
+        r_ref[idx] = (r_y[idx] if f0 == 0.0 else g.numpy()[idx] * (yn[idx] - f0)) * xn[idx] / _stab(xn[idx], EPS)
     (r,) = _relevances(lambda t: E.IdentityRule(kind, EPS)(t), [x], g)
     _assert_close(r, r_ref)
     assert torch.equal(E.IdentityRule(kind, EPS)(x), ops.Activation(kind)(x))

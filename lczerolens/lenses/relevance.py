@@ -69,10 +69,21 @@ class Relevance:
         self.squares = self._to_board(planes.sum(dim=1))
 
     def _to_board(self, maps: torch.Tensor) -> torch.Tensor:
-        """``[N, ..., 8, 8]`` network orientation -> board orientation, board by board."""
-        return torch.stack(
-            [board.network_to_board(m, self.input_format) for board, m in zip(self.boards, maps, strict=True)]
-        )
+        """``[N, ..., 8, 8]`` network orientation -> board orientation.
+
+        The way back depends only on the side to move and the canonical transform, so boards sharing both go
+        through ``network_to_board`` together (two calls for a whole batch in the classical formats).
+        """
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, board in enumerate(self.boards):
+            groups.setdefault((board.turn, board.canonical_transform(self.input_format)), []).append(i)
+        if len(groups) == 1:
+            return self.boards[0].network_to_board(maps, self.input_format)
+        out = torch.empty_like(maps)
+        for rows in groups.values():
+            index = torch.tensor(rows, dtype=torch.long, device=maps.device)
+            out[index] = self.boards[rows[0]].network_to_board(maps[index], self.input_format)
+        return out
 
     def __len__(self) -> int:
         return len(self.boards)
@@ -159,11 +170,43 @@ class Relevance:
         options.setdefault("caption", f"LRP relevance of {self._describe(i)}")
         return self.boards[i].render_heatmap(self.squares[i], **options)
 
+    def render_grid(self, limit: int | None = None, **options: Any) -> Any:
+        """All boards (or the first ``limit``) side by side on one shared colour scale.
+
+        ``options`` go to :func:`lczerolens.visual.render_grid` (``cmap``, ``vmax``, ``ncols``, ...).
+
+        Example
+        -------
+        >>> rel.render_grid(ncols=4).save("batch.svg")  # doctest: +SKIP
+        """
+        from lczerolens.visual import render_grid
+
+        n = len(self) if limit is None else min(limit, len(self))
+        if self.moves is not None:
+            options.setdefault("move", self.moves[:n])
+        options.setdefault("titles", [self._describe(i) for i in range(n)])
+        if n < len(self):
+            options.setdefault("caption", f"first {n} of {len(self)} positions")
+        return render_grid(self.boards[:n], self.squares[:n], **options)
+
+    def render_history(self, i: int = 0, **options: Any) -> Any:
+        """Board ``i`` with the relevance of each of its 8 history slots (now, 1 ply ago, ...), one scale.
+
+        Example
+        -------
+        >>> rel.render_history(0).save("history.svg")  # doctest: +SKIP
+        """
+        from lczerolens.visual import render_grid
+
+        options.setdefault("titles", ["now"] + [f"{k} ply ago" if k == 1 else f"{k} plies ago" for k in range(1, 8)])
+        return render_grid(self.boards[i], self.history[i], **options)
+
     def _repr_svg_(self) -> str | None:
         try:
-            return self.render(0)._repr_svg_()
+            picture = self.render(0) if len(self) == 1 else self.render_grid(limit=8)
         except ImportError:
             return None  # no visual module: Jupyter falls back to __repr__
+        return picture._repr_svg_()
 
     def _describe(self, i: int) -> str:
         if self.policy_indices is None:

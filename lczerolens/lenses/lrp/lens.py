@@ -306,6 +306,12 @@ class LrpLens:
         kind, indices = _parse_target(target, board_list, input_format)
         heads = tuple(getattr(network, "heads", ()) or ())
         _check_head(kind, heads)
+        legal = None
+        if kind == "policy" and indices is None:
+            legal = [board.legal_move_indices(input_format) for board in board_list]
+            for board, moves in zip(board_list, legal, strict=True):
+                if not len(moves):
+                    raise LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
 
         dtype, device = _param_like(network)
         if planes is None:
@@ -315,11 +321,11 @@ class LrpLens:
                 shape = tuple(planes.shape) if isinstance(planes, torch.Tensor) else type(planes).__name__
                 raise InputShapeError(f"planes must be a tensor of shape ({n}, 112, 8, 8) for {n} boards, not {shape}")
             x = planes.detach()
-        x = x.to(dtype=dtype, device=device).clone().requires_grad_(True)
-
-        with self.patched(network), torch.enable_grad():
+        # Gradients are needed even when the caller is under no_grad or inference_mode.
+        with self.patched(network), torch.inference_mode(False), torch.enable_grad():
+            x = x.to(dtype=dtype, device=device).clone().requires_grad_(True)
             outputs = network(x)
-            output, grad_output, values, indices = _select(outputs, kind, indices, board_list, input_format)
+            output, grad_output, values, indices = _select(outputs, kind, indices, legal)
             (grad,) = torch.autograd.grad(output, x, grad_output)
 
         with torch.no_grad():
@@ -384,9 +390,6 @@ def _parse_target(target: Any, boards: list, input_format: Any) -> tuple[str, to
     """``("policy", indices [N] or None for top move)`` or ``(head name, None)``."""
     n = len(boards)
     if target is None:
-        for board in boards:
-            if not any(board.legal_moves):
-                raise LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
         return "policy", None
     if isinstance(target, str) and target in HEAD_TARGETS:
         return target, None
@@ -427,14 +430,13 @@ def _select(
     outputs: Mapping[str, torch.Tensor],
     kind: str,
     indices: torch.Tensor | None,
-    boards: list,
-    input_format: Any,
+    legal: list[torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The output tensor to explain, its gradient seed, the explained values ``[N]`` and policy indices."""
     if kind == "policy":
         policy = _output(outputs, "policy", kind)
         if indices is None:
-            indices = _top_legal(policy.detach(), boards, input_format)
+            indices = _top_legal(policy.detach(), legal)
         indices = indices.to(policy.device)
         seed = torch.zeros_like(policy)
         seed.scatter_(1, indices[:, None], 1.0)
@@ -453,10 +455,9 @@ def _select(
     return wdl, seed, wdl.detach() @ w, None
 
 
-def _top_legal(policy: torch.Tensor, boards: list, input_format: Any) -> torch.Tensor:
+def _top_legal(policy: torch.Tensor, legal: list[torch.Tensor]) -> torch.Tensor:
     """Each board's legal move index with the highest logit (one masked argmax for the batch)."""
-    legal = [board.legal_move_indices(input_format) for board in boards]
-    rows = torch.repeat_interleave(torch.arange(len(boards)), torch.tensor([len(i) for i in legal]))
+    rows = torch.repeat_interleave(torch.arange(len(legal)), torch.tensor([len(i) for i in legal]))
     mask = torch.zeros(policy.shape, dtype=torch.bool, device=policy.device)
     mask[rows.to(policy.device), torch.cat(legal).to(policy.device)] = True
     return policy.masked_fill(~mask, float("-inf")).argmax(dim=1)

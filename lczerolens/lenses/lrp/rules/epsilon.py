@@ -23,6 +23,7 @@ so the output's relevance is its own value. Under this convention:
   uniform ``z = x * y``         ``R_x = R_y = R_z / 2``                     ``g_x = 0.5 g_z y``
   softmax (AttnLRP)             ``R_x = x (R_y - y sum(R_y))``              ``g_x = y (g_y - sum(y g_y))``
   identity ``y = f(x)``         ``R_x = R_y`` (stabilised)                  ``g_x = g_y f(x) / stab(x)``
+  (``f(0) = c != 0``)           ``R_x = R_y (f(x) - c) / f(x)``             ``g_x = g_y (f(x) - c) / stab(x)``
   gate ``y = sigmoid(s) * x``   ``R_x = R_y``, ``R_s = 0``                  ``g_x = sigmoid(s) g_y``
   LayerNorm, std constant       linear rule of ``w (x - mean) / std + b``   ``g_x = (g_y w - mean(g_y w)) / std``
   CP-LRP ``z = A @ V``          ``A`` held constant, ``V`` takes all        ``g_V = A^T g_z``
@@ -111,9 +112,32 @@ def stabilize(tensor: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
     return torch.where(tensor >= 0, tensor + epsilon, tensor - epsilon)
 
 
+def _stabilized_ratio(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``numerator / stab(z)`` in three kernels: ``stab(z) = copysign(|z| + epsilon, z)``.
+
+    The same denominator as :func:`stabilize` except at ``z = -0.0``, where it is ``-epsilon`` (still of
+    magnitude ``epsilon``, so never zero).
+    """
+    if z.is_floating_point():
+        epsilon = max(epsilon, torch.finfo(z.dtype).tiny)
+    denominator = z.abs().add_(epsilon).copysign_(z)
+    return torch.div(numerator, denominator, out=denominator)
+
+
+def _relu_ratio(y: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``relu(x) / stab(x)`` from ``y = relu(x)`` alone, in two kernels: ``y / (y + epsilon)``.
+
+    Where ``x > 0`` this is ``x / (x + epsilon)``; elsewhere ``y = 0`` and so is the ratio.
+    """
+    if y.is_floating_point():
+        epsilon = max(epsilon, torch.finfo(y.dtype).tiny)
+    denominator = y + epsilon
+    return torch.div(y, denominator, out=denominator)
+
+
 def _epsilon_ratio(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z / stab(z)``: turns the plain signal at ``z`` into the epsilon rule's ``R_z / stab(z)``."""
-    return z / stabilize(z, epsilon)
+    return _stabilized_ratio(z, z, epsilon)
 
 
 def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -259,19 +283,41 @@ class IdentityRuleFunction(Function):
     """``y = f(x)`` elementwise with ``f(0) = 0``: the identity rule ``R_x = R_y``, stabilised.
 
     ``g_x = g_y f(x) / stab(x)``: the epsilon division of the linear layer that produced ``x``.
-    ``IdentityRuleFunction.apply(x, f, epsilon)`` where ``f`` is a callable (the plain op).
+    ``IdentityRuleFunction.apply(x, f, epsilon, offset=0.0)`` where ``f`` is a callable (the plain op).
+
+    For ``f(0) = offset != 0`` (a bare sigmoid: ``f(x) / x`` explodes near 0) the constant ``offset`` is
+    treated as a bias that keeps its share, and the identity rule applies to ``f(x) - offset``:
+    ``g_x = g_y (f(x) - offset) / stab(x)``.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], epsilon: float = 1e-6):
+    def forward(
+        ctx, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], epsilon: float = 1e-6, offset: float = 0.0
+    ):
         y = fn(x)
-        ctx.save_for_backward(y / stabilize(x, epsilon))
+        numerator = y if offset == 0.0 else y - offset
+        ctx.save_for_backward(_stabilized_ratio(numerator, x, epsilon))
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (ratio,) = ctx.saved_tensors
-        return grad * ratio, None, None
+        return grad * ratio, None, None, None
+
+
+class _ReluIdentityFunction(Function):
+    """:class:`IdentityRuleFunction` for ReLU, with the ratio computed from the output alone (fewer kernels)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
+        y = torch.relu(x)
+        ctx.save_for_backward(_relu_ratio(y, epsilon))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ratio,) = ctx.saved_tensors
+        return grad * ratio, None
 
 
 class LayerNormRuleFunction(Function):
@@ -372,19 +418,23 @@ class SoftmaxEpsilon(_Rule):
 class IdentityRule(_EpsilonRule):
     """An elementwise activation of :data:`lczerolens.model.ops.ACTIVATIONS` under the identity rule.
 
-    Sound for ``f(0) = 0`` (ReLU, squared ReLU, Mish, Swish, tanh, SELU); for a bare sigmoid ``f(x) / x``
-    explodes near 0 and a sigmoid gate should be a :class:`GateRule` instead.
+    The identity rule proper for ``f(0) = 0`` (ReLU, squared ReLU, Mish, Swish, tanh, SELU). A bare sigmoid
+    (``f(0) = 1/2``, e.g. an FFN activation) keeps ``1/2`` as a bias and explains ``sigmoid(x) - 1/2``; a
+    sigmoid *gate* is a :class:`GateRule` instead.
     """
 
     def __init__(self, kind: str, epsilon: float = 1e-6) -> None:
         super().__init__(epsilon)
         self.kind = kind
+        self.offset = float(apply_activation(kind, torch.zeros((), dtype=torch.float64)))
 
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
         return apply_activation(self.kind, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return IdentityRuleFunction.apply(x, self._fn, self.epsilon)
+        if self.kind == "relu":
+            return _ReluIdentityFunction.apply(x, self.epsilon)
+        return IdentityRuleFunction.apply(x, self._fn, self.epsilon, self.offset)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, epsilon={self.epsilon}"

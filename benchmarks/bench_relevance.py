@@ -1,0 +1,199 @@
+"""What an LRP explanation costs, next to a plain forward pass and to gradient x input.
+
+    python -m benchmarks.bench_relevance [--quick]
+
+For maia-1900 (SE-ResNet 6x64, from ``assets/cache/maia-1900.pb.gz``) and a generated attention-body net of
+realistic width (``REALISTIC_ATTENTION_SPEC``: 256 wide, 8 heads, 6 encoder layers, smolgen), at batch 1 and 64,
+with the thread count torch has (``--threads``, default 2):
+
+- ``forward ms``: the network on ready planes, under ``torch.inference_mode``;
+- ``grad x input ms``: one forward and one backward with no rules (planes ready, target indices known);
+- ``relevance ms``: ``LrpLens().relevance(network, boards, target)``: the whole user call, from boards (input
+  encoding, target choice, patching, forward, backward, decoding onto the board) -- for ``target="value"`` and
+  for ``target=None`` (each board's top legal move);
+- ratios relevance / forward and relevance / grad x input (same ``"value"`` target), and relevance maps per
+  second at batch 64 (``target=None``).
+
+Each time is reported as wall time and as CPU time (``time.process_time``, summed over threads); the functions
+run interleaved, round after round. On a machine shared with other work the wall times swing with the load and
+the CPU-time ratios are the steadier comparison.
+
+Targets (checked in the report, not asserted): relevance within 2.5x of forward and 1.3x of gradient x input,
+and >= 400 maps/s at batch 64 on 2 cores for maia. Timings are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "assets" / "cache"
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Median wall and CPU (``time.process_time``, all threads) milliseconds of each function.
+
+    The functions run in turns, round after round, so that a change in machine load hits them alike. On a
+    shared machine the CPU times are the steadier basis for ratios.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    return {
+        name: {"wall ms": 1e3 * statistics.median(wall[name]), "cpu ms": 1e3 * statistics.median(cpu[name])}
+        for name in fns
+    }
+
+
+def random_boards(n: int, seed: int = 0, max_plies: int = 80) -> list:
+    """``n`` positions from random play, with their move history (what lc0 would be fed mid-game)."""
+    from lczerolens.board import LczeroBoard
+
+    rng = random.Random(seed)
+    boards = []
+    while len(boards) < n:
+        board = LczeroBoard()
+        for _ in range(rng.randrange(4, max_plies)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(rng.choice(moves))
+        if any(board.legal_moves):
+            boards.append(board)
+    return boards
+
+
+def _networks(quick: bool) -> dict[str, torch.nn.Module]:
+    from lczerolens.model.native import load_pb
+
+    nets: dict[str, torch.nn.Module] = {}
+    maia = CACHE / "maia-1900.pb.gz"
+    if maia.exists():
+        nets["maia-1900"] = load_pb(maia).eval()
+    try:
+        from lczerolens._testing_attention import REALISTIC_ATTENTION_SPEC, AttentionNetSpec, write_attention_net
+    except ImportError:
+        return nets
+    spec = REALISTIC_ATTENTION_SPEC if not quick else AttentionNetSpec(embedding_size=64, encoder_layers=2, heads=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_attention_net(spec, Path(tmp) / "bench-attention.pb.gz")
+        label = f"attention {spec.embedding_size}x{spec.encoder_layers} ({spec.heads} heads, smolgen)"
+        nets[label] = load_pb(path).eval()
+    return nets
+
+
+def _gradient_x_input(network: torch.nn.Module, planes: torch.Tensor) -> torch.Tensor:
+    """The no-rules baseline for ``target="value"``: one forward, one backward, input x gradient."""
+    x = planes.detach().clone().requires_grad_(True)
+    out = network(x)
+    if "wdl_logits" in out:
+        wdl = out["wdl_logits"]
+        seed = torch.tensor([1.0, 0.0, -1.0], dtype=wdl.dtype).expand_as(wdl)
+        (grad,) = torch.autograd.grad(wdl, x, seed)
+    else:
+        logit = out["value_logit"]
+        (grad,) = torch.autograd.grad(logit, x, torch.ones_like(logit))
+    return x.detach() * grad
+
+
+def bench_network(network: torch.nn.Module, batch: int, rounds: int) -> dict[str, Any]:
+    from lczerolens.board import encode_boards
+    from lczerolens.lenses import LrpLens
+
+    boards = random_boards(batch, seed=batch)
+    planes = encode_boards(boards, network.input_format)
+    lens = LrpLens()
+
+    def forward() -> Any:
+        with torch.inference_mode():
+            return network(planes)
+
+    times = interleaved_times(
+        {
+            "forward": forward,
+            "grad x input": lambda: _gradient_x_input(network, planes),
+            "relevance (value)": lambda: lens.relevance(network, boards, "value"),
+            "relevance (top move)": lambda: lens.relevance(network, boards, None),
+            "encode boards": lambda: encode_boards(boards, network.input_format),
+        },
+        rounds,
+    )
+    result: dict[str, Any] = {}
+    for name, t in times.items():
+        result[f"{name} ms"] = t["wall ms"]
+        result[f"{name} cpu ms"] = t["cpu ms"]
+    for basis, key in (("wall", "ms"), ("cpu", "cpu ms")):
+        value = result[f"relevance (value) {key}"]
+        result[f"relevance / forward ({basis})"] = value / result[f"forward {key}"]
+        result[f"relevance / grad x input ({basis})"] = value / result[f"grad x input {key}"]
+    result["maps/s (top move, wall)"] = 1e3 * batch / result["relevance (top move) ms"]
+    # What the same work gives when its threads are not kept waiting by other processes (an estimate).
+    result["maps/s (top move, cpu / threads)"] = (
+        1e3 * batch * torch.get_num_threads() / result["relevance (top move) cpu ms"]
+    )
+    return result
+
+
+def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
+    """Time forward, gradient x input and LRP relevance for maia-1900 and an attention net, batch 1 and 64."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        results: dict[str, Any] = {"threads": torch.get_num_threads()}
+        for label, network in _networks(quick).items():
+            for batch in (1, 64):
+                rounds = (3 if quick else 7) if batch > 1 or "maia" in label else (5 if quick else 15)
+                results[f"{label}, batch {batch}"] = bench_network(network, batch, rounds)
+        maia = results.get("maia-1900, batch 64")
+        if maia is not None:
+            results["targets (maia, batch 64)"] = {
+                "relevance <= 2.5x forward (cpu)": maia["relevance / forward (cpu)"] <= 2.5,
+                "relevance <= 1.3x grad x input (cpu)": maia["relevance / grad x input (cpu)"] <= 1.3,
+                ">= 400 maps/s (wall)": maia["maps/s (top move, wall)"] >= 400,
+            }
+        return results
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _print(result: dict[str, Any], indent: str = "") -> None:
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print(value, indent + "  ")
+        elif isinstance(value, float):
+            print(f"{indent}{key}: {value:.3f}")
+        else:
+            print(f"{indent}{key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and a small attention net")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    args = parser.parse_args(argv)
+    _print(run(quick=args.quick, threads=args.threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
