@@ -586,3 +586,40 @@ def test_onnx_and_native_maia_agree(maia_network, maia_onnx_path):
         assert native.moves == onnx.moves
         scale = native.planes.abs().max()
         torch.testing.assert_close(onnx.planes / scale, native.planes / scale, rtol=0, atol=1e-4)
+
+
+def test_onnx_and_native_attention_agree(lc0_binary, tmp_path):
+    """The same attention net through lc0's ONNX export and through the native loader explains the same."""
+    import subprocess
+
+    from lczerolens.model import LczeroModel
+
+    testing = pytest.importorskip("lczerolens._testing_attention")
+    spec = testing.AttentionNetSpec(embedding="PE_MAP", ffn_activation="mish", seed=3)
+    pb = testing.write_attention_net(spec, tmp_path / "att.pb.gz")
+    onnx = tmp_path / "att.onnx"
+    done = subprocess.run([str(lc0_binary), "leela2onnx", f"--input={pb}", f"--output={onnx}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    from_onnx, from_pb = LczeroModel.from_path(onnx), LczeroModel.from_path(pb)
+    boards = random_boards(3, seed=9)
+    for softmax in ("attnlrp", "cp"):
+        a = LrpLens(softmax=softmax).relevance(from_onnx, boards, None)
+        b = LrpLens(softmax=softmax).relevance(from_pb, boards, None)
+        assert a.moves == b.moves
+        scale = b.planes.abs().max()
+        torch.testing.assert_close(a.planes / scale, b.planes / scale, rtol=0, atol=1e-4)
+
+
+def test_patched_accepts_an_lczero_model(maia_pb_path):
+    from lczerolens.model import LczeroModel
+
+    model = LczeroModel.from_path(maia_pb_path)
+    board = LczeroBoard()
+    with torch.no_grad():
+        ref = model(board)["policy"]
+    with LrpLens().patched(model):
+        assert any(isinstance(m, E.IdentityRule) for m in model.modules())
+        with torch.no_grad():
+            assert torch.equal(model(board)["policy"], ref)
+    assert not any(getattr(m, "lrp_rule", False) for m in model.modules())
