@@ -39,9 +39,17 @@ _LAZY = {
     "LczeroModel": "lczerolens.model",
     "LrpLens": "lczerolens.lenses",
     "render_heatmap": "lczerolens.visual",
+    "render_grid": "lczerolens.visual",
+    "Heatmap": "lczerolens.visual",
+    "Evaluation": "lczerolens.model",
+    "encode_boards": "lczerolens.board",
 }
 
 __all__ = [
+    "Evaluation",
+    "Heatmap",
+    "encode_boards",
+    "render_grid",
     "InputFormat",
     "InputFormatError",
     "InputShapeError",
