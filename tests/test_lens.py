@@ -623,3 +623,16 @@ def test_patched_accepts_an_lczero_model(maia_pb_path):
         with torch.no_grad():
             assert torch.equal(model(board)["policy"], ref)
     assert not any(getattr(m, "lrp_rule", False) for m in model.modules())
+
+
+def test_reused_rules_follow_changes_to_the_ops(boards):
+    """A lens reuses its rule modules across calls, but never stale ones."""
+    net = TinyNet(seed=3).eval()
+    lens = LrpLens()
+    lens.relevance(net, boards, "value")
+    net._modules["ln"].weight = nn.Parameter(torch.linspace(0.5, 2.0, 8))
+    net._modules["block/mish"].kind = "tanh"
+    net._modules["softmax"].dim = -2
+    again = lens.relevance(net, boards, "value")
+    fresh = LrpLens().relevance(net, boards, "value")
+    assert torch.equal(again.planes, fresh.planes)

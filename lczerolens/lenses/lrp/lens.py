@@ -16,6 +16,7 @@ torch.Size([1, 8, 8])
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -124,6 +125,14 @@ def make_composite(epsilon: float = 1e-6, softmax: str = "attnlrp") -> dict[type
     }
 
 
+def _signature(op: nn.Module, factory: Callable) -> tuple:
+    """What a rule module depends on: the factory, the op's plain settings and its parameter objects."""
+    settings = tuple(
+        sorted((k, v) for k, v in vars(op).items() if isinstance(v, (bool, int, float, str, type(None))))
+    )
+    return id(factory), settings, tuple(id(p) for p in op._parameters.values())
+
+
 def _network_of(model: nn.Module) -> nn.Module:
     """The network inside an ``LczeroModel`` (or the network itself)."""
     inner = getattr(model, "network", None)
@@ -165,6 +174,9 @@ class LrpLens:
             raise LensError(f"epsilon={epsilon!r} must be a positive number (e.g. 1e-6)")
         self.epsilon = float(epsilon)
         self.softmax = softmax
+        # Rule modules built for an op, reused while the op is unchanged (building them costs more than a
+        # small batch's rules do).
+        self._rules: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         default = make_composite(self.epsilon, softmax)
         self.composite: dict[type, Callable[[nn.Module], nn.Module]] = (
             default if composite is None else dict(composite)
@@ -189,37 +201,61 @@ class LrpLens:
         (:data:`LINEAR_MODULES`), when they declare ``lrp_linear = True``, or when they are rule modules already.
         An fx graph (such as onnx2torch's) that calls a nonlinear function inline fails too.
         """
+        self._plan(network)
+
+    def _check_module(self, path: str, module: nn.Module) -> None:
+        where = path or "<root>"
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                if node.op in ("call_function", "call_method"):
+                    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+                    if name in _NONLINEAR_CALLS:
+                        raise LensError(
+                            f"module {where!r} calls the nonlinear function {name!r} inline (fx node "
+                            f"{node.name!r}); a loader must express it as an lczerolens.model.ops module"
+                        )
+        if self._factory(module) is not None or getattr(module, "lrp_rule", False) is True:
+            return
+        if next(iter(module.children()), None) is not None:
+            return  # a container: its leaves are checked
+        flag = getattr(module, "lrp_linear", None)
+        if flag is True:
+            return
+        if flag is None and type(module) is nn.Module:
+            return  # a bare holder of constants has no forward
+        if flag is None and isinstance(module, LINEAR_MODULES):
+            return
+        if flag is None and isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training:
+            return  # eval-mode batch norm is affine
+        reason = "it is marked lrp_linear=False" if flag is False else "no rule covers it"
+        raise LensError(
+            f"cannot explain module {where!r} of type {type(module).__module__}.{type(module).__qualname__}: "
+            f"{reason}. Express nonlinear ops as lczerolens.model.ops modules, or add a rule for this type "
+            f"to the lens's composite"
+        )
+
+    def _plan(self, network: nn.Module) -> list[tuple[nn.Module, str, nn.Module, Callable]]:
+        """Check every module and list the swaps (parent, name, op, factory); raises before anything changes."""
+        swaps = []
         for path, module in network.named_modules():
-            where = path or "<root>"
-            graph = getattr(module, "graph", None)
-            if isinstance(module, torch.fx.GraphModule) and graph is not None:
-                for node in graph.nodes:
-                    if node.op in ("call_function", "call_method"):
-                        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-                        if name in _NONLINEAR_CALLS:
-                            raise LensError(
-                                f"module {where!r} calls the nonlinear function {name!r} inline (fx node "
-                                f"{node.name!r}); a loader must express it as an lczerolens.model.ops module"
-                            )
-            if self._factory(module) is not None or getattr(module, "lrp_rule", False) is True:
-                continue
-            if next(iter(module.children()), None) is not None:
-                continue  # a container: its leaves are checked
-            flag = getattr(module, "lrp_linear", None)
-            if flag is True:
-                continue
-            if flag is None and type(module) is nn.Module:
-                continue  # a bare holder of constants has no forward
-            if flag is None and isinstance(module, LINEAR_MODULES):
-                continue
-            if flag is None and isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training:
-                continue  # eval-mode batch norm is affine
-            reason = "it is marked lrp_linear=False" if flag is False else "no rule covers it"
-            raise LensError(
-                f"cannot explain module {where!r} of type {type(module).__module__}.{type(module).__qualname__}: "
-                f"{reason}. Express nonlinear ops as lczerolens.model.ops modules, or add a rule for this type "
-                f"to the lens's composite"
-            )
+            self._check_module(path, module)
+            for name, child in module._modules.items():
+                if child is not None:
+                    factory = self._factory(child)
+                    if factory is not None:
+                        swaps.append((module, name, child, factory))
+        return swaps
+
+    def _rule(self, op: nn.Module, factory: Callable[[nn.Module], nn.Module]) -> nn.Module:
+        """The rule module for ``op``, reused across calls while ``op``'s settings and parameters stay the same."""
+        signature = _signature(op, factory)
+        hit = self._rules.get(op)
+        if hit is not None and hit[0] == signature:
+            return hit[1]
+        rule = factory(op)
+        rule.train(op.training)
+        self._rules[op] = (signature, rule)
+        return rule
 
     @contextmanager
     def patched(self, network: nn.Module) -> Iterator[nn.Module]:
@@ -234,27 +270,16 @@ class LrpLens:
         >>> with lens.patched(model.network):  # doctest: +SKIP
         ...     out = model.network(planes)
         """
-        self.check(network)
-        swaps: list[tuple[nn.Module, str, nn.Module]] = []
-        rules: dict[int, nn.Module] = {}  # a module registered twice gets one rule
+        plan = self._plan(network)
+        done: list[tuple[nn.Module, str, nn.Module]] = []
         try:
-            for parent in list(network.modules()):
-                for name, child in list(parent._modules.items()):
-                    if child is None:
-                        continue
-                    factory = self._factory(child)
-                    if factory is None:
-                        continue
-                    rule = rules.get(id(child))
-                    if rule is None:
-                        rule = rules[id(child)] = factory(child)
-                        rule.train(child.training)
-                    swaps.append((parent, name, child))
-                    parent._modules[name] = rule
+            for parent, name, op, factory in plan:
+                parent._modules[name] = self._rule(op, factory)
+                done.append((parent, name, op))
             yield network
         finally:
-            for parent, name, child in reversed(swaps):
-                parent._modules[name] = child
+            for parent, name, op in reversed(done):
+                parent._modules[name] = op
 
     # ----------------------------------------------------------------------------------------------------------
     # Relevance
