@@ -127,10 +127,11 @@ def make_composite(epsilon: float = 1e-6, softmax: str = "attnlrp") -> dict[type
 
 def _signature(op: nn.Module, factory: Callable) -> tuple:
     """What a rule module depends on: the factory, the op's plain settings and its parameter objects."""
-    settings = tuple(
-        sorted((k, v) for k, v in vars(op).items() if isinstance(v, (bool, int, float, str, type(None))))
-    )
-    return id(factory), settings, tuple(id(p) for p in op._parameters.values())
+    settings = tuple((k, v) for k, v in op.__dict__.items() if type(v) in _PLAIN)
+    return id(factory), settings, tuple(map(id, op._parameters.values()))
+
+
+_PLAIN = frozenset((bool, int, float, str, type(None)))
 
 
 def _network_of(model: nn.Module) -> nn.Module:

@@ -106,10 +106,19 @@ def stabilize(tensor: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
     """
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0 so that no rule divides by zero, not {epsilon!r}")
-    if tensor.is_floating_point():
-        # An epsilon below the dtype's smallest normal number (1e-12 in float16) would round to zero.
-        epsilon = max(epsilon, torch.finfo(tensor.dtype).tiny)
+    epsilon = _at_least_tiny(epsilon, tensor.dtype)
     return torch.where(tensor >= 0, tensor + epsilon, tensor - epsilon)
+
+
+_TINY: dict[torch.dtype, float] = {}
+
+
+def _at_least_tiny(epsilon: float, dtype: torch.dtype) -> float:
+    """``epsilon``, raised to the dtype's smallest normal number if it would round to zero (1e-12 in float16)."""
+    tiny = _TINY.get(dtype)
+    if tiny is None:
+        tiny = _TINY[dtype] = torch.finfo(dtype).tiny if dtype.is_floating_point else 0.0
+    return epsilon if epsilon >= tiny else tiny
 
 
 def _stabilized_ratio(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -118,8 +127,7 @@ def _stabilized_ratio(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) 
     The same denominator as :func:`stabilize` except at ``z = -0.0``, where it is ``-epsilon`` (still of
     magnitude ``epsilon``, so never zero).
     """
-    if z.is_floating_point():
-        epsilon = max(epsilon, torch.finfo(z.dtype).tiny)
+    epsilon = _at_least_tiny(epsilon, z.dtype)
     denominator = z.abs().add_(epsilon).copysign_(z)
     return torch.div(numerator, denominator, out=denominator)
 
@@ -129,8 +137,7 @@ def _relu_ratio(y: torch.Tensor, epsilon: float) -> torch.Tensor:
 
     Where ``x > 0`` this is ``x / (x + epsilon)``; elsewhere ``y = 0`` and so is the ratio.
     """
-    if y.is_floating_point():
-        epsilon = max(epsilon, torch.finfo(y.dtype).tiny)
+    epsilon = _at_least_tiny(epsilon, y.dtype)
     denominator = y + epsilon
     return torch.div(y, denominator, out=denominator)
 
