@@ -332,6 +332,13 @@ def test_value_target_for_value_logit_nets(tiny, boards):
         LrpLens().relevance(ValueNet(), boards, "win")
 
 
+def test_plain_chess_boards_are_accepted(tiny):
+    plain = chess.Board()
+    plain.push_uci("e2e4")
+    rel = LrpLens().relevance(tiny, plain, "value")
+    assert torch.equal(rel.planes, LrpLens().relevance(tiny, LczeroBoard.from_moves(["e2e4"]), "value").planes)
+
+
 def test_works_under_no_grad_and_inference_mode(tiny, boards):
     ref = LrpLens().relevance(tiny, boards, "value").planes
     with torch.no_grad():

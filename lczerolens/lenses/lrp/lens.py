@@ -384,8 +384,15 @@ def _as_boards(boards: Any, board_cls: type) -> list:
     if not board_list:
         raise InputShapeError("boards is empty: pass at least one LczeroBoard")
     for i, board in enumerate(board_list):
-        if not isinstance(board, board_cls):
-            raise InputShapeError(f"boards[{i}] is a {type(board).__name__}, not an LczeroBoard")
+        if isinstance(board, board_cls):
+            continue
+        if isinstance(board, chess.Board):
+            board_list[i] = board_cls.from_board(board)  # its move stack is its history
+            continue
+        raise InputShapeError(
+            f"boards[{i}] is a {type(board).__name__} ({board!r:.60}), not an LczeroBoard; "
+            "build boards with lczerolens.LczeroBoard(fen)"
+        )
     return board_list
 
 
