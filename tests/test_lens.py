@@ -643,3 +643,17 @@ def test_reused_rules_follow_changes_to_the_ops(boards):
     again = lens.relevance(net, boards, "value")
     fresh = LrpLens().relevance(net, boards, "value")
     assert torch.equal(again.planes, fresh.planes)
+
+
+def test_without_biases_the_only_leak_is_the_stabiliser(maia_pb_path):
+    """Bias-free, the gap between output and summed relevance scales with epsilon: it is the stabiliser's."""
+    from lczerolens.model.native import load_pb
+
+    net = _zero_biases(load_pb(maia_pb_path).double())
+    boards = random_boards(4, seed=12)
+    leaks = []
+    for epsilon in (1e-6, 1e-9):
+        rel = LrpLens(epsilon=epsilon, softmax="cp").relevance(net, boards, None)
+        leaks.append((rel.target - rel.planes.sum(dim=(1, 2, 3))).abs())
+    ratio = (leaks[0] / leaks[1]).median().item()
+    assert 500 < ratio < 2000, ratio
