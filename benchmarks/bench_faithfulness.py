@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "assets" / "cache" / "generated"
 
 #: Positions of the default run on maia-1900 and on the attention net (about 16x costlier per forward pass).
-DEFAULT_POSITIONS = 100
-DEFAULT_ATTENTION_POSITIONS = 12
+DEFAULT_POSITIONS = 200
+DEFAULT_ATTENTION_POSITIONS = 24
 QUICK_POSITIONS = 4
 
 METHOD_LABELS = {

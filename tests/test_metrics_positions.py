@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import chess
 import pytest
+from test_metrics import random_toy
 
 from lczerolens import positions
 from lczerolens.errors import InputShapeError
-from tests.test_metrics import random_toy
 
 
 def _ply(fen: str) -> int:

@@ -1,0 +1,49 @@
+"""The faithfulness benchmark's harness and tables, on the toy network (no timing is asserted)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from test_metrics import FENS, random_toy
+
+# `benchmarks` lives at the repository root, which plain `pytest` (unlike `python -m pytest`) does not import from.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
+
+
+def test_evaluate_net_and_markdown() -> None:
+    pytest.importorskip("lczerolens.lenses")
+    from benchmarks import bench_faithfulness as bench
+
+    net = random_toy(11)
+    targets = bench.evaluate_net(net, FENS[:5])
+    assert set(targets) == {"move", "value"}
+    for t in targets.values():
+        assert set(t["methods"]) == set(bench.METHOD_LABELS)
+        for row in t["methods"].values():
+            assert "error" not in row, row
+            assert row["abpc"]["low"] <= row["abpc"]["mean"] <= row["abpc"]["high"]
+        # A linear net: LRP's scores are gradient x input's, in both softmax modes.
+        assert t["lrp_modes_identical"]
+        assert t["methods"]["lrp_cp"]["abpc"] == pytest.approx(t["methods"]["gradient_x_input"]["abpc"])
+        assert set(t["paired"]) == {f"lrp_attnlrp - {b}" for b in bench.BASELINES}
+    result = {
+        "encoding": "FEN-only",
+        "position_set": "toy",
+        "nets": {"toy": {"positions": 5, "description": "toy", "note": "toy", "targets": targets}},
+    }
+    text = bench.to_markdown(result)
+    assert "| gradient x input |" in text and "lrp (either mode) - occlusion" in text
+    assert text.count("ABPC toy,") == 2
+
+
+def test_dict_table_escapes_pipes() -> None:
+    from benchmarks.run import dict_table
+
+    table = dict_table({"a": {"max |x|": 1.5, "n": 3}, "note": "p|q"})
+    assert "| a / max \\|x\\| | 1.5 |" in table
+    assert "| a / n | 3 |" in table and "p\\|q" in table
+    assert dict_table({"markdown": "as is"}) == "as is"
