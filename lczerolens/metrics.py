@@ -116,7 +116,8 @@ def to_board_orientation(boards: Sequence[chess.Board], squares: torch.Tensor, f
 
     if squares.dim() != 3 or squares.shape[1:] != (8, 8) or squares.shape[0] != len(boards):
         raise InputShapeError(f"expected [{len(boards)}, 8, 8] per-square values, got {tuple(squares.shape)}")
-    rows = [LczeroBoard.network_to_board(b, squares[i], fmt) for i, b in enumerate(boards)]
+    lczero_boards = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in boards]
+    rows = [b.network_to_board(squares[i], fmt) for i, b in enumerate(lczero_boards)]
     return torch.stack(rows).reshape(len(boards), 64)
 
 
@@ -233,15 +234,9 @@ def policy_index(board: chess.Board, move: chess.Move, fmt) -> int:
     mapping gives, without the legality check.
     """
     from lczerolens.board import LczeroBoard
-    from lczerolens.errors import InvalidMoveError
 
     lb = board if isinstance(board, LczeroBoard) else LczeroBoard.from_board(board)
-    try:
-        return int(lb.encode_move(move, fmt))
-    except InvalidMoveError:
-        pass
-    # LczeroBoard's own (private) mapping: it has no public move index that skips the legality check.
-    return int(lb._move_indices([move], lb._move_orientation(fmt))[0])
+    return int(lb.encode_move(move, fmt, strict=False))
 
 
 def _forward(network: nn.Module, planes: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from test_metrics import FENS, random_toy
-
-# `benchmarks` lives at the repository root, which plain `pytest` (unlike `python -m pytest`) does not import from.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.append(ROOT)
 
 
 def test_evaluate_net_and_markdown() -> None:
