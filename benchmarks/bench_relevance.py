@@ -25,7 +25,6 @@ and >= 400 maps/s at batch 64 on 2 cores for maia. Timings are medians.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
@@ -65,20 +64,9 @@ def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, warmup: in
 
 def random_boards(n: int, seed: int = 0, max_plies: int = 80) -> list:
     """``n`` positions from random play, with their move history (what lc0 would be fed mid-game)."""
-    from lczerolens.board import LczeroBoard
+    from lczerolens.testing import random_boards as play
 
-    rng = random.Random(seed)
-    boards = []
-    while len(boards) < n:
-        board = LczeroBoard()
-        for _ in range(rng.randrange(4, max_plies)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-        if any(board.legal_moves):
-            boards.append(board)
-    return boards
+    return play(n, seed=seed, min_plies=4, max_plies=max_plies)
 
 
 def _networks(quick: bool) -> dict[str, torch.nn.Module]:

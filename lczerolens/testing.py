@@ -48,6 +48,7 @@ __all__ = [
     "RESIDUAL_DEFAULTS",
     "calibration_planes",
     "lc0_input_planes",
+    "random_boards",
     "random_net",
     "reencode_net",
     "write_random_net",
@@ -450,6 +451,36 @@ def lc0_input_planes(inputs: Any) -> torch.Tensor:
                          bitorder="little").reshape(len(masks), 112, 64)
     planes = bits.astype(np.float32) * vals[:, :, None]
     return torch.from_numpy(planes.reshape(len(masks), 112, 8, 8))
+
+
+def random_boards(n: int, *, seed: int = 0, min_plies: int = 0, max_plies: int = 40) -> list:
+    """``n`` positions reached by random legal play from the start, with their move history.
+
+    Each game lasts a number of plies drawn from ``[min_plies, max_plies)`` (fewer if it ends); positions with
+    no legal move are skipped, so every board has a move to explain. Deterministic for a given ``seed``.
+
+    Examples
+    --------
+    >>> boards = random_boards(3, seed=1)
+    >>> len(boards), all(any(b.legal_moves) for b in boards)
+    (3, True)
+    """
+    import random
+
+    from lczerolens.board import LczeroBoard
+
+    rng = random.Random(seed)
+    boards = []
+    while len(boards) < n:
+        board = LczeroBoard()
+        for _ in range(rng.randrange(min_plies, max_plies)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(rng.choice(moves))
+        if any(board.legal_moves):
+            boards.append(board)
+    return boards
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import chess
@@ -15,6 +14,7 @@ from lczerolens.errors import InputShapeError, InvalidMoveError, LczeroLensError
 from lczerolens.lenses import LrpLens, Relevance
 from lczerolens.lenses.lrp.rules import epsilon as E
 from lczerolens.model import ops
+from lczerolens.testing import random_boards
 
 # --------------------------------------------------------------------------------------------------------------
 # A small hand-built network using every rule op, following the network contract
@@ -98,22 +98,6 @@ def explicit_rules(net: TinyNet, epsilon: float, softmax: str) -> dict:
     else:
         rules["av"] = lambda a, b: E.BilinearMatMulEpsilonFunction.apply(a, b, epsilon)
     return rules
-
-
-def random_boards(n: int, seed: int = 0, max_plies: int = 40) -> list[LczeroBoard]:
-    """``n`` positions reached by random play (both colours to move, some with history)."""
-    rng = random.Random(seed)
-    boards = []
-    while len(boards) < n:
-        board = LczeroBoard()
-        for _ in range(rng.randrange(0, max_plies)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-        if any(board.legal_moves):
-            boards.append(board)
-    return boards
 
 
 @pytest.fixture(scope="module")
