@@ -16,6 +16,7 @@ torch.Size([1, 8, 8])
 
 from __future__ import annotations
 
+import fnmatch
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from lczerolens.lenses.lrp.rules.epsilon import (
     BilinearMatMulEpsilon,
     CPMatMul,
     ElementwiseMultiplyUniform,
+    GammaConv2d,
     GateRule,
     IdentityRule,
     LayerNormRule,
@@ -39,7 +41,15 @@ from lczerolens.lenses.lrp.rules.epsilon import (
 from lczerolens.lenses.relevance import Relevance
 from lczerolens.model import ops
 
-__all__ = ["LrpLens", "Composite", "make_composite", "LINEAR_MODULES", "HEAD_TARGETS", "SOFTMAX_MODES"]
+__all__ = [
+    "LrpLens",
+    "Composite",
+    "make_composite",
+    "LINEAR_MODULES",
+    "HEAD_TARGETS",
+    "SOFTMAX_MODES",
+    "CONV_RULES",
+]
 
 #: A composite: op class -> factory building the rule module that replaces one instance of it.
 Composite = Mapping[type, Callable[[nn.Module], nn.Module]]
@@ -49,6 +59,9 @@ HEAD_TARGETS = ("value", "win", "draw", "loss", "mlh")
 
 #: Softmax modes: AttnLRP's softmax and bilinear rules, or CP-LRP (attention weights held constant).
 SOFTMAX_MODES = ("attnlrp", "cp")
+
+#: Rules for ``nn.Conv2d``: the plain gradient (epsilon rule, the default) or the gamma rule.
+CONV_RULES = ("epsilon", "gamma")
 
 #: Torch leaf modules that are linear in their input (their plain gradient is the LRP rule), or hold no
 #: computation at all (containers, constant holders).
@@ -162,19 +175,56 @@ class LrpLens:
         ``"cp"`` (CP-LRP: attention weights held constant; conserves relevance when biases are zero).
     composite : mapping, optional
         Op class -> rule-module factory, replacing :func:`make_composite`'s default.
+    conv_rule : str
+        ``"epsilon"`` (default: convolutions keep their plain gradient, the epsilon rule) or ``"gamma"``: the
+        gamma rule (:class:`~lczerolens.lenses.lrp.rules.epsilon.GammaConv2d`) on the ``nn.Conv2d`` modules
+        that ``gamma_layers`` selects, favouring positive contributions (an LRP composite: gamma low, epsilon
+        high).
+    gamma : float
+        The gamma rule's ``gamma >= 0`` (``W + gamma W+``); used with ``conv_rule="gamma"``.
+    gamma_layers : sequence of str, optional
+        ``fnmatch`` patterns on module names (e.g. ``("inputconv", "block0/*")``) choosing the convolutions
+        under the gamma rule; ``None`` means every ``nn.Conv2d``. A pattern that matches no convolution raises
+        :class:`~lczerolens.errors.LensError`.
 
     Example
     -------
     >>> lens = LrpLens(epsilon=1e-6, softmax="cp")
     >>> lens
     LrpLens(epsilon=1e-06, softmax='cp')
+    >>> LrpLens(conv_rule="gamma", gamma=0.25, gamma_layers=["inputconv"])
+    LrpLens(epsilon=1e-06, softmax='attnlrp', conv_rule='gamma', gamma=0.25, gamma_layers=('inputconv',))
     """
 
-    def __init__(self, epsilon: float = 1e-6, softmax: str = "attnlrp", composite: Composite | None = None) -> None:
+    def __init__(
+        self,
+        epsilon: float = 1e-6,
+        softmax: str = "attnlrp",
+        composite: Composite | None = None,
+        *,
+        conv_rule: str = "epsilon",
+        gamma: float = 0.25,
+        gamma_layers: Sequence[str] | None = None,
+    ) -> None:
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
             raise LensError(f"epsilon={epsilon!r} must be a positive number (e.g. 1e-6)")
+        if conv_rule not in CONV_RULES:
+            raise LensError(f"conv_rule={conv_rule!r} is not a convolution rule; use one of {CONV_RULES}")
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
+            raise LensError(f"gamma={gamma!r} must be a number >= 0 (e.g. 0.25)")
+        if gamma_layers is not None:
+            if isinstance(gamma_layers, str) or not all(isinstance(p, str) for p in gamma_layers):
+                raise LensError(
+                    f"gamma_layers={gamma_layers!r} must be a sequence of module-name patterns, e.g. ['inputconv']"
+                )
+            gamma_layers = tuple(gamma_layers)
         self.epsilon = float(epsilon)
         self.softmax = softmax
+        self.conv_rule = conv_rule
+        self.gamma = float(gamma)
+        self.gamma_layers = gamma_layers
+        # One factory object per lens: the rule cache keys on it.
+        self._gamma_factory = lambda op: GammaConv2d(op, self.gamma, self.epsilon)
         # Rule modules built for an op, reused while the op is unchanged (building them costs more than a
         # small batch's rules do).
         self._rules: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -184,7 +234,10 @@ class LrpLens:
         )
 
     def __repr__(self) -> str:
-        return f"LrpLens(epsilon={self.epsilon!r}, softmax={self.softmax!r})"
+        text = f"LrpLens(epsilon={self.epsilon!r}, softmax={self.softmax!r}"
+        if self.conv_rule != "epsilon":
+            text += f", conv_rule={self.conv_rule!r}, gamma={self.gamma!r}, gamma_layers={self.gamma_layers!r}"
+        return text + ")"
 
     # ----------------------------------------------------------------------------------------------------------
     # Patching
@@ -238,14 +291,35 @@ class LrpLens:
     def _plan(self, network: nn.Module) -> list[tuple[nn.Module, str, nn.Module, Callable]]:
         """Check every module and list the swaps (parent, name, op, factory); raises before anything changes."""
         swaps = []
+        gamma = self.conv_rule == "gamma"
+        used: set[str] = set()
         for path, module in network.named_modules():
             self._check_module(path, module)
             for name, child in module._modules.items():
                 if child is not None:
                     factory = self._factory(child)
+                    if factory is None and gamma and isinstance(child, nn.Conv2d):
+                        if self._gamma_selects(f"{path}.{name}" if path else name, used):
+                            factory = self._gamma_factory
                     if factory is not None:
                         swaps.append((module, name, child, factory))
+        if gamma and self.gamma_layers is not None:
+            unused = [p for p in self.gamma_layers if p not in used]
+            if unused:
+                convs = [n for n, m in network.named_modules() if isinstance(m, nn.Conv2d)]
+                raise LensError(
+                    f"gamma_layers patterns {unused} match no nn.Conv2d of the network; its convolutions are "
+                    f"{convs[:12]}{' ...' if len(convs) > 12 else ''}"
+                )
         return swaps
+
+    def _gamma_selects(self, name: str, used: set[str]) -> bool:
+        """Whether the convolution ``name`` takes the gamma rule (recording the patterns that matched)."""
+        if self.gamma_layers is None:
+            return True
+        hits = [p for p in self.gamma_layers if fnmatch.fnmatchcase(name, p)]
+        used.update(hits)
+        return bool(hits)
 
     def _rule(self, op: nn.Module, factory: Callable[[nn.Module], nn.Module]) -> nn.Module:
         """The rule module for ``op``, reused across calls while ``op``'s settings and parameters stay the same."""

@@ -27,9 +27,15 @@ so the output's relevance is its own value. Under this convention:
   gate ``y = sigmoid(s) * x``   ``R_x = R_y``, ``R_s = 0``                  ``g_x = sigmoid(s) g_y``
   LayerNorm, std constant       linear rule of ``w (x - mean) / std + b``   ``g_x = (g_y w - mean(g_y w)) / std``
   CP-LRP ``z = A @ V``          ``A`` held constant, ``V`` takes all        ``g_V = A^T g_z``
+  gamma, conv ``z = W*x + b``   ``R_x = x W_g^T (R_z / stab(z_g))``         ``g_x = W_g^T (g_z z / stab(z_g))``
+  (optional, lower layers)      ``W_g = W + gamma W+``, ``z_g = W_g*x + b``
   ============================  ==========================================  =====================================
 
   ``stab(z) = z + epsilon * sign(z)`` with ``sign(0) = +1`` (:func:`stabilize`), so no rule ever divides by zero.
+  The gamma rule is optional (the default lens gives convolutions their plain gradient, i.e. the epsilon rule):
+  :class:`GammaConv2d` replaces an ``nn.Conv2d`` where a lens asks for it. It favours positive contributions;
+  with ``x >= 0`` (the input planes, anything after a ReLU) it is the classic gamma rule. Its stabiliser
+  divides by ``z_g``; the ``R_z / stab(z)`` of the consuming activation stays as it is.
   The softmax signal equals the softmax's gradient (AttnLRP's rule is its Taylor decomposition), but it is written
   out explicitly here so the rule does not depend on torch's softmax backward.
 
@@ -52,6 +58,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Function
 
@@ -77,6 +84,8 @@ __all__ = [
     "GateRule",
     "LayerNormRule",
     "CPMatMul",
+    "GammaConvFunction",
+    "GammaConv2d",
 ]
 
 
@@ -348,6 +357,39 @@ class LayerNormRuleFunction(Function):
         return (gw - gw.mean(dim=ctx.dims, keepdim=True)) * rstd, None, None, None, None
 
 
+class GammaConvFunction(Function):
+    """``z = conv2d(x, w, b)`` (zero padding); gamma rule ``R_x = x W_g^T (R_z / stab(z_g))``.
+
+    ``W_g = w + gamma * clamp(w, min=0)`` and ``z_g = conv2d(x, W_g, b)``, so the signal is
+    ``g_x = W_g^T (g_z z / stab(z_g))`` (``W_g^T``: the transposed convolution). Forward is ``F.conv2d``,
+    bit for bit; ``z_g`` is computed in the backward. Weight and bias get no signal.
+    ``GammaConvFunction.apply(x, w, b, stride, padding, dilation, groups, gamma, epsilon)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, gamma: float, epsilon: float = 1e-6):
+        z = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        ctx.save_for_backward(x, weight, bias, z)
+        ctx.settings = (stride, padding, dilation, groups, gamma, epsilon)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, bias, z = ctx.saved_tensors
+        stride, padding, dilation, groups, gamma, epsilon = ctx.settings
+        gx = None
+        if ctx.needs_input_grad[0]:
+            w_gamma = (weight + gamma * weight.clamp(min=0)).detach()
+            b = None if bias is None else bias.detach()
+            # The transposed convolution through autograd: it handles every padding the forward accepts.
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_(True)
+                z_gamma = F.conv2d(leaf, w_gamma, b, stride, padding, dilation, groups)
+            signal = grad.detach() * _stabilized_ratio(z.detach(), z_gamma.detach(), epsilon)
+            (gx,) = torch.autograd.grad(z_gamma, leaf, signal)
+        return gx, None, None, None, None, None, None, None, None
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Modules
 
@@ -495,3 +537,36 @@ class CPMatMul(_Rule):
 
     def extra_repr(self) -> str:
         return f"attention_operand={self.attention_operand}"
+
+
+class GammaConv2d(_EpsilonRule):
+    """An ``nn.Conv2d`` under the gamma rule (:class:`GammaConvFunction`), sharing its weight and bias.
+
+    Forward is the convolution's own, bit for bit. Only zero padding (``padding_mode="zeros"``) is supported.
+
+    Example
+    -------
+    >>> conv = nn.Conv2d(3, 4, 3, padding=1)
+    >>> rule = GammaConv2d(conv, gamma=0.25)
+    >>> x = torch.rand(1, 3, 8, 8)
+    >>> torch.equal(rule(x), conv(x))
+    True
+    """
+
+    def __init__(self, conv: nn.Conv2d, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
+            raise ValueError(f"gamma must be a number >= 0, not {gamma!r}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"the gamma rule supports zero padding only, not padding_mode={conv.padding_mode!r}")
+        self.gamma = float(gamma)
+        # Plain attributes, not registered parameters: the convolution keeps owning them.
+        self._weight = conv.weight
+        self._bias = conv.bias
+        self._settings = (conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return GammaConvFunction.apply(x, self._weight, self._bias, *self._settings, self.gamma, self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, epsilon={self.epsilon}"
