@@ -2,7 +2,7 @@
 
 Convention (see ``epsilon.py``): the backward signal at ``t`` is ``g_t`` and ``R_t = t * g_t``. For
 ``z = conv(x, W) + b`` the gamma rule is ``R_x[i] = x_i sum_j Wg_ij R_z[j] / stab(zg_j)`` with
-``Wg = W + gamma W+`` and ``zg = conv(x, Wg) + b``.
+``Wg = W + gamma W+`` for outputs ``z_j >= 0`` (``W + gamma W-`` for ``z_j < 0``) and ``zg = conv(x, Wg) + b``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def _reference(x, w, b, g_z, gamma, eps, stride, padding, dilation):
     n, c_in, h, wd = x.shape
     c_out, _, kh, kw = w.shape
     _, _, oh, ow = g_z.shape
-    wg = w + gamma * np.maximum(w, 0.0)
+    wg_pos = w + gamma * np.maximum(w, 0.0)  # outputs z >= 0 favour positive contributions
+    wg_neg = w + gamma * np.minimum(w, 0.0)  # outputs z < 0 favour negative ones
     bias = np.zeros(c_out) if b is None else b.numpy()
 
     def taps(i, j):  # (input row, input col, kernel row, kernel col) feeding output (i, j), inside the board
@@ -51,6 +52,7 @@ def _reference(x, w, b, g_z, gamma, eps, stride, padding, dilation):
     r_x = np.zeros_like(x)
     for s, o, i, j in itertools.product(range(n), range(c_out), range(oh), range(ow)):
         z = bias[o] + sum(w[o, c, ki, kj] * x[s, c, p, q] for p, q, ki, kj in taps(i, j) for c in range(c_in))
+        wg = wg_pos if z >= 0 else wg_neg
         zg = bias[o] + sum(wg[o, c, ki, kj] * x[s, c, p, q] for p, q, ki, kj in taps(i, j) for c in range(c_in))
         r_z = z * g_z[s, o, i, j]
         for p, q, ki, kj in taps(i, j):

@@ -28,14 +28,16 @@ so the output's relevance is its own value. Under this convention:
   LayerNorm, std constant       linear rule of ``w (x - mean) / std + b``   ``g_x = (g_y w - mean(g_y w)) / std``
   CP-LRP ``z = A @ V``          ``A`` held constant, ``V`` takes all        ``g_V = A^T g_z``
   gamma, conv ``z = W*x + b``   ``R_x = x W_g^T (R_z / stab(z_g))``         ``g_x = W_g^T (g_z z / stab(z_g))``
-  (optional, lower layers)      ``W_g = W + gamma W+``, ``z_g = W_g*x + b``
+  (optional, lower layers)      ``W_g = W + gamma W+`` where ``z >= 0``,    ``z_g = W_g*x + b``
+                                ``W + gamma W-`` where ``z < 0``
   ============================  ==========================================  =====================================
 
   ``stab(z) = z + epsilon * sign(z)`` with ``sign(0) = +1`` (:func:`stabilize`), so no rule ever divides by zero.
   The gamma rule is optional (the default lens gives convolutions their plain gradient, i.e. the epsilon rule):
-  :class:`GammaConv2d` replaces an ``nn.Conv2d`` where a lens asks for it. It favours positive contributions;
-  with ``x >= 0`` (the input planes, anything after a ReLU) it is the classic gamma rule. Its stabiliser
-  divides by ``z_g``; the ``R_z / stab(z)`` of the consuming activation stays as it is.
+  :class:`GammaConv2d` replaces an ``nn.Conv2d`` where a lens asks for it. Each output favours the
+  contributions of its own sign; with ``x >= 0`` (the input planes, anything after a ReLU) and ``z >= 0`` it is
+  the classic gamma rule. Its stabiliser divides by ``z_g``; the ``R_z / stab(z)`` of the consuming activation
+  stays as it is.
   The softmax signal equals the softmax's gradient (AttnLRP's rule is its Taylor decomposition), but it is written
   out explicitly here so the rule does not depend on torch's softmax backward.
 
@@ -358,11 +360,15 @@ class LayerNormRuleFunction(Function):
 
 
 class GammaConvFunction(Function):
-    """``z = conv2d(x, w, b)`` (zero padding); gamma rule ``R_x = x W_g^T (R_z / stab(z_g))``.
+    """``z = conv2d(x, w, b)`` (zero padding); gamma rule ``R_x = x W_g^T (R_z / stab(z_g))``, sign-aware.
 
-    ``W_g = w + gamma * clamp(w, min=0)`` and ``z_g = conv2d(x, W_g, b)``, so the signal is
-    ``g_x = W_g^T (g_z z / stab(z_g))`` (``W_g^T``: the transposed convolution). Forward is ``F.conv2d``,
-    bit for bit; ``z_g`` is computed in the backward. Weight and bias get no signal.
+    Each output favours the contributions of its own sign: where ``z >= 0``, ``W_g = w + gamma * w+`` (the classic
+    gamma rule for ``x >= 0``); where ``z < 0``, ``W_g = w + gamma * w-``. With ``z_g = conv2d(x, W_g, b)``
+    the signal is ``g_x = W+g^T (g_z z / stab(z+g))[z >= 0] + W-g^T (g_z z / stab(z-g))[z < 0]``. For ``x >= 0``,
+    ``z+g >= z >= 0`` and ``z-g <= z < 0``, so the denominator never crosses zero (with ``w + gamma w+`` alone
+    it does on negative outputs, and relevance explodes there). Where a ReLU follows, negative outputs carry no
+    relevance and only the classic part acts. Forward is ``F.conv2d``, bit for bit; the ``z_g`` are computed in
+    the backward. Weight and bias get no signal.
     ``GammaConvFunction.apply(x, w, b, stride, padding, dilation, groups, gamma, epsilon)``.
     """
 
@@ -379,14 +385,26 @@ class GammaConvFunction(Function):
         stride, padding, dilation, groups, gamma, epsilon = ctx.settings
         gx = None
         if ctx.needs_input_grad[0]:
-            w_gamma = (weight + gamma * weight.clamp(min=0)).detach()
+            weight, z, grad = weight.detach(), z.detach(), grad.detach()
             b = None if bias is None else bias.detach()
-            # The transposed convolution through autograd: it handles every padding the forward accepts.
+            positive = z >= 0
+            weights, signals = [], []
+            for keep, w_gamma in (
+                (positive, weight + gamma * weight.clamp(min=0)),
+                (~positive, weight + gamma * weight.clamp(max=0)),
+            ):
+                if keep.any():
+                    weights.append(w_gamma)
+                    signals.append(keep)
+            # The transposed convolutions through autograd: they handle every padding the forward accepts.
             with torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)
-                z_gamma = F.conv2d(leaf, w_gamma, b, stride, padding, dilation, groups)
-            signal = grad.detach() * _stabilized_ratio(z.detach(), z_gamma.detach(), epsilon)
-            (gx,) = torch.autograd.grad(z_gamma, leaf, signal)
+                outs = [F.conv2d(leaf, w, b, stride, padding, dilation, groups) for w in weights]
+            signals = [
+                torch.where(keep, grad * _stabilized_ratio(z, out.detach(), epsilon), 0.0)
+                for keep, out in zip(signals, outs, strict=True)
+            ]
+            (gx,) = torch.autograd.grad(outs, leaf, signals)
         return gx, None, None, None, None, None, None, None, None
 
 
