@@ -39,9 +39,10 @@ METHOD_LABELS = {
     "occlusion": "occlusion (1 forward per piece)",
     "lrp_attnlrp": 'LRP, `softmax="attnlrp"`',
     "lrp_cp": 'LRP, `softmax="cp"`',
+    "lrp_gamma": 'LRP, gamma=0.25 on convs feeding a ReLU (`conv_rule="gamma"`)',
 }
 BASELINES = ("random", "abs_gradient", "gradient_x_input", "occlusion")
-LRP_METHODS = ("lrp_attnlrp", "lrp_cp")
+LRP_METHODS = ("lrp_attnlrp", "lrp_cp", "lrp_gamma")
 TARGET_LABELS = {
     "move": "top move's policy logit (normalised by |f0|)",
     "value": "value, win logit - loss logit (unnormalised)",
@@ -79,11 +80,11 @@ def evaluate_net(
             }
         paired = {}
         # Without attention both softmax modes give the same scores: compare one of them only.
-        same = all(m in results for m in LRP_METHODS) and all(
+        same = all(m in results for m in ("lrp_attnlrp", "lrp_cp")) and all(
             torch.equal(getattr(results["lrp_attnlrp"], k), getattr(results["lrp_cp"], k)) for k in ("aopc", "abpc")
         )
-        for lrp in LRP_METHODS[:1] if same else LRP_METHODS:
-            for base in BASELINES:
+        for lrp in [m for m in LRP_METHODS if not (same and m == "lrp_cp")]:
+            for base in BASELINES + (("lrp_attnlrp",) if lrp == "lrp_gamma" else ()):
                 if lrp in results and base in results:
                     paired[f"{lrp} - {base}"] = {
                         "aopc": _estimate(metrics.paired_difference(results[lrp].aopc, results[base].aopc)),

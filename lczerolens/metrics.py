@@ -571,12 +571,15 @@ def _lens_model(model: Any) -> Any:
 
 
 def lrp_attribution(
-    model: Any, task: Task, softmax: str = "attnlrp", epsilon: float = 1e-6, batch_size: int = 64
+    model: Any, task: Task, softmax: str = "attnlrp", epsilon: float = 1e-6, batch_size: int = 64, **lens_options: Any
 ) -> torch.Tensor:
-    """Relevance per square from :class:`lczerolens.lenses.LrpLens` (summed over planes, board orientation)."""
+    """Relevance per square from :class:`lczerolens.lenses.LrpLens` (summed over planes, board orientation).
+
+    ``lens_options`` go to the lens (e.g. ``conv_rule="gamma", gamma=0.25, gamma_layers=[...]``).
+    """
     from lczerolens.lenses import LrpLens
 
-    lens = LrpLens(epsilon=epsilon, softmax=softmax)
+    lens = LrpLens(epsilon=epsilon, softmax=softmax, **lens_options)
     lens_model = _lens_model(model)
     out = []
     for start in range(0, len(task), batch_size):
@@ -587,6 +590,14 @@ def lrp_attribution(
     return torch.cat(out)
 
 
+#: The lens options of the ``lrp_gamma`` method. A net without such convolutions (an attention body) has
+#: none for the patterns to match: the lens then refuses, and the benchmark reports that row as an error.
+GAMMA_LENS_OPTIONS: dict[str, Any] = {
+    "conv_rule": "gamma",
+    "gamma": 0.25,
+    "gamma_layers": ("inputconv", "block*/conv1"),
+}
+
 #: The methods of the benchmark by name. ``random`` is evaluated over :data:`RANDOM_SEEDS`.
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "random": random_attribution,
@@ -595,6 +606,8 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "occlusion": occlusion_attribution,
     "lrp_attnlrp": lambda model, task: lrp_attribution(model, task, softmax="attnlrp"),
     "lrp_cp": lambda model, task: lrp_attribution(model, task, softmax="cp"),
+    # Gamma rule on the convolutions that feed a ReLU directly (residual nets; elsewhere plain epsilon-LRP).
+    "lrp_gamma": lambda model, task: lrp_attribution(model, task, **GAMMA_LENS_OPTIONS),
 }
 
 
