@@ -52,6 +52,14 @@ TARGET_LABELS = {
 def _estimate(e: metrics.Estimate) -> dict[str, float]:
     return {"mean": e.mean, "low": e.low, "high": e.high}
 
+#: Methods that only differ from plain LRP on convolutions (skipped, not failed, on a net without any).
+CONV_ONLY_METHODS = ("lrp_gamma",)
+
+
+def _has_convolutions(model: Any) -> bool:
+    network = getattr(model, "network", model)
+    return any(isinstance(m, torch.nn.Conv2d) for m in network.modules())
+
 
 def evaluate_net(
     model: Any, fens: list[str], methods: tuple[str, ...] = tuple(METHOD_LABELS), targets=metrics.TARGETS
@@ -65,6 +73,9 @@ def evaluate_net(
         results: dict[str, metrics.MethodResult] = {}
         rows: dict[str, Any] = {}
         for name in methods:
+            if name in CONV_ONLY_METHODS and not _has_convolutions(model):
+                rows[name] = {"skipped": "n/a: no convolutions"}
+                continue
             t1 = time.perf_counter()
             try:
                 results[name] = metrics.evaluate_method(model, task, name)
@@ -196,7 +207,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         cells = []
         for _, t in columns:
             row = t["methods"].get(name, {})
-            cells.append(_fmt(row["abpc"]) if "abpc" in row else "not run")
+            cells.append(_fmt(row["abpc"]) if "abpc" in row else row.get("skipped", "not run"))
         for _, t in costs:
             row = t["methods"].get(name, {})
             cells.append(f"{row['ms_per_position']:.1f}" if "ms_per_position" in row else "")
@@ -232,7 +243,9 @@ def to_markdown(result: dict[str, Any]) -> str:
             ]
             for name, row in t["methods"].items():
                 label = METHOD_LABELS.get(name, name)
-                if "error" in row:
+                if "skipped" in row:
+                    lines.append(f"| {label} | {row['skipped']} | | |")
+                elif "error" in row:
                     lines.append(f"| {label} | not run: {row['error'][:100]} | | |")
                 else:
                     lines.append(
