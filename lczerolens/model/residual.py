@@ -32,6 +32,9 @@ gather in ``forward`` are linear.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -335,29 +338,40 @@ def build_residual_network(net: Net, nf: NetworkFormat, source: str = "lc0 weigh
         add("policy/dense", _linear(*dec.dense(w.ip_pol_w, w.ip_pol_b, "weights.ip_pol_w", "weights.ip_pol_b",
                                                1858, pol_ch * 64)))
 
-    val_ch = _channels(dec, w.value, "weights.value", filters)
-    add("value/conv", _conv(*dec.conv(w.value, "weights.value", val_ch, filters, 1)))
-    add(f"value/conv/{act}", ops.Activation(act))
-    hidden = dec.layer(w.ip1_val_b, "weights.ip1_val_b").size
-    add("value/dense1", _linear(*dec.dense(w.ip1_val_w, w.ip1_val_b, "weights.ip1_val_w", "weights.ip1_val_b",
-                                           hidden, val_ch * 64)))
-    add(f"value/dense1/{act}", ops.Activation(act))
-    add("value/dense2", _linear(*dec.dense(w.ip2_val_w, w.ip2_val_b, "weights.ip2_val_w", "weights.ip2_val_b",
-                                           3 if wdl else 1, hidden)))
-
+    _add_scalar_head(add, dec, w, act, filters, "value", "value", "val", 3 if wdl else 1)
     if mlh:
-        mlh_ch = _channels(dec, w.moves_left, "weights.moves_left", filters)
-        add("mlh/conv", _conv(*dec.conv(w.moves_left, "weights.moves_left", mlh_ch, filters, 1)))
-        add(f"mlh/conv/{act}", ops.Activation(act))
-        mlh_hidden = dec.layer(w.ip1_mov_b, "weights.ip1_mov_b").size
-        add("mlh/dense1", _linear(*dec.dense(w.ip1_mov_w, w.ip1_mov_b, "weights.ip1_mov_w", "weights.ip1_mov_b",
-                                             mlh_hidden, mlh_ch * 64)))
-        add(f"mlh/dense1/{act}", ops.Activation(act))
-        add("mlh/dense2", _linear(*dec.dense(w.ip2_mov_w, w.ip2_mov_b, "weights.ip2_mov_w", "weights.ip2_mov_b",
-                                             1, mlh_hidden)))
+        _add_scalar_head(add, dec, w, act, filters, "mlh", "moves_left", "mov", 1)
         add("output/mlh", ops.Activation("relu"))
     network.eval()
     return network
+
+
+def _add_scalar_head(
+    add: Callable[[str, nn.Module], None],
+    dec: _Decoder,
+    w: Any,
+    act: str,
+    filters: int,
+    name: str,
+    conv_field: str,
+    dense_tag: str,
+    outputs: int,
+) -> None:
+    """A value or moves-left head: 1x1 conv, activation, dense, activation, dense (lc0's node names).
+
+    ``conv_field`` is the head's convolution in the Weights message (``value`` / ``moves_left``) and
+    ``dense_tag`` its dense layers' infix (``ip1_val_w``, ``ip2_mov_b``, ...).
+    """
+    channels = _channels(dec, getattr(w, conv_field), f"weights.{conv_field}", filters)
+    add(f"{name}/conv", _conv(*dec.conv(getattr(w, conv_field), f"weights.{conv_field}", channels, filters, 1)))
+    add(f"{name}/conv/{act}", ops.Activation(act))
+    w1, b1, w2, b2 = (f"ip{i}_{dense_tag}_{k}" for i in (1, 2) for k in ("w", "b"))
+    hidden = dec.layer(getattr(w, b1), f"weights.{b1}").size
+    add(f"{name}/dense1", _linear(*dec.dense(getattr(w, w1), getattr(w, b1), f"weights.{w1}", f"weights.{b1}",
+                                             hidden, channels * 64)))
+    add(f"{name}/dense1/{act}", ops.Activation(act))
+    add(f"{name}/dense2", _linear(*dec.dense(getattr(w, w2), getattr(w, b2), f"weights.{w2}", f"weights.{b2}",
+                                             outputs, hidden)))
 
 
 def _channels(dec: _Decoder, block: ConvBlock, path: str, filters: int) -> int:
