@@ -320,6 +320,25 @@ class AttentionNetwork(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Builder
 # ---------------------------------------------------------------------------------------------------------------
+def _add_scalar_head(
+    network: nn.Module, rd: Any, src: Any, name: str, tag: str, embedding: int, act: str, outputs: int
+) -> None:
+    """A value or moves-left head on the tokens: embed dense, activation, dense on the 64 tokens, activation,
+    dense (lc0's node names). ``src`` holds the layers ``ip_{tag}_w`` ... ``ip2_{tag}_b`` (``tag``: val, mov)."""
+
+    def layer(i: str, in_size: int, out_size: int | None = None) -> nn.Linear:
+        weight, bias = getattr(src, f"ip{i}_{tag}_w"), getattr(src, f"ip{i}_{tag}_b")
+        return rd.linear(weight, bias, f"ip{i}_{tag}", in_size, out_size)
+
+    embed = layer("", embedding)
+    network.add_module(f"{name}/embed/matmul", embed)
+    _add_activation(network, f"{name}/embed", act)
+    dense1 = layer("1", 64 * embed.out_features)
+    network.add_module(f"{name}/dense1/matmul", dense1)
+    _add_activation(network, f"{name}/dense1", act)
+    network.add_module(f"{name}/dense2/matmul", layer("2", dense1.out_features, outputs))
+
+
 def _add_activation(network: AttentionNetwork, prefix: str, kind: str | None) -> None:
     if kind is not None:
         network.add_module(f"{prefix}/{_ACTIVATION_NODE[kind]}", ops.Activation(kind))
@@ -611,24 +630,9 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     )
     network.register_buffer("policy_gather", torch.from_numpy(attention_policy_map().astype(np.int64)))
 
-    val_emb = rd.linear(val.ip_val_w, val.ip_val_b, "ip_val", in_size=embedding)
-    add("value/embed/matmul", val_emb)
-    _add_activation(network, "value/embed", default)
-    dense1 = rd.linear(val.ip1_val_w, val.ip1_val_b, "ip1_val", in_size=64 * val_emb.out_features)
-    add("value/dense1/matmul", dense1)
-    _add_activation(network, "value/dense1", default)
-    add(
-        "value/dense2/matmul",
-        rd.linear(val.ip2_val_w, val.ip2_val_b, "ip2_val", dense1.out_features, 3 if network.wdl else 1),
-    )
+    _add_scalar_head(network, rd, val, "value", "val", embedding, default, 3 if network.wdl else 1)
     if network.mlh:
-        mlh_emb = rd.linear(w.ip_mov_w, w.ip_mov_b, "ip_mov", in_size=embedding)
-        add("mlh/embed/matmul", mlh_emb)
-        _add_activation(network, "mlh/embed", default)
-        dense1 = rd.linear(w.ip1_mov_w, w.ip1_mov_b, "ip1_mov", in_size=64 * mlh_emb.out_features)
-        add("mlh/dense1/matmul", dense1)
-        _add_activation(network, "mlh/dense1", default)
-        add("mlh/dense2/matmul", rd.linear(w.ip2_mov_w, w.ip2_mov_b, "ip2_mov", dense1.out_features, 1))
+        _add_scalar_head(network, rd, w, "mlh", "mov", embedding, default, 1)
         add("output/mlh", ops.Activation("relu"))
 
     network.heads = ("policy", "wdl" if network.wdl else "value") + (("mlh",) if network.mlh else ())
