@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         "constant (CP-LRP); no effect on convolutional nets (default: %(default)s)",
     )
     ex.add_argument(
+        "--rule",
+        choices=("epsilon", "gamma"),
+        default="epsilon",
+        help="'epsilon': epsilon rules everywhere; 'gamma': the gamma composite for residual nets (gamma=0.25 on "
+        "the convolutions that feed a ReLU, epsilon elsewhere), the more faithful on maia-1900 in our benchmark "
+        "(default: %(default)s)",
+    )
+    ex.add_argument(
         "--orientation",
         choices=("white", "black", "turn"),
         default="white",
@@ -266,6 +274,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         )
 
     from lczerolens.lenses import LrpLens
+    from lczerolens.lenses.lrp.lens import GAMMA_COMPOSITE
     from lczerolens.model import LczeroModel
     from lczerolens.visual import render_heatmap
 
@@ -306,7 +315,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         for line in _table(rows, "><<>>"):
             print(line, file=out)
 
-    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax)
+    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax, **(GAMMA_COMPOSITE if args.rule == "gamma" else {}))
     if args.target is not None:
         target: Any = args.target
         arrow = None
@@ -337,6 +346,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     caption = [
         f"{path.name} \u00b7 explaining {title_target}",
         f"{kind} {target_value:+.3f} \u00b7 LRP \u03b5={_short(args.epsilon)}"
+        + (", gamma composite" if args.rule == "gamma" else "")
         + (f", softmax={args.softmax}" if _has_attention(model) else "")
         + (
             f" \u00b7 eval W {100 * evaluation.wdl[0]:.0f}% D {100 * evaluation.wdl[1]:.0f}% "

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from lczerolens.errors import InputShapeError, LensError
+from lczerolens.lenses.lrp.lens import GAMMA_COMPOSITE
 
 TARGETS = ("move", "value")
 #: Seeds of the random baseline; its metrics are the mean over these orders.
@@ -590,13 +591,8 @@ def lrp_attribution(
     return torch.cat(out)
 
 
-#: The lens options of the ``lrp_gamma`` method. A net without such convolutions (an attention body) has
-#: none for the patterns to match: the lens then refuses, and the benchmark reports that row as an error.
-GAMMA_LENS_OPTIONS: dict[str, Any] = {
-    "conv_rule": "gamma",
-    "gamma": 0.25,
-    "gamma_layers": ("inputconv", "block*/conv1"),
-}
+#: The lens options of the ``lrp_gamma`` method (the lens's residual-net gamma composite).
+GAMMA_LENS_OPTIONS: dict[str, Any] = GAMMA_COMPOSITE
 
 #: The methods of the benchmark by name. ``random`` is evaluated over :data:`RANDOM_SEEDS`.
 METHODS: dict[str, Callable[..., torch.Tensor]] = {

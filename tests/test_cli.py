@@ -41,6 +41,7 @@ def test_help_explains_every_option(capsys) -> None:
         "--top",
         "--epsilon",
         "--softmax",
+        "--rule",
         "--orientation",
         "--cmap",
     ):
@@ -213,3 +214,24 @@ def test_head_target_missing_from_the_net_is_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a wdl head" in err[0]
     assert not (tmp_path / "w.svg").exists()
+
+
+def test_gamma_rule_on_maia_and_refused_without_convolutions(maia_pb_path, tmp_path, capsys) -> None:
+    out = tmp_path / "gamma.svg"
+    assert main(["explain", str(maia_pb_path), ITALIAN, "--rule", "gamma", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    # The gamma composite explains the same output; its relevance differs from the epsilon rule's.
+    assert "explaining Bc4" in text and "policy logit +13.01" in text
+    gamma_total = float(re.search(r"relevance on the squares ([-+\d.]+)", text).group(1))
+    assert main(["explain", str(maia_pb_path), ITALIAN, "--out", str(tmp_path / "eps.svg")]) == 0
+    eps_total = float(re.search(r"relevance on the squares ([-+\d.]+)", capsys.readouterr().out).group(1))
+    assert abs(gamma_total - eps_total) > 1e-3
+    root = ET.fromstring(out.read_text())
+    captions = " ".join(el.text for el in root.iter(NS + "text") if el.get("class") == "caption")
+    assert "gamma composite" in captions
+
+    testing = pytest.importorskip("lczerolens.testing")
+    weights = testing.write_random_net(tmp_path / "bt.pb.gz", "attention", seed=3)
+    assert main(["explain", str(weights), "startpos", "--rule", "gamma", "--out", str(tmp_path / "bt.svg")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lczerolens: error:") and "match no nn.Conv2d" in err[0]

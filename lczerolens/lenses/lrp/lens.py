@@ -49,6 +49,7 @@ __all__ = [
     "HEAD_TARGETS",
     "SOFTMAX_MODES",
     "CONV_RULES",
+    "GAMMA_COMPOSITE",
 ]
 
 #: A composite: op class -> factory building the rule module that replaces one instance of it.
@@ -62,6 +63,15 @@ SOFTMAX_MODES = ("attnlrp", "cp")
 
 #: Rules for ``nn.Conv2d``: the plain gradient (epsilon rule, the default) or the gamma rule.
 CONV_RULES = ("epsilon", "gamma")
+
+#: The gamma composite for lc0's residual nets, as ``LrpLens(**GAMMA_COMPOSITE)``: the gamma rule on the
+#: convolutions that feed a ReLU directly (the input conv and each block's first conv), epsilon rules elsewhere.
+#: The most faithful setting measured on maia-1900 (see the README's benchmark); it needs those convolutions.
+GAMMA_COMPOSITE: dict[str, Any] = {
+    "conv_rule": "gamma",
+    "gamma": 0.25,
+    "gamma_layers": ("inputconv", "block*/conv1"),
+}
 
 #: Torch leaf modules that are linear in their input (their plain gradient is the LRP rule), or hold no
 #: computation at all (containers, constant holders).
