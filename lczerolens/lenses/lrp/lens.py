@@ -491,19 +491,14 @@ def _parse_move(move: Any, board: chess.Board, input_format: Any) -> int:
         if not 0 <= move < 1858:
             raise InvalidMoveError(f"policy index {move} is outside [0, 1858)")
         return move
-    if isinstance(move, str):
-        try:
-            parsed = chess.Move.from_uci(move)
-        except (ValueError, chess.InvalidMoveError) as error:
-            raise InvalidMoveError(
-                f"target {move!r} is neither a UCI move nor one of {HEAD_TARGETS} (nor None for the top move)"
-            ) from error
-    elif isinstance(move, chess.Move):
-        parsed = move
-    else:
+    if not isinstance(move, (str, chess.Move)):
         raise InvalidMoveError(f"target {move!r} is not a move: use a chess.Move, a UCI string or a policy index")
-    # The board checks legality (and accepts castling as king-takes-rook too).
-    return int(board.encode_move(parsed, input_format))
+    # The board parses and checks legality (castling as king-takes-rook too); only the hint is the lens's own.
+    try:
+        return int(board.encode_move(move, input_format))
+    except InvalidMoveError as error:
+        hint = f" (a target is a legal move, one of {HEAD_TARGETS}, or None for the top move)"
+        raise InvalidMoveError(f"target {move!r}: {error}{hint}") from None
 
 
 def _parse_target(target: Any, boards: list, input_format: Any) -> tuple[str, torch.Tensor | None]:
