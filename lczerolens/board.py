@@ -628,14 +628,22 @@ class LczeroBoard(chess.Board):
     # -- moves -------------------------------------------------------------------------------------------------
 
     def _parse_move(self, move: str | chess.Move) -> chess.Move:
-        """A legal move of this position from a UCI string or a :class:`chess.Move` (king-takes-rook allowed)."""
+        """A legal move of this position from a UCI or SAN string or a :class:`chess.Move` (king-takes-rook too)."""
         if isinstance(move, str):
             try:
                 parsed = chess.Move.from_uci(move.strip())
             except ValueError:
-                raise InvalidMoveError(
-                    f"malformed UCI move {move!r}; write moves like 'e2e4' or 'e7e8q'"
-                ) from None
+                try:
+                    return self.parse_san(move.strip())
+                except chess.IllegalMoveError:
+                    raise InvalidMoveError(
+                        f"{move!r} is not a legal move in {self.fen()!r}; legal moves: "
+                        f"{' '.join(self.san(m) for m in self.legal_moves) or 'none'}"
+                    ) from None
+                except ValueError:
+                    raise InvalidMoveError(
+                        f"malformed move {move!r}; write UCI like 'e2e4' or 'e7e8q', or SAN like 'Nf3' or 'O-O'"
+                    ) from None
         elif isinstance(move, chess.Move):
             parsed = move
         else:

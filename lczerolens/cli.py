@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import operator
 import sys
 import textwrap
@@ -289,6 +290,9 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
                 f"heads {', '.join(heads)}; pick another --target"
             )
 
+    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax, **(GAMMA_COMPOSITE if args.rule == "gamma" else {}))
+    lens.check(model)  # a rule that cannot apply to this net fails before anything is printed
+
     evaluation = model.evaluate(board, top_k=None)
     n_legal = len(evaluation.moves)
     side = "white" if board.turn == chess.WHITE else "black"
@@ -315,7 +319,6 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         for line in _table(rows, "><<>>"):
             print(line, file=out)
 
-    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax, **(GAMMA_COMPOSITE if args.rule == "gamma" else {}))
     if args.target is not None:
         target: Any = args.target
         arrow = None
@@ -338,7 +341,9 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
 
     print(f"\nexplaining {what}", file=out)
     kind = "policy logit" if args.target is None else f"{args.target} output"
-    print(f"  {kind} {target_value:+.4f}   relevance on the squares {total:+.4f}", file=out)
+    share = float(relevance.conservation[0])
+    covered = f" ({share:.0%} of it; biases and stabilisers hold the rest)" if math.isfinite(share) else ""
+    print(f"  {kind} {target_value:+.4f}   relevance on the squares {total:+.4f}{covered}", file=out)
     order = squares.flatten().abs().argsort(descending=True)[:5].tolist()
     top_squares = "  ".join(f"{chess.square_name(s)} {float(squares.flatten()[s]):+.3f}" for s in order)
     print(f"  most relevant squares: {top_squares}", file=out)

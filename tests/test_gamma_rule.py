@@ -201,13 +201,13 @@ def test_lens_gamma_equals_explicit_rules(net, boards, layers, convs):
 def test_lens_default_leaves_convolutions_alone(net):
     lens = LrpLens()
     assert repr(lens) == "LrpLens(epsilon=1e-06, softmax='attnlrp')"
-    with lens.patched(net):
-        assert type(net._modules["inputconv"]) is nn.Conv2d
+    with lens.patched(net) as explained:
+        assert type(explained._modules["inputconv"]) is nn.Conv2d
     gamma = LrpLens(conv_rule="gamma", gamma_layers=["inputconv"])
-    with gamma.patched(net):
-        assert isinstance(net._modules["inputconv"], E.GammaConv2d)
-        assert type(net._modules["block0/conv1"]) is nn.Conv2d
-    assert type(net._modules["inputconv"]) is nn.Conv2d  # restored
+    with gamma.patched(net) as explained:
+        assert isinstance(explained._modules["inputconv"], E.GammaConv2d)
+        assert type(explained._modules["block0/conv1"]) is nn.Conv2d
+    assert type(net._modules["inputconv"]) is nn.Conv2d  # never patched
 
 
 def test_lens_gamma_forward_bit_identical_and_restored(net, boards):
@@ -215,8 +215,8 @@ def test_lens_gamma_forward_bit_identical_and_restored(net, boards):
 
     x = encode_boards(boards, InputFormat.CLASSICAL_112_PLANE).double()
     before = net(x)
-    with LrpLens(conv_rule="gamma").patched(net):
-        during = net(x)
+    with LrpLens(conv_rule="gamma").patched(net) as explained:
+        during = explained(x)
     after = net(x)
     for key in before:
         assert torch.equal(before[key], during[key]) and torch.equal(before[key], after[key])
@@ -250,10 +250,10 @@ def test_maia_gamma_lens_is_finite_and_forward_unchanged(maia_pb_path):
     x = torch.stack([b.to_input_tensor() for b in boards])
     before = network(x)
     lens = LrpLens(conv_rule="gamma", gamma=0.25, gamma_layers=["inputconv", "block[01]/*"])
-    with lens.patched(network):
-        during = network(x)
-        assert isinstance(network._modules["block1/conv2"], E.GammaConv2d)
-        assert type(network._modules["block2/conv1"]) is nn.Conv2d
+    with lens.patched(network) as explained:
+        during = explained(x)
+        assert isinstance(explained._modules["block1/conv2"], E.GammaConv2d)
+        assert type(explained._modules["block2/conv1"]) is nn.Conv2d
     for key in before:
         assert torch.equal(before[key], during[key])
     for target in (None, "value"):

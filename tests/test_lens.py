@@ -179,30 +179,50 @@ def test_model_unchanged_after_lens(tiny, boards):
     assert all(torch.equal(ref[k], after[k]) for k in ref)
 
 
-def test_patched_restores_on_error(tiny):
+def test_explaining_network_holds_the_rules_and_leaves_the_model_alone(tiny):
     lens = LrpLens()
     before = _snapshot(tiny)
-    with pytest.raises(RuntimeError, match="boom"), lens.patched(tiny):
-        assert isinstance(tiny._modules["softmax"], E.SoftmaxEpsilon)
-        assert isinstance(tiny._modules["av"], E.MatrixMultiplicationEpsilon)
-        assert isinstance(tiny._modules["se/gate"], E.GateRule)
+    with pytest.raises(RuntimeError, match="boom"), lens.patched(tiny) as explained:
+        assert isinstance(explained._modules["softmax"], E.SoftmaxEpsilon)
+        assert isinstance(explained._modules["av"], E.MatrixMultiplicationEpsilon)
+        assert isinstance(explained._modules["se/gate"], E.GateRule)
+        assert type(tiny._modules["softmax"]) is ops.Softmax  # the model is never patched
         raise RuntimeError("boom")
     _assert_same(before, _snapshot(tiny))
-    assert type(tiny._modules["softmax"]) is ops.Softmax
+
+
+def test_explaining_network_shares_parameters(tiny):
+    explained = LrpLens().explaining_network(tiny)
+    assert explained is not tiny
+    ours = dict(explained.named_modules())
+    for name, module in tiny.named_modules():
+        if not getattr(ours[name], "lrp_rule", False):
+            assert ours[name] is not module or not name  # a copy of each module
+            for key, parameter in module._parameters.items():
+                assert ours[name]._parameters[key] is parameter  # sharing the very same tensors
+
+
+def test_explaining_network_is_cached_and_rebuilt_when_the_model_changes(tiny):
+    lens = LrpLens()
+    first = lens.explaining_network(tiny)
+    assert lens.explaining_network(tiny) is first
+    tiny._modules["block/mish"] = ops.Activation("tanh")
+    second = lens.explaining_network(tiny)
+    assert second is not first and second._modules["block/mish"].kind == "tanh"
 
 
 def test_cp_mode_patches_attention_operand_only(tiny):
-    with LrpLens(softmax="cp").patched(tiny):
-        assert isinstance(tiny._modules["av"], E.CPMatMul)
-        assert isinstance(tiny._modules["qk"], E.BilinearMatMulEpsilon)
+    with LrpLens(softmax="cp").patched(tiny) as explained:
+        assert isinstance(explained._modules["av"], E.CPMatMul)
+        assert isinstance(explained._modules["qk"], E.BilinearMatMulEpsilon)
 
 
 def test_patched_outputs_bit_identical(tiny, boards):
     x = torch.stack([b.to_input_tensor() for b in boards])
     with torch.no_grad():
         ref = tiny(x)
-        with LrpLens().patched(tiny):
-            patched = tiny(x)
+        with LrpLens().patched(tiny) as explained:
+            patched = explained(x)
     assert all(torch.equal(ref[k], patched[k]) for k in ref)
 
 
@@ -609,10 +629,11 @@ def test_patched_accepts_an_lczero_model(maia_pb_path):
     board = LczeroBoard()
     with torch.no_grad():
         ref = model(board)["policy"]
-    with LrpLens().patched(model):
-        assert any(isinstance(m, E.IdentityRule) for m in model.modules())
+    with LrpLens().patched(model) as explained:
+        assert any(isinstance(m, E.IdentityRule) for m in explained.modules())
         with torch.no_grad():
             assert torch.equal(model(board)["policy"], ref)
+            assert torch.equal(explained(board.to_input_tensor()[None])["policy"], ref)
     assert not any(getattr(m, "lrp_rule", False) for m in model.modules())
 
 

@@ -9,12 +9,19 @@ Example
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import chess
+import numpy as np
 import torch
 from tensordict import TensorDict
+
+from lczerolens.errors import InputShapeError, LczeroLensError
 
 __all__ = ["Relevance", "PIECE_NAMES", "GROUPS"]
 
@@ -36,11 +43,20 @@ class Relevance:
 
     Attributes
     ----------
-    planes : torch.Tensor
+    planes : torch.Tensor or None
         ``[N, 112, 8, 8]``, network orientation: input x modified gradient; sums to the explained output up
-        to what biases and stabilisers absorb.
+        to what biases and stabilisers absorb. ``None`` for lenses that score squares, not planes (occlusion).
     squares : torch.Tensor
         ``[N, 8, 8]``, board orientation (``squares[i].flatten()[chess.E4]`` is e4), summed over planes.
+    conservation : torch.Tensor
+        ``[N]``: the sum of the map (``planes``, else ``squares``) divided by ``target``: the share of the
+        explained number that the map accounts for (``nan`` where the target is 0).
+    layers : dict of str to torch.Tensor
+        Latent relevance recorded with ``record=``: module name -> relevance of its output.
+    conditions : list of dict or None
+        With ``condition=``: the ``K`` conditions; row ``i * K + k`` is board ``i`` under condition ``k``.
+    method : str
+        What made the map ("LRP relevance", "gradient x input", ...), used in captions.
     target : torch.Tensor
         ``[N]``: the explained output's value (a policy logit, ``win - loss`` logit, ...).
     target_name : str
@@ -53,12 +69,17 @@ class Relevance:
 
     def __init__(
         self,
-        planes: torch.Tensor,
+        planes: torch.Tensor | None,
         target: torch.Tensor,
         boards: list,
         input_format: Any,
         target_name: str,
         policy_indices: torch.Tensor | None = None,
+        *,
+        squares: torch.Tensor | None = None,
+        layers: Mapping[str, torch.Tensor] | None = None,
+        conditions: Sequence[Mapping[str, Any]] | None = None,
+        method: str = "LRP relevance",
     ) -> None:
         self.planes = planes
         self.target = target
@@ -66,7 +87,32 @@ class Relevance:
         self.input_format = input_format
         self.target_name = target_name
         self.policy_indices = policy_indices
-        self.squares = self._to_board(planes.sum(dim=1))
+        self.layers: dict[str, torch.Tensor] = dict(layers or {})
+        self.conditions = None if conditions is None else [dict(c) for c in conditions]
+        self.method = method
+        if planes is None:
+            if squares is None:
+                raise InputShapeError("a Relevance needs planes [N, 112, 8, 8] or squares [N, 8, 8]")
+            self.squares = squares
+        else:
+            self.squares = self._to_board(planes.sum(dim=1)) if squares is None else squares
+        if self.squares.shape[0] != len(self.boards) or target.shape[0] != len(self.boards):
+            raise InputShapeError(
+                f"{len(self.boards)} boards but {self.squares.shape[0]} maps and {target.shape[0]} targets"
+            )
+
+    @property
+    def conservation(self) -> torch.Tensor:
+        """``[N]``: sum of the map / the explained value (``nan`` where that value is 0).
+
+        1 means the map accounts for all of the explained number; with biases, the biases' share is missing
+        (see the lens's documentation for which options conserve).
+        """
+        maps = self.planes if self.planes is not None else self.squares
+        total = maps.flatten(1).sum(dim=1)
+        target = self.target.to(total.dtype)
+        zero = target == 0
+        return torch.where(zero, torch.full_like(total, math.nan), total / torch.where(zero, 1, target))
 
     def _to_board(self, maps: torch.Tensor) -> torch.Tensor:
         """``[N, ..., 8, 8]`` network orientation -> board orientation.
@@ -95,13 +141,129 @@ class Relevance:
             raise IndexError(f"index {index!r} out of range for {len(self)} boards")
         picked = torch.tensor(keep, dtype=torch.long) % len(self)
         return Relevance(
-            self.planes[picked],
+            None if self.planes is None else self.planes[picked],
             self.target[picked],
             [self.boards[int(i)] for i in picked],
             self.input_format,
             self.target_name,
             None if self.policy_indices is None else self.policy_indices[picked],
+            squares=self.squares[picked],
+            layers={name: _rows(value, picked, len(self)) for name, value in self.layers.items()},
+            conditions=self.conditions,
+            method=self.method,
         )
+
+    @classmethod
+    def cat(cls, parts: Sequence[Relevance]) -> Relevance:
+        """One ``Relevance`` holding the rows of ``parts`` in order (same target, input format and method).
+
+        Example
+        -------
+        >>> both = Relevance.cat([rel[0], rel[1]])  # doctest: +SKIP
+        """
+        parts = list(parts)
+        if not parts or not all(isinstance(p, Relevance) for p in parts):
+            raise InputShapeError("Relevance.cat needs a non-empty sequence of Relevance objects")
+        first = parts[0]
+        for p in parts[1:]:
+            same = (p.target_name, int(p.input_format), p.method, sorted(p.layers), p.planes is None)
+            if same != (first.target_name, int(first.input_format), first.method, sorted(first.layers),
+                        first.planes is None):
+                raise InputShapeError(
+                    "Relevance.cat joins results of one lens, target kind and input format only; got "
+                    f"{first.target_name!r}/{first.method!r} and {p.target_name!r}/{p.method!r}"
+                )
+        return cls(
+            None if first.planes is None else torch.cat([p.planes for p in parts]),
+            torch.cat([p.target for p in parts]),
+            [b for p in parts for b in p.boards],
+            first.input_format,
+            first.target_name,
+            None if first.policy_indices is None else torch.cat([p.policy_indices for p in parts]),
+            squares=torch.cat([p.squares for p in parts]),
+            layers={k: torch.cat([p.layers[k] for p in parts]) for k in first.layers},
+            conditions=first.conditions,
+            method=first.method,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Saving
+
+    def save(self, path: str | Path) -> Path:
+        """Write this result to ``path`` (an ``.npz``: tensors as arrays, the rest as JSON; no pickle).
+
+        Boards keep their move history; :meth:`load` gives back an equal ``Relevance``.
+
+        Example
+        -------
+        >>> rel.save("maps.npz"); Relevance.load("maps.npz")  # doctest: +SKIP
+        """
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {
+            "target": self.target.detach().cpu().numpy(),
+            "squares": self.squares.detach().cpu().numpy(),
+        }
+        if self.planes is not None:
+            arrays["planes"] = self.planes.detach().cpu().numpy()
+        if self.policy_indices is not None:
+            arrays["policy_indices"] = self.policy_indices.cpu().numpy()
+        names = list(self.layers)
+        for i, name in enumerate(names):
+            arrays[f"layer_{i}"] = self.layers[name].detach().cpu().numpy()
+        meta = {
+            "format": "lczerolens.Relevance/1",
+            "target_name": self.target_name,
+            "input_format": int(self.input_format),
+            "method": self.method,
+            "layers": names,
+            "conditions": self.conditions,
+            "boards": [_board_record(b) for b in self.boards],
+        }
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        try:
+            with open(path, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+        except OSError as error:
+            raise LczeroLensError(f"cannot write {str(path)!r}: {error.strerror or error}") from None
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Relevance:
+        """Read a result written by :meth:`save` (never unpickles anything)."""
+        from lczerolens.board import InputFormat, LczeroBoard
+
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            meta = json.loads(arrays.pop("meta").tobytes().decode())
+            if meta.get("format") != "lczerolens.Relevance/1":
+                raise ValueError(f"unknown format {meta.get('format')!r}")
+            boards = []
+            for record in meta["boards"]:
+                board = LczeroBoard(record["root"], chess960=bool(record.get("chess960", False)))
+                for uci in record["moves"]:
+                    board.push(chess.Move.from_uci(uci))
+                boards.append(board)
+            layers = {name: torch.from_numpy(arrays[f"layer_{i}"]) for i, name in enumerate(meta["layers"])}
+            planes = arrays.get("planes")
+            indices = arrays.get("policy_indices")
+            return cls(
+                None if planes is None else torch.from_numpy(planes),
+                torch.from_numpy(arrays["target"]),
+                boards,
+                InputFormat(meta["input_format"]),
+                meta["target_name"],
+                None if indices is None else torch.from_numpy(indices),
+                squares=torch.from_numpy(arrays["squares"]),
+                layers=layers,
+                conditions=meta.get("conditions"),
+                method=meta.get("method", "LRP relevance"),
+            )
+        except FileNotFoundError:
+            raise LczeroLensError(f"no saved relevance at {str(path)!r}") from None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise LczeroLensError(f"{str(path)!r} is not a relevance saved by Relevance.save: {error}") from None
 
     @cached_property
     def moves(self) -> list[chess.Move] | None:
@@ -167,7 +329,7 @@ class Relevance:
         """
         if self.moves is not None:
             options.setdefault("move", self.moves[i])
-        options.setdefault("caption", f"LRP relevance of {self._describe(i)}")
+        options.setdefault("caption", self.caption(i))
         return self.boards[i].render_heatmap(self.squares[i], **options)
 
     def render_grid(self, limit: int | None = None, **options: Any) -> Any:
@@ -208,6 +370,18 @@ class Relevance:
             return None  # no visual module: Jupyter falls back to __repr__
         return picture._repr_svg_()
 
+    def caption(self, i: int = 0) -> str:
+        """What board ``i``'s map explains and how much of it the map accounts for.
+
+        >>> rel.caption(0)  # doctest: +SKIP
+        'LRP relevance of e2e4=1.234 (map sums to 23% of it)'
+        """
+        text = f"{self.method} of {self._describe(i)}"
+        share = float(self.conservation[i])
+        if math.isfinite(share):
+            text += f" (map sums to {share:.0%} of it)"
+        return text
+
     def _describe(self, i: int) -> str:
         if self.policy_indices is None:
             return f"{self.target_name}={float(self.target[i]):.4g}"
@@ -217,3 +391,16 @@ class Relevance:
         shown = ", ".join(self._describe(i) for i in range(min(len(self), 4)))
         more = ", ..." if len(self) > 4 else ""
         return f"Relevance(N={len(self)}, target={self.target_name!r}, explained=[{shown}{more}])"
+
+
+def _rows(value: torch.Tensor, picked: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows ``picked`` of a per-board tensor, or of the attention body's ``[N*64, E]`` token stream."""
+    if value.shape[0] == n:
+        return value[picked]
+    per = value.shape[0] // n
+    return value.unflatten(0, (n, per))[picked].flatten(0, 1)
+
+
+def _board_record(board: chess.Board) -> dict[str, Any]:
+    root = board.root()
+    return {"root": root.fen(), "moves": [m.uci() for m in board.move_stack], "chess960": bool(board.chess960)}

@@ -17,16 +17,25 @@ torch.Size([1, 8, 8])
 from __future__ import annotations
 
 import fnmatch
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import chess
 import torch
 from torch import nn
 
-from lczerolens.errors import InputShapeError, InvalidMoveError, LensError
+from lczerolens.errors import InputShapeError, LensError
+from lczerolens.lenses.base import (
+    HEAD_TARGETS,
+    AttributionLens,
+    BoardsLike,
+    Target,
+    TargetLike,
+    as_boards,
+    legal_indices,
+    param_like,
+    select_output,
+)
 from lczerolens.lenses.lrp.rules.epsilon import (
     BilinearMatMulEpsilon,
     CPMatMul,
@@ -39,6 +48,7 @@ from lczerolens.lenses.lrp.rules.epsilon import (
     SoftmaxEpsilon,
 )
 from lczerolens.lenses.relevance import Relevance
+from lczerolens.lenses.tree import ShadowCache, network_of, overlay, shadow
 from lczerolens.model import ops
 
 __all__ = [
@@ -54,9 +64,6 @@ __all__ = [
 
 #: A composite: op class -> factory building the rule module that replaces one instance of it.
 Composite = Mapping[type, Callable[[nn.Module], nn.Module]]
-
-#: Targets that name a head output instead of a move.
-HEAD_TARGETS = ("value", "win", "draw", "loss", "mlh")
 
 #: Softmax modes: AttnLRP's softmax and bilinear rules, or CP-LRP (attention weights held constant).
 SOFTMAX_MODES = ("attnlrp", "cp")
@@ -148,33 +155,37 @@ def make_composite(epsilon: float = 1e-6, softmax: str = "attnlrp") -> dict[type
     }
 
 
-def _signature(op: nn.Module, factory: Callable) -> tuple:
-    """What a rule module depends on: the factory, the op's plain settings and its parameter objects."""
-    settings = tuple((k, v) for k, v in op.__dict__.items() if type(v) in _PLAIN)
-    return id(factory), settings, tuple(map(id, op._parameters.values()))
+
+#: What ``condition=`` accepts: ``{module name: channels}`` or a list of them (one map each).
+ConditionLike = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
-_PLAIN = frozenset((bool, int, float, str, type(None)))
+class _Tap(nn.Module):
+    """Wraps one module of an explaining tree for one call: its output goes into the call's store."""
+
+    lrp_rule = True
+
+    def __init__(self, inner: nn.Module, name: str, store: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tap_name = name
+        self.store = store
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*args, **kwargs)
+        if not isinstance(out, torch.Tensor):
+            raise LensError(f"module {self.tap_name!r} returns {type(out).__name__}, not a tensor; choose another")
+        self.store[self.tap_name] = out
+        return out
 
 
-def _network_of(model: nn.Module) -> nn.Module:
-    """The network inside an ``LczeroModel`` (or the network itself)."""
-    inner = getattr(model, "network", None)
-    return inner if isinstance(inner, nn.Module) else model
-
-
-def _param_like(network: nn.Module) -> tuple[torch.dtype, torch.device]:
-    for tensor in network.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype, tensor.device
-    for tensor in network.buffers():
-        if tensor.is_floating_point():
-            return tensor.dtype, tensor.device
-    return torch.get_default_dtype(), torch.device("cpu")
-
-
-class LrpLens:
+class LrpLens(AttributionLens):
     """Layer-wise relevance propagation with epsilon rules (AttnLRP for attention, or CP-LRP).
+
+    The lens explains on its own copy of the network's module tree, with the rule modules in place of the
+    nonlinear ops; that copy shares every parameter with the model and is cached per model (rebuilt when the
+    model's modules change). The user's model is never modified, so several lenses, plain forwards and plain
+    gradients can run on one model at the same time, from several threads, and stay exact.
 
     Parameters
     ----------
@@ -192,7 +203,7 @@ class LrpLens:
         high). On maia-1900 (piece removal, 200 positions) ``gamma=0.25`` on the convolutions that feed a ReLU
         directly, ``gamma_layers=("inputconv", "block*/conv1")``, raised ABPC over plain epsilon-LRP by 0.09
         (top move) and 0.16 (value), both paired intervals above zero; every ``nn.Conv2d`` (the default) helps
-        less (move +0.07, value +0.01).
+        less (move +0.07, value +0.01). A network without convolutions raises :class:`LensError`.
     gamma : float
         The gamma rule's ``gamma >= 0`` (``W + gamma W+``); used with ``conv_rule="gamma"``.
     gamma_layers : sequence of str, optional
@@ -208,6 +219,8 @@ class LrpLens:
     >>> LrpLens(conv_rule="gamma", gamma=0.25, gamma_layers=["inputconv"])
     LrpLens(epsilon=1e-06, softmax='attnlrp', conv_rule='gamma', gamma=0.25, gamma_layers=('inputconv',))
     """
+
+    method_name = "LRP relevance"
 
     def __init__(
         self,
@@ -236,15 +249,13 @@ class LrpLens:
         self.conv_rule = conv_rule
         self.gamma = float(gamma)
         self.gamma_layers = gamma_layers
-        # One factory object per lens: the rule cache keys on it.
         self._gamma_factory = lambda op: GammaConv2d(op, self.gamma, self.epsilon)
-        # Rule modules built for an op, reused while the op is unchanged (building them costs more than a
-        # small batch's rules do).
-        self._rules: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         default = make_composite(self.epsilon, softmax)
         self.composite: dict[type, Callable[[nn.Module], nn.Module]] = (
             default if composite is None else dict(composite)
         )
+        # The explaining tree of each network this lens has seen (weakly keyed by the network).
+        self._trees = ShadowCache(self._build_tree)
 
     def __repr__(self) -> str:
         text = f"LrpLens(epsilon={self.epsilon!r}, softmax={self.softmax!r}"
@@ -252,8 +263,19 @@ class LrpLens:
             text += f", conv_rule={self.conv_rule!r}, gamma={self.gamma!r}, gamma_layers={self.gamma_layers!r}"
         return text + ")"
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_trees", None)
+        state.pop("_gamma_factory", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._gamma_factory = lambda op: GammaConv2d(op, self.gamma, self.epsilon)
+        self._trees = ShadowCache(self._build_tree)
+
     # ----------------------------------------------------------------------------------------------------------
-    # Patching
+    # The explaining tree
 
     def _factory(self, module: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
         for cls in type(module).__mro__:
@@ -268,7 +290,7 @@ class LrpLens:
         (:data:`LINEAR_MODULES`), when they declare ``lrp_linear = True``, or when they are rule modules already.
         An fx graph (such as onnx2torch's) that calls a nonlinear function inline fails too.
         """
-        self._plan(network)
+        self._plan(network_of(network))
 
     def _check_module(self, path: str, module: nn.Module) -> None:
         where = path or "<root>"
@@ -301,28 +323,36 @@ class LrpLens:
             f"to the lens's composite"
         )
 
-    def _plan(self, network: nn.Module) -> list[tuple[nn.Module, str, nn.Module, Callable]]:
-        """Check every module and list the swaps (parent, name, op, factory); raises before anything changes."""
+    def _plan(self, network: nn.Module) -> list[tuple[str, str, nn.Module, Callable]]:
+        """Check every module and list the swaps (parent path, child name, op, factory)."""
         swaps = []
         gamma = self.conv_rule == "gamma"
         used: set[str] = set()
+        convs = 0
         for path, module in network.named_modules():
             self._check_module(path, module)
             for name, child in module._modules.items():
-                if child is not None:
-                    factory = self._factory(child)
-                    if factory is None and gamma and isinstance(child, nn.Conv2d):
-                        if self._gamma_selects(f"{path}.{name}" if path else name, used):
-                            factory = self._gamma_factory
-                    if factory is not None:
-                        swaps.append((module, name, child, factory))
+                if child is None:
+                    continue
+                factory = self._factory(child)
+                if factory is None and gamma and isinstance(child, nn.Conv2d):
+                    convs += 1
+                    if self._gamma_selects(f"{path}.{name}" if path else name, used):
+                        factory = self._gamma_factory
+                if factory is not None:
+                    swaps.append((path, name, child, factory))
+        if gamma and convs == 0:
+            raise LensError(
+                "conv_rule='gamma' needs convolutions (nn.Conv2d), and this network has none (an attention-body "
+                "net?); use the default LrpLens() for it"
+            )
         if gamma and self.gamma_layers is not None:
             unused = [p for p in self.gamma_layers if p not in used]
             if unused:
-                convs = [n for n, m in network.named_modules() if isinstance(m, nn.Conv2d)]
+                names = [n for n, m in network.named_modules() if isinstance(m, nn.Conv2d)]
                 raise LensError(
                     f"gamma_layers patterns {unused} match no nn.Conv2d of the network; its convolutions are "
-                    f"{convs[:12]}{' ...' if len(convs) > 12 else ''}"
+                    f"{names[:12]}{' ...' if len(names) > 12 else ''}"
                 )
         return swaps
 
@@ -334,53 +364,61 @@ class LrpLens:
         used.update(hits)
         return bool(hits)
 
-    def _rule(self, op: nn.Module, factory: Callable[[nn.Module], nn.Module]) -> nn.Module:
-        """The rule module for ``op``, reused across calls while ``op``'s settings and parameters stay the same."""
-        signature = _signature(op, factory)
-        hit = self._rules.get(op)
-        if hit is not None and hit[0] == signature:
-            return hit[1]
-        rule = factory(op)
-        rule.train(op.training)
-        self._rules[op] = (signature, rule)
-        return rule
+    def _build_tree(self, network: nn.Module) -> nn.Module:
+        """A shadow of ``network`` with every rule-bearing op replaced by its rule module."""
+        plan = self._plan(network)
+        tree = shadow(network)
+        for path, name, op, factory in plan:
+            parent = tree.get_submodule(path) if path else tree
+            rule = factory(op)
+            rule.train(op.training)
+            parent._modules[name] = rule
+        return tree
 
-    @contextmanager
-    def patched(self, network: nn.Module) -> Iterator[nn.Module]:
-        """Swap every rule-bearing op of ``network`` for its rule module for the length of the block.
+    def explaining_network(self, model: nn.Module) -> nn.Module:
+        """The network the lens runs for ``model``: the rule modules in place, the parameters shared.
 
-        Everything is put back in ``finally``: the same module objects under the same names, so outputs are
-        bit-identical afterwards. Raises :class:`LensError` (before touching anything) if a module is unknown.
+        Its forward gives the same outputs as the model's; its gradient, times the input, is the relevance.
+        The model itself is never changed. Raises :class:`LensError` if a module cannot be explained.
 
         Example
         -------
-        >>> lens = LrpLens()
-        >>> with lens.patched(model.network):  # doctest: +SKIP
-        ...     out = model.network(planes)
+        >>> tree = LrpLens().explaining_network(model)  # doctest: +SKIP
+        >>> x = planes.requires_grad_(True)  # doctest: +SKIP
+        >>> (x * torch.autograd.grad(tree(x)["value_logit"].sum(), x)[0]).sum()  # doctest: +SKIP
         """
-        plan = self._plan(network)
-        done: list[tuple[nn.Module, str, nn.Module]] = []
-        try:
-            for parent, name, op, factory in plan:
-                parent._modules[name] = self._rule(op, factory)
-                done.append((parent, name, op))
-            yield network
-        finally:
-            for parent, name, op in reversed(done):
-                parent._modules[name] = op
+        return self._trees.get(network_of(model))
+
+    @contextmanager
+    def patched(self, network: nn.Module) -> Iterator[nn.Module]:
+        """The explaining network of ``network`` for the length of a ``with`` block (``network`` is untouched).
+
+        Kept for code written when the lens swapped ops in place; :meth:`explaining_network` is the same without
+        the block.
+
+        Example
+        -------
+        >>> with LrpLens().patched(model) as explained:  # doctest: +SKIP
+        ...     out = explained(planes)
+        """
+        yield self.explaining_network(network)
 
     # ----------------------------------------------------------------------------------------------------------
     # Relevance
 
     def relevance(
         self,
-        model: nn.Module,
-        boards: Any,
-        target: Any = None,
+        model: Any,
+        boards: BoardsLike,
+        target: TargetLike = None,
         *,
+        batch_size: int | None = None,
+        progress: bool = False,
         planes: torch.Tensor | None = None,
+        record: Sequence[str] | str | None = None,
+        condition: ConditionLike | None = None,
     ) -> Relevance:
-        """Explain one output per board with LRP: one forward and one backward for the whole batch.
+        """Explain one output per board with LRP: one forward and one backward pass per batch.
 
         Parameters
         ----------
@@ -390,189 +428,241 @@ class LrpLens:
         boards : LczeroBoard or sequence of LczeroBoard
             The positions (with their move history).
         target : None, move, sequence of moves, or str
-            ``None``: each board's legal move with the highest policy logit. A move (``chess.Move``, UCI string
-            or policy index ``int``), or one per board for a batch. ``"value"`` (``win - loss`` logit for WDL
-            nets, the pre-tanh value logit otherwise), ``"win"``, ``"draw"``, ``"loss"`` (WDL logits before the
-            softmax), ``"mlh"`` (moves left).
+            ``None``: each board's legal move with the highest policy logit. A move (``chess.Move``, UCI or SAN
+            string, or policy index ``int``), or one per board for a batch. ``"value"`` (``win - loss`` logit for
+            WDL nets, the pre-tanh value logit otherwise), ``"win"``, ``"draw"``, ``"loss"`` (WDL logits before
+            the softmax), ``"mlh"`` (moves left).
+        batch_size : int, optional
+            At most this many boards per pass; the result equals one call on everything.
+        progress : bool
+            A tqdm progress bar over the boards.
         planes : torch.Tensor, optional
             ``[N, 112, 8, 8]`` input to explain instead of the boards' own encoding (e.g. a perturbed input);
             the boards still decode moves and orientation.
+        record : str or sequence of str, optional
+            Module names (as in ``model.named_modules()``); ``rel.layers[name]`` is then the relevance of that
+            module's output (its activation times the modified gradient there), shape of the activation.
+        condition : mapping or sequence of mappings, optional
+            Concept-conditional relevance (CRP): ``{name: channels}`` keeps only the relevance that passes
+            through those channels of that module's output (dimension 1 of a ``[N, C, ...]`` output, the last
+            dimension of the attention body's ``[N, 64, E]`` or ``[N*64, E]`` token stream; ``{name: {"channels": [...],
+            "tokens": [...]}}`` selects tokens, i.e. squares in network orientation, too). A list of ``K`` such
+            mappings, all on one module, gives ``K`` maps per board in one backward pass: row ``i * K + k`` is
+            board ``i`` under condition ``k``. Where every path from the input to the output goes through that
+            module (a block's output), the maps of all its channels sum to the unconditional map.
 
         Returns
         -------
         Relevance
             ``.planes`` ``[N, 112, 8, 8]`` (network orientation), ``.squares`` ``[N, 8, 8]`` (board orientation),
-            ``.target`` ``[N]`` (the explained output's value).
+            ``.target`` ``[N]`` (the explained output's value), ``.layers`` (recorded latent relevance).
 
         Example
         -------
-        >>> rel = LrpLens().relevance(model, [board1, board2], target=["e2e4", "e7e5"])  # doctest: +SKIP
+        >>> rel = LrpLens().relevance(model, [board1, board2], target=["e2e4", "Nf6"])  # doctest: +SKIP
+        >>> rel = LrpLens().relevance(model, board, record="block5/conv2/relu")  # doctest: +SKIP
+        >>> rel.layers["block5/conv2/relu"].shape  # doctest: +SKIP
+        torch.Size([1, 64, 8, 8])
         """
-        from lczerolens.board import LczeroBoard, encode_boards
-
-        network = _network_of(model)
-        input_format = getattr(model, "input_format", None) or getattr(network, "input_format", None)
-        if input_format is None:
-            raise LensError(f"{type(model).__name__} has no input_format: pass an LczeroModel or a network")
-        board_list = _as_boards(boards, LczeroBoard)
-        n = len(board_list)
-        kind, indices = _parse_target(target, board_list, input_format)
-        heads = tuple(getattr(network, "heads", ()) or ())
-        _check_head(kind, heads)
-        legal = None
-        if kind == "policy" and indices is None:
-            legal = [board.legal_move_indices(input_format) for board in board_list]
-            for board, moves in zip(board_list, legal, strict=True):
-                if not len(moves):
-                    raise LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
-
-        dtype, device = _param_like(network)
-        if planes is None:
-            x = encode_boards(board_list, input_format)
-        else:
+        options: dict[str, Any] = {}
+        if planes is not None:
+            boards = as_boards(boards)
+            n = len(boards)
             if not isinstance(planes, torch.Tensor) or tuple(planes.shape) != (n, 112, 8, 8):
                 shape = tuple(planes.shape) if isinstance(planes, torch.Tensor) else type(planes).__name__
                 raise InputShapeError(f"planes must be a tensor of shape ({n}, 112, 8, 8) for {n} boards, not {shape}")
-            x = planes.detach()
-        # Gradients are needed even when the caller is under no_grad or inference_mode.
-        with self.patched(network), torch.inference_mode(False), torch.enable_grad():
-            x = x.to(dtype=dtype, device=device).clone().requires_grad_(True)
-            outputs = network(x)
-            output, grad_output, values, indices = _select(outputs, kind, indices, legal)
-            (grad,) = torch.autograd.grad(output, x, grad_output)
+            options["planes"] = planes
+        if record is not None:
+            options["record"] = record
+        if condition is not None:
+            options["condition"] = condition
+        return super().relevance(model, boards, target, batch_size=batch_size, progress=progress, **options)
 
-        with torch.no_grad():
-            relevance = x.detach() * grad
+    def _check_options(self, network: nn.Module, options: Mapping[str, Any]) -> None:
+        unknown = set(options) - {"planes", "record", "condition"}
+        if unknown:
+            raise LensError(f"LrpLens.relevance got unknown options {sorted(unknown)}")
+        names = dict(network.named_modules())
+        for name in _record_names(options.get("record")):
+            _check_name(name, names)
+        if "condition" in options:
+            _parse_condition(options["condition"], names)
+
+    def _explain(
+        self,
+        network: nn.Module,
+        input_format: Any,
+        boards: list,
+        target: Target,
+        *,
+        rows: slice,
+        planes: torch.Tensor | None = None,
+        record: Sequence[str] | str | None = None,
+        condition: ConditionLike | None = None,
+    ) -> Relevance:
+        from lczerolens.board import encode_boards
+
+        n = len(boards)
+        legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
+        dtype, device = param_like(network)
+        if planes is None:
+            x = encode_boards(boards, input_format)
+        else:
+            x = planes[rows].detach()
+        names = dict(network.named_modules())
+        recorded = list(dict.fromkeys(_record_names(record)))
+        layer, parsed, conditions = None, [], None
+        if condition is not None:
+            layer, parsed, conditions = _parse_condition(condition, names)
+        taps = list(dict.fromkeys(recorded + ([layer] if layer else [])))
+        store: dict[str, torch.Tensor] = {}
+        tree = self.explaining_network(network)
+        tree = overlay(tree, {t: (lambda m, t=t: _Tap(m, t, store)) for t in taps})
+
+        # Gradients are needed even when the caller is under no_grad or inference_mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.to(dtype=dtype, device=device).clone().requires_grad_(True)
+            outputs = tree(x)
+            output, seed, values, indices = select_output(outputs, target.kind, target.indices, legal)
+            missing = [t for t in taps if t not in store]
+            if missing:
+                raise LensError(f"modules {missing} did not run in the forward pass; record another module")
+            if layer is None:
+                grads = torch.autograd.grad(output, [x] + [store[t] for t in recorded], seed)
+                layer_rel: dict[str, torch.Tensor] = {
+                    t: (store[t].detach() * g) for t, g in zip(recorded, grads[1:], strict=True)
+                }
+                with torch.no_grad():
+                    relevance = x.detach() * grads[0]
+            else:
+                y = store[layer]
+                outs = [x, y] + [store[t] for t in recorded if t != layer]
+                grads = torch.autograd.grad(output, outs, seed, retain_graph=True)
+                grad_y = grads[1]
+                layer_rel = {layer: y.detach() * grad_y} if layer in recorded else {}
+                for t, g in zip([t for t in recorded if t != layer], grads[2:], strict=True):
+                    layer_rel[t] = store[t].detach() * g
+                seeds = _condition_seeds(grad_y, parsed, n)
+                (gx,) = torch.autograd.grad(y, x, seeds, is_grads_batched=True)
+                k = len(parsed)
+                with torch.no_grad():
+                    # [K, N, ...] -> [N, K, ...] -> [N*K, ...]: board-major rows.
+                    relevance = (x.detach()[None] * gx).transpose(0, 1).reshape(n * k, *x.shape[1:])
+                layer_rel = {t: v.repeat_interleave(k, 0) for t, v in layer_rel.items()}
+                boards = [b for b in boards for _ in range(k)]
+                values = values.repeat_interleave(k, 0)
+                indices = None if indices is None else indices.repeat_interleave(k, 0)
         return Relevance(
             planes=relevance,
             target=values,
-            boards=board_list,
+            boards=boards,
             input_format=input_format,
-            target_name=kind,
-            policy_indices=indices if kind == "policy" else None,
+            target_name=target.kind,
+            policy_indices=indices if target.kind == "policy" else None,
+            layers=layer_rel,
+            conditions=conditions,
+            method=self.method_name,
         )
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Target handling
+# Recording and conditions
 
 
-def _as_boards(boards: Any, board_cls: type) -> list:
-    if isinstance(boards, chess.Board):
-        boards = [boards]
-    if isinstance(boards, torch.Tensor):
-        raise InputShapeError(
-            "relevance needs the boards to decode moves and orientation; pass them as `boards` and the tensor "
-            "as `planes=`"
-        )
-    if not isinstance(boards, Sequence) or isinstance(boards, (str, bytes)):
-        raise InputShapeError(f"boards must be an LczeroBoard or a sequence of them, not {type(boards).__name__}")
-    board_list = list(boards)
-    if not board_list:
-        raise InputShapeError("boards is empty: pass at least one LczeroBoard")
-    for i, board in enumerate(board_list):
-        if isinstance(board, board_cls):
-            continue
-        if isinstance(board, chess.Board):
-            board_list[i] = board_cls.from_board(board)  # its move stack is its history
-            continue
-        raise InputShapeError(
-            f"boards[{i}] is a {type(board).__name__} ({board!r:.60}), not an LczeroBoard; "
-            "build boards with lczerolens.LczeroBoard(fen)"
-        )
-    return board_list
+def _record_names(record: Any) -> list[str]:
+    if record is None:
+        return []
+    if isinstance(record, str):
+        return [record]
+    if not isinstance(record, Sequence) or not all(isinstance(r, str) for r in record):
+        raise LensError(f"record={record!r} must be a module name or a sequence of them")
+    return list(record)
 
 
-def _parse_move(move: Any, board: chess.Board, input_format: Any) -> int:
-    """Policy index of ``move`` (``chess.Move``, UCI string or index) in ``board``; raises if illegal."""
-    if isinstance(move, bool):
-        raise InvalidMoveError(f"target {move!r} is not a move")
-    if isinstance(move, int):
-        if not 0 <= move < 1858:
-            raise InvalidMoveError(f"policy index {move} is outside [0, 1858)")
-        return move
-    if not isinstance(move, (str, chess.Move)):
-        raise InvalidMoveError(f"target {move!r} is not a move: use a chess.Move, a UCI string or a policy index")
-    # The board parses and checks legality (castling as king-takes-rook too); only the hint is the lens's own.
-    try:
-        return int(board.encode_move(move, input_format))
-    except InvalidMoveError as error:
-        hint = f" (a target is a legal move, one of {HEAD_TARGETS}, or None for the top move)"
-        raise InvalidMoveError(f"target {move!r}: {error}{hint}") from None
+def _check_name(name: str, names: Mapping[str, nn.Module]) -> None:
+    if name in names and name:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, [n for n in names if n], n=3, cutoff=0.6)
+    hint = f"; did you mean {close}?" if close else f"; modules include {[n for n in names if n][:8]}"
+    raise LensError(f"no module named {name!r} in the network{hint}")
 
 
-def _parse_target(target: Any, boards: list, input_format: Any) -> tuple[str, torch.Tensor | None]:
-    """``("policy", indices [N] or None for top move)`` or ``(head name, None)``."""
-    n = len(boards)
-    if target is None:
-        return "policy", None
-    if isinstance(target, str) and target in HEAD_TARGETS:
-        return target, None
-    if isinstance(target, (str, chess.Move, int)):
-        if n != 1:
-            raise InputShapeError(f"target {target!r} is one move for {n} boards; pass one move per board")
-        return "policy", torch.tensor([_parse_move(target, boards[0], input_format)], dtype=torch.long)
-    if isinstance(target, Sequence) or isinstance(target, torch.Tensor):
-        moves = list(target.tolist() if isinstance(target, torch.Tensor) else target)
-        if len(moves) != n:
-            raise InputShapeError(f"got {len(moves)} target moves for {n} boards; pass one move per board")
-        for move in moves:
-            if isinstance(move, str) and move in HEAD_TARGETS:
-                raise LensError(f"target {move!r} names a head: pass it alone (target={move!r}), not in a list")
-        return "policy", torch.tensor(
-            [_parse_move(m, b, input_format) for m, b in zip(moves, boards, strict=True)], dtype=torch.long
-        )
-    raise LensError(f"target {target!r} is not None, a move, a list of moves, nor one of {HEAD_TARGETS}")
+def _parse_condition(condition: Any, names: Mapping[str, nn.Module]) -> tuple[str, list, list[dict]]:
+    """``(module name, [(channels or None, tokens or None)] per condition, conditions)`` of ``condition``."""
+    sets = [condition] if isinstance(condition, Mapping) else condition
+    if not isinstance(sets, Sequence) or isinstance(sets, str) or not sets:
+        raise LensError(f"condition={condition!r} must be {{module: channels}} or a non-empty list of them")
+    layers = set()
+    for cond in sets:
+        if not isinstance(cond, Mapping) or len(cond) != 1:
+            raise LensError(
+                f"each condition must map exactly one module name to its channels, e.g. {{'block3/conv2/relu': "
+                f"[17, 40]}}; got {cond!r}"
+            )
+        layers.update(cond)
+    if len(layers) != 1:
+        raise LensError(f"the conditions of one call must all name one module; got {sorted(layers)}")
+    (layer,) = layers
+    if not isinstance(layer, str):
+        raise LensError(f"condition key {layer!r} must be a module name")
+    _check_name(layer, names)
+    parsed = []
+    for cond in sets:
+        spec = cond[layer]
+        if isinstance(spec, Mapping):
+            extra = set(spec) - {"channels", "tokens"}
+            if extra:
+                raise LensError(f"condition on {layer!r} has unknown keys {sorted(extra)}; use 'channels', 'tokens'")
+            channels, tokens = spec.get("channels"), spec.get("tokens")
+        else:
+            channels, tokens = spec, None
+        parsed.append((_index_list(channels, layer, "channel"), _index_list(tokens, layer, "token", 64)))
+    return layer, parsed, [dict(c) for c in sets]
 
 
-def _check_head(kind: str, heads: tuple) -> None:
-    if not heads:
-        return  # undeclared: checked against the outputs
-    need = {"policy": "policy", "win": "wdl", "draw": "wdl", "loss": "wdl", "mlh": "mlh"}.get(kind)
-    if kind == "value" and not ({"wdl", "value"} & set(heads)):
-        raise LensError(f"target 'value' needs a value or WDL head; this network has {heads}")
-    if need is not None and need not in heads:
-        raise LensError(f"target {kind!r} needs the {need!r} head; this network has {heads}")
+def _index_list(values: Any, layer: str, what: str, bound: int | None = None) -> list[int] | None:
+    if values is None:
+        return None
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = [values]
+    if isinstance(values, torch.Tensor):
+        values = values.tolist()
+    if not isinstance(values, Sequence) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise LensError(f"{what}s of the condition on {layer!r} must be integers, not {values!r}")
+    if not values:
+        raise LensError(f"the condition on {layer!r} selects no {what}")
+    if bound is not None and not all(0 <= v < bound for v in values):
+        raise LensError(f"{what}s of the condition on {layer!r} must lie in [0, {bound}), not {values!r}")
+    return list(values)
 
 
-def _output(outputs: Mapping[str, torch.Tensor], key: str, kind: str) -> torch.Tensor:
-    if key not in outputs:
-        raise LensError(f"target {kind!r} needs the network output {key!r}; it returns {sorted(outputs)}")
-    return outputs[key]
+def _condition_seeds(grad_y: torch.Tensor, parsed: list[tuple[list[int] | None, ...]], n: int) -> torch.Tensor:
+    """``[K, *grad_y.shape]``: the gradient at the conditioned layer, kept only where each condition selects.
 
-
-def _select(
-    outputs: Mapping[str, torch.Tensor],
-    kind: str,
-    indices: torch.Tensor | None,
-    legal: list[torch.Tensor] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The output tensor to explain, its gradient seed, the explained values ``[N]`` and policy indices."""
-    if kind == "policy":
-        policy = _output(outputs, "policy", kind)
-        if indices is None:
-            indices = _top_legal(policy.detach(), legal)
-        indices = indices.to(policy.device)
-        seed = torch.zeros_like(policy)
-        seed.scatter_(1, indices[:, None], 1.0)
-        values = policy.detach().gather(1, indices[:, None])[:, 0]
-        return policy, seed, values, indices.cpu()
-    if kind == "mlh":
-        mlh = _output(outputs, "mlh", kind)
-        return mlh, torch.ones_like(mlh), mlh.detach().reshape(-1), None
-    if kind == "value" and "wdl_logits" not in outputs:
-        logit = _output(outputs, "value_logit", kind)
-        return logit, torch.ones_like(logit), logit.detach().reshape(-1), None
-    wdl = _output(outputs, "wdl_logits", kind)
-    weights = {"value": (1.0, 0.0, -1.0), "win": (1.0, 0.0, 0.0), "draw": (0.0, 1.0, 0.0), "loss": (0.0, 0.0, 1.0)}
-    w = torch.tensor(weights[kind], dtype=wdl.dtype, device=wdl.device)
-    seed = w.expand_as(wdl).contiguous()
-    return wdl, seed, wdl.detach() @ w, None
-
-
-def _top_legal(policy: torch.Tensor, legal: list[torch.Tensor]) -> torch.Tensor:
-    """Each board's legal move index with the highest logit (one masked argmax for the batch)."""
-    rows = torch.repeat_interleave(torch.arange(len(legal)), torch.tensor([len(i) for i in legal]))
-    mask = torch.zeros(policy.shape, dtype=torch.bool, device=policy.device)
-    mask[rows.to(policy.device), torch.cat(legal).to(policy.device)] = True
-    return policy.masked_fill(~mask, float("-inf")).argmax(dim=1)
+    Layouts: a token stream (the attention body's ``[N*64, E]`` or ``[N, 64, E]``) has its channels last and its
+    tokens (squares, network orientation) in the 64 rows of each board; anything else (``[N, C, 8, 8]``,
+    attention weights ``[N, heads, 64, 64]``) has its channels in dimension 1 and its tokens in the rest.
+    """
+    shape = grad_y.shape
+    if grad_y.dim() < 2:
+        raise LensError(f"cannot condition on an output of shape {tuple(shape)}: it has no channel dimension")
+    tokens_first = (grad_y.dim() == 2 and shape[0] == n * 64) or (grad_y.dim() == 3 and shape[1] == 64)
+    channels = shape[-1] if tokens_first else shape[1]
+    spatial = 64 if tokens_first else int(torch.Size(shape[2:]).numel())
+    masks = []
+    for chans, tokens in parsed:
+        if chans is not None and not all(0 <= c < channels for c in chans):
+            raise LensError(f"channels {chans} of the condition are outside [0, {channels}) for shape {tuple(shape)}")
+        if tokens is not None and spatial != 64:
+            raise LensError(f"tokens need 64 squares per channel; the output has shape {tuple(shape)}")
+        keep_c = torch.zeros(channels, dtype=grad_y.dtype, device=grad_y.device)
+        keep_c[slice(None) if chans is None else chans] = 1.0
+        keep_t = torch.zeros(spatial, dtype=grad_y.dtype, device=grad_y.device)
+        keep_t[slice(None) if tokens is None else tokens] = 1.0
+        if tokens_first:
+            masks.append((keep_t[:, None] * keep_c[None, :]).expand(n, 64, channels).reshape(shape))
+        else:
+            masks.append((keep_c[:, None] * keep_t[None, :]).reshape(shape[1:]).expand(shape))
+    return torch.stack(masks) * grad_y[None]
