@@ -304,3 +304,49 @@ def test_lens_leaves_no_trace_on_the_model(maia):
 def test_gamma_on_a_net_without_convolutions_is_refused(attention):
     with pytest.raises(LensError, match="needs convolutions"):
         LrpLens(conv_rule="gamma").relevance(attention, LczeroBoard(), "value")
+
+
+def test_history_is_drawn_on_the_positions_it_encodes(maia, monkeypatch):
+    board = LczeroBoard()
+    for san in ("e4", "e5", "Nf3", "Nc6", "Bb5"):
+        board.push_san(san)
+    rel = LrpLens().relevance(maia, board, None)
+    seen = {}
+
+    def capture(boards, values, **options):
+        seen["boards"], seen["values"] = boards, values
+        return None
+
+    monkeypatch.setattr("lczerolens.visual.render_grid", capture)
+    rel.render_history(0)
+    drawn = seen["boards"]
+    assert [b.fen() for b in drawn[:6]] == [
+        LczeroBoard().fen() if k == 5 else _back(board, k).fen() for k in range(6)
+    ]
+    assert drawn[7].fen() == LczeroBoard().fen()  # older slots repeat the start
+    # The piece planes of each slot put relevance only on squares occupied in the drawn position.
+    slots = rel.board_planes[0, :104].unflatten(0, (8, 13))[:, :12].sum(dim=1).flatten(1)
+    for k in range(6):
+        empty = [s for s in chess.SQUARES if drawn[k].piece_at(s) is None]
+        assert slots[k, empty].abs().max() == 0
+
+
+def _back(board: LczeroBoard, plies: int) -> chess.Board:
+    past = board.copy()
+    for _ in range(plies):
+        past.pop()
+    return past
+
+
+def test_half_precision_models_are_explained_in_float32(maia, maia_fp16_onnx_path):
+    from lczerolens.model import LczeroModel
+
+    half = LczeroModel.from_path(maia_fp16_onnx_path, half=True)
+    assert next(half.parameters()).dtype == torch.float16
+    boards = random_boards(3, seed=8, min_plies=2)
+    rel = LrpLens().relevance(half, boards, "value")
+    ref = LrpLens().relevance(maia, boards, "value")
+    assert rel.planes.dtype == torch.float32
+    # What is left is the fp16 rounding of the weights themselves (lc0's fp16 export differs by ~1e-2 too).
+    assert ((rel.squares - ref.squares).abs().max() / ref.squares.abs().max()) < 0.03
+    assert next(half.parameters()).dtype == torch.float16  # the model keeps its own weights

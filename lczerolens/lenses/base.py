@@ -50,6 +50,7 @@ __all__ = [
     "parse_target",
     "model_parts",
     "param_like",
+    "explain_dtype",
     "select_output",
     "chunks",
 ]
@@ -136,6 +137,12 @@ def param_like(network: nn.Module) -> tuple[torch.dtype, torch.device]:
         if tensor.is_floating_point():
             return tensor.dtype, tensor.device
     return torch.get_default_dtype(), torch.device("cpu")
+
+
+def explain_dtype(network: nn.Module) -> torch.dtype | None:
+    """The dtype a lens computes in for ``network``: float32 for half-precision nets, else ``None`` (its own)."""
+    dtype, _ = param_like(network)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
 
 
 def _hint() -> str:

@@ -352,7 +352,11 @@ class Relevance:
         return render_grid(self.boards[:n], self.squares[:n], **options)
 
     def render_history(self, i: int = 0, **options: Any) -> Any:
-        """Board ``i`` with the relevance of each of its 8 history slots (now, 1 ply ago, ...), one scale.
+        """Board ``i``'s relevance of each of its 8 history slots (now, 1 ply ago, ...), on one colour scale.
+
+        Each slot is drawn on the position it encodes: the board as it stood that many plies ago (for a
+        position set up from a FEN without moves, lc0 repeats the FEN position in the older slots, and so does
+        the picture). Squares stay in the current board's orientation, as lc0 encodes every slot.
 
         Example
         -------
@@ -361,7 +365,7 @@ class Relevance:
         from lczerolens.visual import render_grid
 
         options.setdefault("titles", ["now"] + [f"{k} ply ago" if k == 1 else f"{k} plies ago" for k in range(1, 8)])
-        return render_grid(self.boards[i], self.history[i], **options)
+        return render_grid(_past_positions(self.boards[i], 8), self.history[i], **options)
 
     def _repr_svg_(self) -> str | None:
         try:
@@ -399,6 +403,17 @@ def _rows(value: torch.Tensor, picked: torch.Tensor, n: int) -> torch.Tensor:
         return value[picked]
     per = value.shape[0] // n
     return value.unflatten(0, (n, per))[picked].flatten(0, 1)
+
+
+def _past_positions(board: chess.Board, count: int) -> list[chess.Board]:
+    """``board`` now and ``count - 1`` plies back; past the start of its move stack, the root position."""
+    out = []
+    past = board.copy()
+    for _ in range(count):
+        out.append(past.copy(stack=False))
+        if past.move_stack:
+            past.pop()
+    return out
 
 
 def _board_record(board: chess.Board) -> dict[str, Any]:

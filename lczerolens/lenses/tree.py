@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["shadow", "overlay", "structure_key", "ShadowCache", "network_of"]
@@ -49,12 +50,25 @@ def _shallow(module: nn.Module) -> nn.Module:
     return clone
 
 
-def shadow(network: nn.Module) -> nn.Module:
+def shadow(network: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of ``network``'s module tree that shares every parameter and buffer (no tensor is copied).
 
-    Shared submodules stay shared in the copy (one clone per original module object).
+    Shared submodules stay shared in the copy (one clone per original module object). With ``dtype``, floating
+    parameters and buffers of another dtype are the exception: the copy holds converted copies of them (e.g.
+    float32 copies of a half-precision model's weights), and the original keeps its own.
     """
     clones: dict[int, nn.Module] = {}
+    converted: dict[int, torch.Tensor] = {}
+
+    def convert(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None or dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+            return tensor
+        if id(tensor) not in converted:
+            data = tensor.detach().to(dtype)
+            converted[id(tensor)] = (
+                nn.Parameter(data, requires_grad=tensor.requires_grad) if isinstance(tensor, nn.Parameter) else data
+            )
+        return converted[id(tensor)]
 
     def visit(module: nn.Module) -> nn.Module:
         found = clones.get(id(module))
@@ -62,6 +76,10 @@ def shadow(network: nn.Module) -> nn.Module:
             return found
         clone = _shallow(module)
         clones[id(module)] = clone
+        if dtype is not None:
+            for table in (clone._parameters, clone._buffers):
+                for key, tensor in table.items():
+                    table[key] = convert(tensor)
         for name, child in module._modules.items():
             if child is not None:
                 clone._modules[name] = visit(child)
@@ -97,8 +115,9 @@ def overlay(root: nn.Module, replace: Mapping[str, Callable[[nn.Module], nn.Modu
 def structure_key(network: nn.Module) -> tuple:
     """What a shadow of ``network`` depends on: every module object, its mode and plain settings, every tensor.
 
-    Equal keys mean a shadow built earlier is still right; values changed in place need no rebuild (the shadow
-    shares the tensors).
+    Equal keys mean a shadow built earlier is still right. Values changed in place need no rebuild where the
+    shadow shares the tensors; the tensors' version counters are part of the key for shadows holding converted
+    copies (half-precision models explained in float32).
     """
     key = []
     for name, module in network.named_modules(remove_duplicate=False):
@@ -108,8 +127,8 @@ def structure_key(network: nn.Module) -> tuple:
                 name,
                 id(module),
                 settings,
-                tuple(map(id, module._parameters.values())),
-                tuple(map(id, module._buffers.values())),
+                tuple((id(t), t._version if t is not None else 0) for t in module._parameters.values()),
+                tuple((id(t), t._version if t is not None else 0) for t in module._buffers.values()),
             )
         )
     return tuple(key)

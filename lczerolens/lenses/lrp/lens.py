@@ -32,6 +32,7 @@ from lczerolens.lenses.base import (
     Target,
     TargetLike,
     as_boards,
+    explain_dtype,
     legal_indices,
     param_like,
     select_output,
@@ -365,11 +366,17 @@ class LrpLens(AttributionLens):
         return bool(hits)
 
     def _build_tree(self, network: nn.Module) -> nn.Module:
-        """A shadow of ``network`` with every rule-bearing op replaced by its rule module."""
+        """A shadow of ``network`` with every rule-bearing op replaced by its rule module.
+
+        Half-precision networks are explained in float32 (their relevance in float16 or bfloat16 is off by
+        several percent of the map's scale): the tree then holds float32 copies of the weights.
+        """
         plan = self._plan(network)
-        tree = shadow(network)
-        for path, name, op, factory in plan:
+        dtype = explain_dtype(network)
+        tree = shadow(network, dtype)
+        for path, name, _, factory in plan:
             parent = tree.get_submodule(path) if path else tree
+            op = parent._modules[name]  # the shadow's op: its parameters are the model's (or float32 copies)
             rule = factory(op)
             rule.train(op.training)
             parent._modules[name] = rule
@@ -504,7 +511,8 @@ class LrpLens(AttributionLens):
 
         n = len(boards)
         legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
-        dtype, device = param_like(network)
+        tree = self.explaining_network(network)
+        dtype, device = param_like(tree)
         if planes is None:
             x = encode_boards(boards, input_format)
         else:
@@ -516,7 +524,6 @@ class LrpLens(AttributionLens):
             layer, parsed, conditions = _parse_condition(condition, names)
         taps = list(dict.fromkeys(recorded + ([layer] if layer else [])))
         store: dict[str, torch.Tensor] = {}
-        tree = self.explaining_network(network)
         tree = overlay(tree, {t: (lambda m, t=t: _Tap(m, t, store)) for t in taps})
 
         # Gradients are needed even when the caller is under no_grad or inference_mode.
