@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import chess
@@ -802,6 +803,65 @@ def _permute_squares(tensor: torch.Tensor, perm: np.ndarray) -> torch.Tensor:
     flat = tensor.reshape(*tensor.shape[:-2], 64)
     index = torch.from_numpy(perm).to(tensor.device)
     return flat[..., index].reshape(tensor.shape)
+
+
+#: What python-chess's status flags mean, for the invalid-position warning.
+_STATUS_TEXT = {
+    chess.STATUS_NO_WHITE_KING: "no white king",
+    chess.STATUS_NO_BLACK_KING: "no black king",
+    chess.STATUS_TOO_MANY_KINGS: "more than one king of a colour",
+    chess.STATUS_TOO_MANY_WHITE_PAWNS: "more than 8 white pawns",
+    chess.STATUS_TOO_MANY_BLACK_PAWNS: "more than 8 black pawns",
+    chess.STATUS_PAWNS_ON_BACKRANK: "pawns on the first or last rank",
+    chess.STATUS_TOO_MANY_WHITE_PIECES: "more than 16 white pieces",
+    chess.STATUS_TOO_MANY_BLACK_PIECES: "more than 16 black pieces",
+    chess.STATUS_BAD_CASTLING_RIGHTS: "castling rights without king and rook on their squares",
+    chess.STATUS_INVALID_EP_SQUARE: "an en-passant square no double push explains",
+    chess.STATUS_OPPOSITE_CHECK: "the side not to move is in check (kings adjacent, or a capturable king)",
+    chess.STATUS_EMPTY: "an empty board",
+    chess.STATUS_TOO_MANY_CHECKERS: "more checkers than a legal position can have",
+    chess.STATUS_IMPOSSIBLE_CHECK: "a check no last move can give",
+}
+
+
+def position_problems(board: chess.Board) -> list[str]:
+    """Why ``board`` is not a position of a legal game (python-chess's ``status()``, in words); ``[]`` if valid.
+
+    >>> position_problems(LczeroBoard("8/8/8/8/8/8/8/Kk6 w - - 0 1"))
+    ['the side not to move is in check (kings adjacent, or a capturable king)']
+    """
+    status = board.status()
+    return [text for flag, text in _STATUS_TEXT.items() if status & flag]
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside this package (the user's call)."""
+    import sys
+
+    package = Path(__file__).resolve().parent
+    frame, level = sys._getframe(1), 1
+    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_invalid(boards: Sequence[chess.Board]) -> None:
+    """Warn (:class:`~lczerolens.errors.InvalidPositionWarning`) once for a batch holding invalid positions."""
+    import warnings
+
+    from lczerolens.errors import InvalidPositionWarning
+
+    for i, board in enumerate(boards):
+        problems = position_problems(board)
+        if problems:
+            bad = sum(1 for b in boards[i:] if not b.is_valid())
+            warnings.warn(
+                f"{bad} of {len(boards)} positions are not positions of a legal game, e.g. {board.fen()!r}: "
+                f"{'; '.join(problems)}. The network evaluates them anyway, but it never saw such inputs in training",
+                InvalidPositionWarning,
+                stacklevel=_caller_stacklevel(),
+            )
+            return
 
 
 def canonical_transform(board: chess.Board, input_format: InputFormat | int) -> int:

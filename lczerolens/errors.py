@@ -42,3 +42,8 @@ class InputShapeError(LczeroLensError, ValueError):
 
 class LensError(LczeroLensError, ValueError):
     """A lens cannot explain this model or target (unknown op, bad target, ...)."""
+
+
+class InvalidPositionWarning(UserWarning):
+    """A position that no legal game reaches (adjacent kings, pawns on the back rank, ...): lc0 evaluates it
+    anyway, but the network never saw such inputs in training, so its outputs and explanations mean little."""

@@ -468,7 +468,41 @@ def _board_group(
     # Right after the last square rect, so the lines sit under the pieces and the arrow.
     last_square = max(i for i, el in enumerate(group) if "square" in el.get("class", "").split())
     group.insert(last_square + 1, grid)
+    if move is not None and move.promotion:
+        group.append(_promotion_badge(move, board, orientation, offset))
     return group
+
+
+def _promotion_badge(move: chess.Move, board: chess.BaseBoard, orientation: bool, offset: float) -> ET.Element:
+    """The promoted piece, drawn small in the corner of the destination square (a promotion is otherwise a
+    one-square arrow that does not say which piece the pawn becomes)."""
+    mover = board.piece_at(move.from_square)
+    color = mover.color if mover is not None else chess.square_rank(move.to_square) == 7
+    piece = chess.Piece(move.promotion, color)
+    file, rank = chess.square_file(move.to_square), chess.square_rank(move.to_square)
+    col, row = (file, 7 - rank) if orientation else (7 - file, rank)
+    scale = 0.5
+    x = offset + (col + 1 - scale) * SQUARE
+    y = offset + row * SQUARE
+    badge = ET.Element(
+        "g",
+        {
+            "class": "promotion",
+            "data-piece": piece.symbol(),
+            "transform": f"translate({_num(x)}, {_num(y)}) scale({scale})",
+        },
+    )
+    ET.SubElement(
+        badge,
+        "circle",
+        {"cx": _num(SQUARE / 2), "cy": _num(SQUARE / 2), "r": _num(SQUARE / 2), "fill": ARROW_COLOR,
+         "fill-opacity": "0.85"},
+    )
+    glyph = _strip_namespaces(ET.fromstring(chess.svg.piece(piece, size=SQUARE)))
+    for child in glyph:
+        badge.append(child)
+    ET.SubElement(badge, "title").text = f"promotes to {chess.piece_name(move.promotion)}"
+    return badge
 
 
 def _colorbar(

@@ -350,3 +350,20 @@ def test_half_precision_models_are_explained_in_float32(maia, maia_fp16_onnx_pat
     # What is left is the fp16 rounding of the weights themselves (lc0's fp16 export differs by ~1e-2 too).
     assert ((rel.squares - ref.squares).abs().max() / ref.squares.abs().max()) < 0.03
     assert next(half.parameters()).dtype == torch.float16  # the model keeps its own weights
+
+
+@pytest.mark.parametrize("fen", ["8/8/8/8/8/8/8/Kk6 w - - 0 1", "P7/8/8/8/8/8/8/K1k5 w - - 0 1"])
+def test_invalid_positions_are_explained_with_a_warning(maia, fen):
+    from lczerolens.errors import InvalidPositionWarning
+
+    with pytest.warns(InvalidPositionWarning, match="not positions of a legal game") as record:
+        LrpLens().relevance(maia, LczeroBoard(fen), "value")
+    assert record[0].filename == __file__  # points at the caller's line
+
+
+def test_valid_positions_give_no_warning(maia, positions):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LrpLens().relevance(maia, positions, None)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from lczerolens.board import LczeroBoard
 from lczerolens.errors import InputShapeError, LczeroLensError
 from lczerolens.visual import (
     COLORMAPS,
@@ -361,3 +362,21 @@ def test_pictures_inlined_together_keep_their_own_colour_bars() -> None:
     # A sequential scale has no signs on its ticks.
     ticks = [el.text for el in _colorbar(magnitude) if el.get("class") == "colorbar-tick"]
     assert ticks == ["0", "0.5", "1"]
+
+
+@pytest.mark.parametrize(
+    "uci, fen, orientation",
+    [("e7e8n", "8/4P3/8/8/8/k7/8/K7 w - - 0 1", chess.WHITE), ("e2e1q", "k7/8/K7/8/8/8/4p3/8 b - - 0 1", chess.BLACK)],
+)
+def test_promotion_shows_the_promoted_piece_on_its_square(uci, fen, orientation):
+    board = LczeroBoard(fen)
+    move = chess.Move.from_uci(uci)
+    root = ET.fromstring(board.render_heatmap([0.0] * 64, move=move, orientation=orientation).svg)
+    badges = [el for el in root.iter() if el.get("class") == "promotion"]
+    assert len(badges) == 1
+    piece = chess.Piece(move.promotion, board.turn)
+    assert badges[0].get("data-piece") == piece.symbol()
+    x, y = map(float, re.search(r"translate\(([-\d.]+), ([-\d.]+)\)", badges[0].get("transform")).groups())
+    square = next(el for el in root.iter() if el.get("data-square") == chess.square_name(move.to_square))
+    sx, sy, size = float(square.get("x")), float(square.get("y")), float(square.get("width"))
+    assert sx <= x < sx + size and sy <= y < sy + size

@@ -33,6 +33,7 @@ import chess
 import torch
 from torch import nn
 
+from lczerolens.board import warn_if_invalid
 from lczerolens.errors import InputShapeError, InvalidMoveError, LensError
 from lczerolens.lenses.tree import network_of
 
@@ -362,6 +363,7 @@ class AttributionLens:
 
         network, input_format = model_parts(model)
         board_list = as_boards(boards)
+        warn_if_invalid(board_list)
         parsed = parse_target(target, board_list, input_format)
         check_head(parsed.kind, network)
         size = check_batch_size(batch_size)
