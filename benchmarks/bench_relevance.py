@@ -140,6 +140,38 @@ def bench_network(network: torch.nn.Module, batch: int, rounds: int) -> dict[str
     return result
 
 
+def bench_inside(network: torch.nn.Module, rounds: int) -> dict[str, Any]:
+    """One position: relevance alone, with latent relevance at every block output, and CRP over 64 channels.
+
+    CRP sends 64 conditioned seeds down from the layer in one batched backward (``is_grads_batched``); its
+    cost grows with the part of the network below the layer. Target of the issue: at most 3x one relevance call.
+    """
+    from lczerolens.lenses import LrpLens
+
+    boards = random_boards(1, seed=5)
+    lens = LrpLens()
+    blocks = sorted(
+        {n for n, _ in network.named_modules() if n.startswith("block") and n.endswith("conv2/relu")},
+        key=lambda n: int(n[5:].split("/")[0]),
+    )
+    fns: dict[str, Callable[[], Any]] = {
+        "relevance": lambda: lens.relevance(network, boards, None),
+        f"relevance + record {len(blocks)} block outputs": lambda: lens.relevance(network, boards, None, record=blocks),
+    }
+    for layer in (blocks[0], blocks[len(blocks) // 2], blocks[-1]):
+        conditions = [{layer: [c]} for c in range(64)]
+        fns[f"CRP 64 channels of {layer}"] = lambda conditions=conditions: lens.relevance(
+            network, boards, None, condition=conditions
+        )
+    times = interleaved_times(fns, rounds)
+    base = times["relevance"]["cpu ms"]
+    result: dict[str, Any] = {}
+    for name, t in times.items():
+        result[f"{name} ms"] = t["wall ms"]
+        result[f"{name} / relevance (cpu)"] = t["cpu ms"] / base
+    return result
+
+
 def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
     """Time forward, gradient x input and LRP relevance for maia-1900 and an attention net, batch 1 and 64."""
     previous = torch.get_num_threads()
@@ -158,6 +190,8 @@ def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
             torch.set_num_threads(1)
             results["maia-1900, batch 64, 1 thread"] = bench_network(networks["maia-1900"], 64, 3 if quick else 7)
             torch.set_num_threads(threads or previous)
+        if "maia-1900" in networks:
+            results["maia-1900, inside the network, batch 1"] = bench_inside(networks["maia-1900"], 3 if quick else 7)
         maia = results.get("maia-1900, batch 64")
         if maia is not None:
             results["targets (maia, batch 64)"] = {

@@ -14,14 +14,16 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chess
 import numpy as np
 import torch
-from tensordict import TensorDict
 
 from lczerolens.errors import InputShapeError, LczeroLensError
+
+if TYPE_CHECKING:
+    from tensordict import TensorDict
 
 __all__ = ["Relevance", "PIECE_NAMES", "GROUPS"]
 
@@ -302,6 +304,8 @@ class Relevance:
         >>> parts = rel.breakdown()  # doctest: +SKIP
         >>> parts["ours"].sum((-2, -1))  # how much our pieces matter, per board  # doctest: +SKIP
         """
+        from tensordict import TensorDict  # imported on use: it takes a second to import
+
         planes = self.board_planes
         slots = planes[:, :104].unflatten(1, (8, 13))
         return TensorDict(
