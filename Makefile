@@ -22,7 +22,7 @@ lint: $(STAMP)
 
 # The documentation site, into site/; any warning fails the build. Its examples run in tests/test_docs.py.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test: assets lint docs
 	$(BIN)/python -m pytest -n 2 -q
