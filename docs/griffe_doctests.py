@@ -44,6 +44,7 @@ def _fence_doctests(text: str) -> str:
     section = ""
     in_fence = False
     in_doctest = False
+    indent = ""
     for i, line in enumerate(lines):
         stripped = line.strip()
         heading = i + 1 < len(lines) and stripped and _DASHES.match(lines[i + 1]) and not in_fence
