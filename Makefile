@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_FEN ?= r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3
 
-.PHONY: install assets test lint bench demo clean
+.PHONY: install assets test lint docs bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ assets: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: assets lint
+# The documentation site, into site/; any warning fails the build. Its examples run in tests/test_docs.py.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+test: assets lint docs
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: assets
@@ -31,4 +35,4 @@ demo: assets
 	$(BIN)/lczerolens explain assets/cache/maia-1900.pb.gz "$(DEMO_FEN)" --out demo/heatmap.svg
 
 clean:
-	rm -rf $(VENV) assets/cache demo bench-results
+	rm -rf $(VENV) assets/cache demo bench-results site

@@ -484,7 +484,8 @@ def random_boards(n: int, *, seed: int = 0, min_plies: int = 0, max_plies: int =
 
 
 def __getattr__(name: str) -> Any:
-    # Re-export the attention generator's public names once engineer B2's module exists.
+    # The attention-body generator lives in lczerolens._testing_attention; its public names are served from here
+    # on first use, so `from lczerolens.testing import ...` is the one import for every generated architecture.
     try:
         from lczerolens import _testing_attention
     except ImportError:
