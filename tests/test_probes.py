@@ -77,6 +77,17 @@ def test_logistic_probe_learns_a_multiclass_rule_and_is_deterministic():
     assert 0.4 < noise.score < 0.6
 
 
+def test_balanced_probe_finds_a_rare_class():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4000, 3, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(4000, generator=g) > 2.2).long()  # about 3% positives, noisy
+    plain = fit_probe(x, y, groups=np.arange(4000), l2=1e-4)
+    balanced = fit_probe(x, y, groups=np.arange(4000), l2=1e-4, balanced=True)
+    assert plain.score >= plain.baseline - 0.01
+    assert balanced.balanced_accuracy > plain.balanced_accuracy + 0.1
+    assert balanced.balanced_accuracy > 0.75
+
+
 def test_linear_probe_recovers_weights():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1000, 5, generator=g) * torch.tensor([1.0, 10.0, 0.1, 1.0, 1.0]) + 3
@@ -117,8 +128,10 @@ def test_square_features_put_network_squares_back_on_the_board(boards):
 
 def test_activations_capture_module_outputs_and_remove_hooks(maia, boards):
     names = resolve_modules(maia, ["inputconv", "network.block0/conv2/relu", "block5/*/relu"])
-    assert names == ["inputconv", "block0/conv2/relu", "block5/conv1/relu", "block5/conv2/se/relu",
-                     "block5/conv2/relu"]  # fmt: skip
+    assert names == ["inputconv", "block0/conv2/relu", "block5/conv1/relu", "block5/conv2/relu"]
+    assert resolve_modules(maia, "block5/**/relu") == ["block5/conv1/relu", "block5/conv2/se/relu",
+                                                       "block5/conv2/relu"]  # fmt: skip
+    assert resolve_modules(maia, None) == ["inputconv"] + [f"block{i}/conv2/relu" for i in range(6)]
     acts = _activations(maia, boards[:20], ["inputconv", "block0/conv2/relu"], batch_size=7)
     net = maia.network
     with torch.no_grad():
@@ -176,6 +189,21 @@ def test_probe_layers_rows_with_control_and_selectivity(maia, boards):
     assert both.count("<polyline") == 4
     binary = probe_layers(maia, InCheck(), boards[:60], modules=["inputconv"], control=None)
     assert binary[0]["metric"] == "accuracy" and "control" not in binary[0]
+
+
+def test_attention_net_tokens_are_probed_as_squares(generated_dir):
+    from lczerolens.testing import write_random_net
+
+    net = LczeroModel.from_path(write_random_net(generated_dir / "concepts-attention.pb.gz", "attention", seed=1))
+    names = resolve_modules(net, None)
+    assert names[0] == "attn_body/ln2" and all(n.endswith("/ln2") and "smolgen" not in n for n in names)
+    boards = random_boards(30, seed=5)
+    rows = probe_layers(net, PieceOnSquare(), boards, modules=names[:2], control=net)
+    for r in rows:
+        assert r["n_train"] + r["n_test"] == 64 * len(boards)
+        assert r["selectivity"] == 0.0  # the same net as its own control: the same probe, deterministically
+    with pytest.raises(UnsupportedModelError):
+        control_model(net)
 
 
 # -- channel relevance -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ depends on how the activations are captured.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,15 +29,24 @@ def _network(model: Any) -> torch.nn.Module:
     return getattr(model, "network", model)
 
 
+def _glob(pattern: str) -> re.Pattern[str]:
+    """A module-name glob as a regex: ``*`` matches within one path segment (not ``/``), ``**`` across them,
+    ``?`` one character other than ``/``."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    table = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(table.get(p, re.escape(p)) for p in parts))
+
+
 def module_names(model: Any) -> list[str]:
     """The names of ``model``'s submodules (lc0's node names, e.g. ``"block3/conv2/relu"``), in forward order."""
     return [name for name, _ in _network(model).named_modules() if name]
 
 
 def resolve_modules(model: Any, modules: str | Sequence[str] | None) -> list[str]:
-    """Expand module names and glob patterns (``"block*/conv2/relu"``) against ``model``, keeping the network's
-    order within a pattern; ``None`` gives the defaults of the network's family. A leading ``"network."`` (as in
-    ``LczeroModel.named_modules()``) is accepted and dropped."""
+    """Expand module names and glob patterns (``"block*/conv2/relu"``; ``*`` stays within one ``/`` segment,
+    ``**`` crosses them) against ``model``, keeping the network's order within a pattern; ``None`` gives the
+    defaults of the network's family. A leading ``"network."`` (as in ``LczeroModel.named_modules()``) is
+    accepted and dropped."""
     names = module_names(model)
     if modules is None:
         patterns = RESIDUAL_DEFAULT_MODULES if "inputconv" in names else ATTENTION_DEFAULT_MODULES
@@ -50,7 +59,8 @@ def resolve_modules(model: Any, modules: str | Sequence[str] | None) -> list[str
         if not isinstance(pattern, str):
             raise LensError(f"module names must be strings, got {pattern!r}")
         pattern = pattern.removeprefix("network.")
-        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        regex = _glob(pattern)
+        hits = [n for n in names if regex.fullmatch(n)]
         if not hits:
             sample = ", ".join(names[:12])
             raise LensError(f"no module of the network matches {pattern!r}; its modules start: {sample}, ...")

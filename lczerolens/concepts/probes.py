@@ -115,7 +115,15 @@ def _standardize(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int) -> tuple:
+def _fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, max_iter: int, balanced: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    class_weight = None
+    if balanced:
+        # Each class present weighs as much in the loss as any other (n / (k * count)).
+        counts = torch.bincount(y, minlength=n_classes).to(x.dtype)
+        present = counts > 0
+        class_weight = torch.where(present, counts.sum() / (present.sum() * counts.clamp(min=1)), 0.0)
     weight = torch.zeros(n_classes, x.shape[1], dtype=x.dtype, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=x.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -125,7 +133,7 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, m
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, y) + l2 * (weight * weight).sum()
+        loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weight) + l2 * (weight * weight).sum()
         loss.backward()
         return loss
 
@@ -162,6 +170,7 @@ def fit_probe(
     seed: int = 0,
     n_classes: int | None = None,
     max_iter: int = 200,
+    balanced: bool = False,
 ) -> ProbeResult:
     """Fit a linear probe from ``activations`` to ``labels`` on a split by ``groups``; score it on the held-out
     groups.
@@ -180,6 +189,9 @@ def fit_probe(
     test_fraction, seed : the share of groups held out and the seed that picks them (:func:`split_groups`).
     n_classes : logistic only; default ``labels.max() + 1``.
     max_iter : L-BFGS iterations.
+    balanced : logistic only: weigh classes inversely to their training frequency (for rare classes such as
+        hanging pieces, where always answering "no" already scores a high accuracy); compare
+        ``balanced_accuracy`` then.
 
     Returns
     -------
@@ -219,7 +231,7 @@ def fit_probe(
         k = int(n_classes) if n_classes is not None else int(y.max()) + 1
         if y.min() < 0 or y.max() >= k:
             raise LensError(f"class labels must lie in [0, {k}), got [{int(y.min())}, {int(y.max())}]")
-        w, b = _fit_logistic(xs[train], y[train], k, l2, max_iter)
+        w, b = _fit_logistic(xs[train], y[train], k, l2, max_iter, balanced)
         pred = (xs @ w.T + b).argmax(1)
         correct = pred == y
         majority = int(torch.bincount(y[train], minlength=k).argmax())
@@ -310,8 +322,8 @@ def control_model(model: Any, seed: int = 0) -> Any:
 class ProbeTable(list):
     """The rows of :func:`probe_layers` (a list of dicts), printable as a table and drawable with :meth:`plot`."""
 
-    columns = ("module", "metric", "score", "control", "selectivity", "baseline", "train_score", "n_train",
-               "n_test")  # fmt: skip
+    columns = ("module", "metric", "score", "control", "selectivity", "baseline", "balanced", "control_balanced",
+               "train_score", "n_train", "n_test")  # fmt: skip
 
     def format(self) -> str:
         """A plain-text table (Markdown pipe syntax)."""
@@ -359,6 +371,7 @@ def probe_layers(
     seed: int = 0,
     batch_size: int = 256,
     max_iter: int = 200,
+    balanced: bool = False,
     labels: torch.Tensor | None = None,
 ) -> ProbeTable:
     """Probe ``concept`` at each of ``modules`` of ``model`` and of a random-weight control; one row per module.
@@ -376,13 +389,15 @@ def probe_layers(
         architecture, or ``None`` (no control).
     kind : ``"logistic"`` or ``"linear"``; default from the concept (continuous -> linear).
     features : per-position concepts only: ``"flat"`` (whole activation) or ``"mean"`` (mean over squares).
-    l2, test_fraction, seed, max_iter : as in :func:`fit_probe`.
+    l2, test_fraction, seed, max_iter, balanced : as in :func:`fit_probe`.
+    labels : precomputed labels of ``concept`` for ``boards`` (skips computing them).
 
     Returns
     -------
     ProbeTable
         Rows ``{"module", "metric", "score", "control", "selectivity", "baseline", "train_score", "n_train",
-        "n_test", "result", "control_result"}`` (the last two are the :class:`ProbeResult` objects).
+        "n_test", "result", "control_result"}`` (the last two are the :class:`ProbeResult` objects); logistic
+        probes add ``"balanced"`` and ``"control_balanced"`` (held-out balanced accuracy).
     """
     board_list = as_board_list(boards)
     n = len(board_list)
@@ -411,13 +426,17 @@ def probe_layers(
         for row, name in zip(rows, names, strict=True):
             x, labels_flat = _features_and_labels(acts.pop(name), y, board_list, fmt, features)
             result = fit_probe(x, labels_flat, groups=sample_groups, kind=kind, l2=l2, test_fraction=test_fraction,
-                               seed=seed, n_classes=n_classes, max_iter=max_iter)  # fmt: skip
+                               seed=seed, n_classes=n_classes, max_iter=max_iter, balanced=balanced)  # fmt: skip
             if key == "score":
                 row.update(metric=result.metric, score=result.score, baseline=result.baseline,
                            train_score=result.train_score, n_train=result.n_train, n_test=result.n_test,
                            result=result)  # fmt: skip
+                if result.balanced_accuracy is not None:
+                    row["balanced"] = result.balanced_accuracy
             else:
                 row.update(control=result.score, selectivity=row["score"] - result.score, control_result=result)
+                if result.balanced_accuracy is not None:
+                    row["control_balanced"] = result.balanced_accuracy
     return rows
 
 
