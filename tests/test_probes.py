@@ -24,6 +24,7 @@ from lczerolens.concepts import (
     plot_probe_layers,
     probe_layers,
     reference_positions,
+    relevance_maps_of,
     resolve_modules,
     split_groups,
     square_features,
@@ -271,3 +272,26 @@ def test_reference_positions_from_a_tensor_and_from_a_callable(maia, boards, tmp
         back.render(8)
     with pytest.raises(InputShapeError):
         reference_positions(boards, maps[:10], k=3)
+
+
+def test_reference_positions_by_relevance_through_a_lens(maia, boards):
+    # A stand-in lens whose "relevance" is the activation itself, in the recorded layer's network orientation:
+    # the result must equal the activation-based one.
+    class EchoLens:
+        calls = 0
+
+        def relevance(self, model, boards, target=None, record=()):
+            EchoLens.calls += 1
+            assert target is None and record == ("block3/conv2/relu",)
+            layers = _activations(model, boards, list(record))
+            return _FakeRelevance(n=len(boards), layers=layers)
+
+    by_relevance = reference_positions(boards, relevance_maps_of(EchoLens(), maia, "block3/conv2/relu"), k=3,
+                                       batch_size=40)  # fmt: skip
+    by_activation = reference_positions(boards, activation_maps_of(maia, "block3/conv2/relu"), k=3)
+    assert EchoLens.calls == 3
+    assert np.array_equal(by_relevance.indices, by_activation.indices)
+    assert np.array_equal(by_relevance.squares, by_activation.squares)
+    assert by_relevance.meta["module"] == "block3/conv2/relu"
+    with pytest.raises(LensError, match="one target"):
+        relevance_maps_of(EchoLens(), maia, "block3/conv2/relu", target=["e2e4"])

@@ -38,6 +38,7 @@ from lczerolens.concepts.channels import (
     activation_maps_of,
     channel_relevance,
     reference_positions,
+    relevance_maps_of,
 )
 from lczerolens.concepts.probes import (
     ProbeResult,
@@ -75,6 +76,7 @@ __all__ = [
     "plot_probe_layers",
     "probe_layers",
     "reference_positions",
+    "relevance_maps_of",
     "resolve_modules",
     "split_groups",
     "square_features",

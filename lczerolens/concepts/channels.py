@@ -28,7 +28,7 @@ from lczerolens.concepts.activations import _activations, activation_maps, resol
 from lczerolens.concepts.base import as_board_list
 from lczerolens.errors import InputShapeError, LensError
 
-__all__ = ["channel_relevance", "activation_maps_of", "reference_positions", "ReferencePositions"]
+__all__ = ["channel_relevance", "activation_maps_of", "relevance_maps_of", "reference_positions", "ReferencePositions"]
 
 _FORMAT = "lczerolens.reference_positions/1"
 
@@ -79,6 +79,41 @@ def activation_maps_of(model: Any, module: str, batch_size: int = 256) -> Callab
     def maps(boards: list[chess.Board]) -> torch.Tensor:
         act = _activations(model, boards, [name], batch_size)[name]
         return activation_maps(act, boards, fmt)
+
+    maps.module = name  # type: ignore[attr-defined]
+    return maps
+
+
+def relevance_maps_of(
+    lens: Any, model: Any, module: str, target: Any = None, **options: Any
+) -> Callable[[list[chess.Board]], torch.Tensor]:
+    """A callable ``boards -> [N, C, 64]``: the latent relevance of ``module``'s output per channel, in board
+    orientation (for :func:`reference_positions` by relevance).
+
+    Calls ``lens.relevance(model, boards, target=target, record=(module,), **options)`` and reads
+    ``rel.layers[module]`` (network orientation, the module's activation shape), moving squares to the board as
+    :func:`~lczerolens.concepts.activation_maps` does. ``target`` is one target for every board, as the lens
+    reads it (``None``: each board's top legal move; ``"value"``, ``"win"``, ...).
+
+    Example
+    -------
+    >>> maps = relevance_maps_of(LrpLens(), model, "block3/conv2/relu")  # doctest: +SKIP
+    >>> refs = reference_positions(boards, maps, k=6, reduce="sum")  # doctest: +SKIP
+    """
+    names = resolve_modules(model, [module])
+    if len(names) != 1:
+        raise LensError(f"{module!r} matches {len(names)} modules ({names[:4]}...); name one module")
+    name = names[0]
+    fmt = getattr(model, "input_format", 1)
+    if isinstance(target, (list, tuple)):
+        raise LensError("relevance_maps_of takes one target for all boards (None, 'value', ...), not a list")
+
+    def maps(boards: list[chess.Board]) -> torch.Tensor:
+        rel = lens.relevance(model, boards, target=target, record=(name,), **options)
+        layer = rel.layers[name]
+        if layer.ndim == 2 and layer.shape[0] == len(boards) * 64:
+            layer = layer.reshape(len(boards), 64, layer.shape[1])
+        return activation_maps(layer.detach().to("cpu", torch.float32), boards, fmt)
 
     maps.module = name  # type: ignore[attr-defined]
     return maps
