@@ -186,3 +186,13 @@ def test_best_move_is_the_networks_top_legal_move(maia_pb_path):
         move = ev.best_move
         assert labels[i, move.from_square] == 1 and labels[i, move.to_square] == 2, b.fen()
         assert int((labels[i] > 0).sum()) == 2
+
+
+@pytest.mark.parametrize("name", ["base", "builtin", "probes", "channels", "activations"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"lczerolens.concepts.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
