@@ -472,7 +472,16 @@ def plot_probe_layers(
               if v is not None and math.isfinite(v)]  # fmt: skip
     lo = min(0.0, min(values))
     hi = max(1.0, max(values))
-    left, right, top, bottom = 56.0, 150.0, 34.0, 86.0
+    # Room for the rotated layer names (about 6.2 px per character at 11 px, tilted 40 degrees) and the legend.
+    char = 6.2
+    longest = max(len(m) for m in modules)
+    legend_chars = max(len((label + " " if label else "") + "(trained)") for label in series)
+    left = max(56.0, len(modules[0]) * char * 0.77 + 8)
+    bottom = max(40.0, longest * char * 0.64 + 24)
+    right = legend_chars * char + 50
+    top = 34.0
+    width = max(width, left + right + 60 * max(1, len(modules) - 1))
+    height = max(height, top + bottom + 160)
     pw, ph = width - left - right, height - top - bottom
     xs = [left + (pw * i / max(1, len(modules) - 1) if len(modules) > 1 else pw / 2) for i in range(len(modules))]
 
