@@ -190,6 +190,10 @@ def test_probe_layers_rows_with_control_and_selectivity(maia, boards):
     assert both.count("<polyline") == 4
     binary = probe_layers(maia, InCheck(), boards[:60], modules=["inputconv"], control=None)
     assert binary[0]["metric"] == "accuracy" and "control" not in binary[0]
+    weighted = probe_layers(maia, InCheck(), boards[:60], modules=["inputconv"], control=maia, balanced=True)
+    row = weighted[0]
+    assert row["metric"] == "balanced_accuracy" and row["score"] == row["balanced"] == row["control"]
+    assert row["baseline"] == 0.5 and row["selectivity"] == 0.0
 
 
 def test_attention_net_tokens_are_probed_as_squares(generated_dir):

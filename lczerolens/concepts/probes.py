@@ -62,7 +62,8 @@ class ProbeResult:
     baseline : what predicting without the activations scores on the held-out samples: the accuracy of always
         answering the training set's most frequent class (logistic), 0 for R^2 (predicting the training mean
         scores about 0).
-    balanced_accuracy : held-out mean of per-class recall over the classes present there (logistic only).
+    balanced_accuracy : held-out mean of per-class recall over the classes present there (logistic only);
+        ``chance`` = 1 / the number of those classes, what a constant answer scores on it.
     weight, bias : the probe in the raw feature units: ``logits = x @ weight.T + bias`` (``[K, D]``, ``[K]``;
         K classes for logistic, K targets for linear).
     n_train, n_test : samples on each side; ``test_groups``: the held-out group ids.
@@ -78,6 +79,7 @@ class ProbeResult:
     n_train: int = 0
     n_test: int = 0
     balanced_accuracy: float | None = None
+    chance: float | None = None
     test_groups: np.ndarray | None = field(default=None, repr=False)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -239,7 +241,7 @@ def fit_probe(
         result = dict(metric="accuracy", score=correct[test].float().mean().item(),
                       train_score=correct[train].float().mean().item(),
                       baseline=(y[test] == majority).float().mean().item(),
-                      balanced_accuracy=float(np.mean(recalls)))  # fmt: skip
+                      balanced_accuracy=float(np.mean(recalls)), chance=1.0 / len(recalls))  # fmt: skip
     else:
         y = y.to(torch.float32)
         y2 = y[:, None] if y.ndim == 1 else y
@@ -322,7 +324,7 @@ def control_model(model: Any, seed: int = 0) -> Any:
 class ProbeTable(list):
     """The rows of :func:`probe_layers` (a list of dicts), printable as a table and drawable with :meth:`plot`."""
 
-    columns = ("module", "metric", "score", "control", "selectivity", "baseline", "balanced", "control_balanced",
+    columns = ("module", "metric", "score", "control", "selectivity", "baseline", "accuracy", "balanced",
                "train_score", "n_train", "n_test")  # fmt: skip
 
     def format(self) -> str:
@@ -397,7 +399,9 @@ def probe_layers(
     ProbeTable
         Rows ``{"module", "metric", "score", "control", "selectivity", "baseline", "train_score", "n_train",
         "n_test", "result", "control_result"}`` (the last two are the :class:`ProbeResult` objects); logistic
-        probes add ``"balanced"`` and ``"control_balanced"`` (held-out balanced accuracy).
+        probes add ``"accuracy"`` and ``"balanced"`` (held-out accuracy and balanced accuracy). ``score`` is
+        the held-out accuracy, R^2 for linear probes, or the balanced accuracy with ``balanced=True`` (then
+        ``baseline`` is chance, 1 / classes); ``control`` and ``selectivity`` use the same metric.
     """
     board_list = as_board_list(boards)
     n = len(board_list)
@@ -427,16 +431,18 @@ def probe_layers(
             x, labels_flat = _features_and_labels(acts.pop(name), y, board_list, fmt, features)
             result = fit_probe(x, labels_flat, groups=sample_groups, kind=kind, l2=l2, test_fraction=test_fraction,
                                seed=seed, n_classes=n_classes, max_iter=max_iter, balanced=balanced)  # fmt: skip
+            # With class weights the probe trades accuracy for recall of the rare classes: score it by the
+            # balanced accuracy then (chance = 1 / number of classes), so selectivity compares like with like.
+            score = result.balanced_accuracy if balanced and kind == "logistic" else result.score
             if key == "score":
-                row.update(metric=result.metric, score=result.score, baseline=result.baseline,
-                           train_score=result.train_score, n_train=result.n_train, n_test=result.n_test,
-                           result=result)  # fmt: skip
+                row.update(metric="balanced_accuracy" if balanced and kind == "logistic" else result.metric,
+                           score=score, train_score=result.train_score, n_train=result.n_train,
+                           n_test=result.n_test, result=result)  # fmt: skip
+                row["baseline"] = result.chance if balanced and kind == "logistic" else result.baseline
                 if result.balanced_accuracy is not None:
-                    row["balanced"] = result.balanced_accuracy
+                    row.update(accuracy=result.score, balanced=result.balanced_accuracy)
             else:
-                row.update(control=result.score, selectivity=row["score"] - result.score, control_result=result)
-                if result.balanced_accuracy is not None:
-                    row["control_balanced"] = result.balanced_accuracy
+                row.update(control=score, selectivity=row["score"] - score, control_result=result)
     return rows
 
 
