@@ -500,7 +500,7 @@ def plot_probe_layers(
              f'<rect x="0" y="0" width="{width:g}" height="{height:g}" fill="white"/>']  # fmt: skip
     if title:
         parts.append(f'<text x="{left:g}" y="18" font-size="13">{_esc(title)}</text>')
-    metric = next(iter(series.values()))[0].get("metric", "score")
+    metric = " / ".join(dict.fromkeys(str(t[0].get("metric", "score")) for t in series.values()))
     for k in range(6):
         v = lo + (hi - lo) * k / 5
         y = ypos(v)
