@@ -63,7 +63,8 @@ class ProbeResult:
         answering the training set's most frequent class (logistic), 0 for R^2 (predicting the training mean
         scores about 0).
     balanced_accuracy : held-out mean of per-class recall over the classes present there (logistic only);
-        ``chance`` = 1 / the number of those classes, what a constant answer scores on it.
+        ``chance`` = 1 / the number of those classes, what a constant answer scores on it;
+        ``train_balanced_accuracy`` the same on the training samples.
     weight, bias : the probe in the raw feature units: ``logits = x @ weight.T + bias`` (``[K, D]``, ``[K]``;
         K classes for logistic, K targets for linear).
     n_train, n_test : samples on each side; ``test_groups``: the held-out group ids.
@@ -80,6 +81,7 @@ class ProbeResult:
     n_test: int = 0
     balanced_accuracy: float | None = None
     chance: float | None = None
+    train_balanced_accuracy: float | None = None
     test_groups: np.ndarray | None = field(default=None, repr=False)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
@@ -238,10 +240,12 @@ def fit_probe(
         correct = pred == y
         majority = int(torch.bincount(y[train], minlength=k).argmax())
         recalls = [correct[test & (y == c)].float().mean().item() for c in range(k) if (y[test] == c).any()]
+        train_recalls = [correct[train & (y == c)].float().mean().item() for c in range(k) if (y[train] == c).any()]
         result = dict(metric="accuracy", score=correct[test].float().mean().item(),
                       train_score=correct[train].float().mean().item(),
                       baseline=(y[test] == majority).float().mean().item(),
-                      balanced_accuracy=float(np.mean(recalls)), chance=1.0 / len(recalls))  # fmt: skip
+                      balanced_accuracy=float(np.mean(recalls)), chance=1.0 / len(recalls),
+                      train_balanced_accuracy=float(np.mean(train_recalls)))  # fmt: skip
     else:
         y = y.to(torch.float32)
         y2 = y[:, None] if y.ndim == 1 else y
@@ -436,9 +440,11 @@ def probe_layers(
             score = result.balanced_accuracy if balanced and kind == "logistic" else result.score
             if key == "score":
                 row.update(metric="balanced_accuracy" if balanced and kind == "logistic" else result.metric,
-                           score=score, train_score=result.train_score, n_train=result.n_train,
+                           score=score, n_train=result.n_train,
                            n_test=result.n_test, result=result)  # fmt: skip
-                row["baseline"] = result.chance if balanced and kind == "logistic" else result.baseline
+                weighted = balanced and kind == "logistic"
+                row["baseline"] = result.chance if weighted else result.baseline
+                row["train_score"] = result.train_balanced_accuracy if weighted else result.train_score
                 if result.balanced_accuracy is not None:
                     row.update(accuracy=result.score, balanced=result.balanced_accuracy)
             else:
