@@ -170,6 +170,14 @@ def test_control_model_has_the_architecture_and_other_weights(maia):
         control_model(torch.nn.Linear(2, 2))
 
 
+def test_control_spec_is_read_the_same_from_weights_and_onnx(maia, maia_onnx_path):
+    from lczerolens.concepts.probes import _residual_spec
+
+    spec = _residual_spec(maia)
+    assert spec == _residual_spec(LczeroModel.from_path(maia_onnx_path))
+    assert (spec["blocks"], spec["filters"], spec["se_channels"], spec["policy"]) == (6, 64, 8, "conv")
+
+
 def test_probe_layers_rows_with_control_and_selectivity(maia, boards):
     groups = np.arange(len(boards)) // 3
     rows = probe_layers(maia, MaterialBalance(), boards, modules=["inputconv", "block1/conv2/relu"],

@@ -25,6 +25,7 @@ Example
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -264,38 +265,55 @@ def fit_probe(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _residual_spec(network: torch.nn.Module) -> dict[str, Any]:
+def _residual_spec(model: Any) -> dict[str, Any]:
+    """The :func:`lczerolens.testing.random_net` spec of a residual net, read off its module names and the output
+    shapes of one forward pass (so it works the same for natively loaded weights and ONNX exports)."""
+    from lczerolens.board import LczeroBoard
+
+    network = getattr(model, "network", model)
     modules = dict(network.named_modules())
-    blocks = sum(1 for name in modules if name.endswith("/conv1") and name.startswith("block"))
+    names = list(modules)
+    wanted = [n for n in ("inputconv", "block0/conv2/se/relu", "policy/conv/relu", "value/conv/relu",
+                          "value/dense1/relu", "mlh/conv/relu", "mlh/dense1/relu") if n in modules]  # fmt: skip
+    shapes = {name: tuple(t.shape) for name, t in _activations(model, [LczeroBoard()], wanted).items()}
+    heads = tuple(getattr(model, "heads", ()) or getattr(network, "heads", ()))
+    act = next((n.rsplit("/", 1)[1] for n in names if n.startswith("inputconv/")), "relu")
+    if "policy/conv2" in modules:
+        policy = "conv"
+    elif "policy/conv/relu" in modules:
+        policy = "classical"
+    else:
+        policy = "attention"
     spec: dict[str, Any] = {
-        "input_format": int(getattr(network, "input_format", 1)),
-        "blocks": blocks,
-        "filters": modules["inputconv"].out_channels,
-        "se": "block0/conv2/se/matmul1" in modules,
-        "activation": getattr(network, "activation", "relu"),
-        "value": "wdl" if getattr(network, "wdl", True) else "value",
-        "moves_left": bool(getattr(network, "has_mlh", False)),
+        "input_format": int(getattr(model, "input_format", getattr(network, "input_format", 1))),
+        "blocks": sum(1 for n in names if re.fullmatch(r"block\d+/conv1", n)),
+        "filters": shapes["inputconv"][1],
+        "se": "block0/conv2/se/relu" in shapes,
+        "activation": act if act in ("relu", "mish") else "relu",
+        "value": "wdl" if "wdl" in heads or not heads else "value",
+        "moves_left": "mlh" in heads,
+        "policy": policy,
     }
     if spec["se"]:
-        spec["se_channels"] = modules["block0/conv2/se/matmul1"].out_features
-    policy = getattr(network, "policy_kind", "conv")
-    spec["policy"] = policy
-    if policy == "classical" and "policy/conv" in modules:
-        spec["policy_channels"] = modules["policy/conv"].out_channels
-    if "value/conv" in modules:
-        spec["value_channels"] = modules["value/conv"].out_channels
-        spec["value_hidden"] = modules["value/dense1"].out_features
-    if spec["moves_left"] and "mlh/conv" in modules:
-        spec["mlh_channels"] = modules["mlh/conv"].out_channels
-        spec["mlh_hidden"] = modules["mlh/dense1"].out_features
+        spec["se_channels"] = shapes["block0/conv2/se/relu"][-1]
+    if policy == "classical":
+        spec["policy_channels"] = shapes["policy/conv/relu"][1]
+    if "value/conv/relu" in shapes:
+        spec["value_channels"] = shapes["value/conv/relu"][1]
+    if "value/dense1/relu" in shapes:
+        spec["value_hidden"] = shapes["value/dense1/relu"][-1]
+    if spec["moves_left"] and "mlh/conv/relu" in shapes:
+        spec["mlh_channels"] = shapes["mlh/conv/relu"][1]
+        spec["mlh_hidden"] = shapes["mlh/dense1/relu"][-1]
     return spec
 
 
 def control_model(model: Any, seed: int = 0) -> Any:
     """A network with ``model``'s architecture and random weights, from :func:`lczerolens.testing.random_net`.
 
-    Supports residual (SE-)ResNets (blocks, filters, squeeze-excitation width, heads, activation and input
-    format are read off ``model``). Written to a temporary lc0 file and loaded with
+    Supports residual (SE-)ResNets, loaded from lc0 weights or from an ONNX export (blocks, filters,
+    squeeze-excitation width, heads, activation and input format are read off ``model``'s module names and the
+    output shapes of one forward pass). Written to a temporary lc0 file and loaded with
     :meth:`~lczerolens.LczeroModel.from_path`, so it goes through the same loader as a real net. The random
     weights are calibrated (see :mod:`lczerolens.testing`): batch norms fitted to plausible inputs, so
     activations keep their scale through the blocks.
@@ -314,7 +332,7 @@ def control_model(model: Any, seed: int = 0) -> Any:
             "control_model builds residual nets only; for other nets pass control=<an LczeroModel with random "
             "weights of the same shape> (e.g. from lczerolens.testing.write_random_net('x.pb.gz', 'attention', ...))"
         )
-    spec = _residual_spec(network)
+    spec = _residual_spec(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_random_net(Path(tmp) / "control.pb.gz", "residual", seed=seed, **spec)
         return LczeroModel.from_path(path)
