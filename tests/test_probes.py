@@ -106,6 +106,8 @@ def test_fit_probe_errors():
         fit_probe(x, y, groups=np.arange(10), kind="svm")
     with pytest.raises(InputShapeError, match="one row per sample"):
         fit_probe(x, y[:5], groups=np.arange(10))
+    with pytest.raises(InputShapeError, match="square_features"):
+        fit_probe(torch.randn(4, 3, 8, 8), torch.zeros(4, 64, dtype=torch.long), groups=np.arange(4))
     with pytest.raises(LensError, match="non-finite"):
         fit_probe(x * float("nan"), y, groups=np.arange(10))
 

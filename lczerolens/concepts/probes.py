@@ -232,7 +232,12 @@ def fit_probe(
     if kind == "logistic":
         y = y.long()
         if y.ndim != 1:
-            raise InputShapeError(f"logistic probes take class labels [M], got shape {tuple(y.shape)}")
+            hint = ""
+            if y.ndim == 2 and y.shape[1] == 64:
+                hint = ("; for per-square labels [N, 64] make one sample per square: "
+                        "square_features(activation, boards, input_format).reshape(-1, C), labels.reshape(-1), "
+                        "groups repeated 64 times (np.repeat(groups, 64)), or use probe_layers")  # fmt: skip
+            raise InputShapeError(f"logistic probes take class labels [M], got shape {tuple(y.shape)}{hint}")
         k = int(n_classes) if n_classes is not None else int(y.max()) + 1
         if y.min() < 0 or y.max() >= k:
             raise LensError(f"class labels must lie in [0, {k}), got [{int(y.min())}, {int(y.max())}]")
