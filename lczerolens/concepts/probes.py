@@ -174,7 +174,7 @@ def fit_probe(
     test_fraction: float = 0.2,
     seed: int = 0,
     n_classes: int | None = None,
-    max_iter: int = 200,
+    max_iter: int = 100,
     balanced: bool = False,
 ) -> ProbeResult:
     """Fit a linear probe from ``activations`` to ``labels`` on a split by ``groups``; score it on the held-out
@@ -399,7 +399,7 @@ def probe_layers(
     test_fraction: float = 0.2,
     seed: int = 0,
     batch_size: int = 256,
-    max_iter: int = 200,
+    max_iter: int = 100,
     balanced: bool = False,
     labels: torch.Tensor | None = None,
 ) -> ProbeTable:
