@@ -309,3 +309,36 @@ def test_reference_positions_by_relevance_through_a_lens(maia, boards):
     assert by_relevance.meta["module"] == "block3/conv2/relu"
     with pytest.raises(LensError, match="one target"):
         relevance_maps_of(EchoLens(), maia, "block3/conv2/relu", target=["e2e4"])
+
+
+def test_channel_relevance_of_a_real_lrp_record_is_each_channels_conditional_total(maia_pb_path, boards):
+    """Where the rules conserve (no biases, CP, float64), a channel's relevance at a block's output is the total
+    of the input map conditioned on that channel."""
+    from lczerolens.lenses import LrpLens
+    from lczerolens.model.native import load_pb
+
+    net = load_pb(maia_pb_path).double()
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+    layer = "block3/conv2/relu"
+    lens = LrpLens(epsilon=1e-12, softmax="cp")
+    rel = lens.relevance(net, boards[:2], None, record=layer)
+    per_channel = channel_relevance(rel, layer)
+    assert per_channel.shape == (2, 64)
+    torch.testing.assert_close(per_channel.sum(1), rel.layers[layer].sum(dim=(1, 2, 3)))
+    cond = lens.relevance(net, boards[:2], rel.policy_indices.tolist(), condition=[{layer: [c]} for c in range(64)])
+    totals = cond.planes.flatten(1).sum(1).unflatten(0, (2, 64))
+    torch.testing.assert_close(totals, per_channel, rtol=1e-7, atol=1e-9)
+
+
+def test_reference_positions_by_real_lrp_relevance(maia, boards):
+    from lczerolens.lenses import LrpLens
+
+    layer = "block2/conv2/relu"
+    refs = reference_positions(boards[:40], relevance_maps_of(LrpLens(), maia, layer), k=3, channels=[5], batch_size=16)
+    rel = LrpLens().relevance(maia, boards[:40], None, record=layer)
+    maps = torch.stack([b.network_to_board(m) for b, m in zip(boards[:40], rel.layers[layer], strict=True)])
+    best = maps[:, 5].flatten(1).amax(1).topk(3).indices.tolist()
+    assert refs.indices[0].tolist() == best
