@@ -306,7 +306,6 @@ class OcclusionLens(AttributionLens):
         rows: slice,
         **options: Any,
     ) -> Relevance:
-        from lczerolens.board import encode_boards
         from lczerolens.metrics import removable_squares, remove_pieces
 
         n = len(boards)
@@ -318,23 +317,17 @@ class OcclusionLens(AttributionLens):
                 changed.append(remove_pieces(board, [square]))
                 owner.append(i)
                 where.append(square)
-        every = originals + changed
         dtype, device = param_like(network)
-        outputs: list[dict[str, torch.Tensor]] = []
-        with torch.no_grad():
-            for start in range(0, len(every), MAX_ROWS):
-                x = encode_boards(every[start : start + MAX_ROWS], input_format).to(dtype=dtype, device=device)
-                outputs.append(outputs_dict(network(x)))
-        joined = {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
-        first = {k: v[:n] for k, v in joined.items()}
+        # The positions, then all their removals, each in passes of at most MAX_ROWS boards.
+        first = _forward_all(network, originals, input_format, dtype, device)
         _, _, values, indices = select_output(first, target.kind, target.indices, legal)
-        rest = {k: v[n:] for k, v in joined.items()}
         scores = torch.zeros(n, 64, dtype=torch.float64)
         if changed:
             owners = torch.tensor(owner, dtype=torch.long)
             index = None
             if target.kind == "policy":
                 index = _follow_move(originals, changed, owner, indices, input_format)
+            rest = _forward_all(network, changed, input_format, dtype, device)
             _, _, removed, _ = select_output(rest, target.kind, index, None)
             drop = values.to(torch.float64).cpu()[owners] - removed.to(torch.float64).cpu()
             scores[owners, torch.tensor(where, dtype=torch.long)] = drop
@@ -348,6 +341,20 @@ class OcclusionLens(AttributionLens):
             squares=scores.reshape(n, 8, 8),
             method=self.method_name,
         )
+
+
+def _forward_all(network: nn.Module, boards: list, input_format: Any, dtype, device) -> dict[str, torch.Tensor]:
+    """The network's outputs on ``boards``, in passes of at most :data:`MAX_ROWS` boards, joined."""
+    from lczerolens.board import encode_boards
+
+    outputs: list[dict[str, torch.Tensor]] = []
+    with torch.no_grad():
+        for start in range(0, len(boards), MAX_ROWS):
+            x = encode_boards(boards[start : start + MAX_ROWS], input_format).to(dtype=dtype, device=device)
+            outputs.append(outputs_dict(network(x)))
+    if len(outputs) == 1:
+        return outputs[0]
+    return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
 
 
 def _follow_move(originals: list, changed: list, owner: list[int], indices: torch.Tensor, input_format: Any):
