@@ -13,14 +13,21 @@ On maia-1900 (``assets/cache/maia-1900.pb.gz``), with real positions (:mod:`lcze
   forward at batch 64 (the size of each of its passes).
 
 Every time is a median of wall and CPU time (``time.process_time``, all threads), the functions interleaved round
-after round; on a machine shared with other work the CPU-time ratios are the steadier comparison. Recording
-every module keeps 58 activations alive per call, so each call writes to fresh memory instead of reusing a few
-buffers: with glibc's default trimming that costs page faults, which the plain forward does not pay.
+after round; on a machine shared with other work the CPU-time ratios are the steadier comparison.
+
+Recording every module keeps 58 activations alive per call, so each call writes to fresh memory instead of
+reusing a few buffers; with glibc's default settings that memory goes back to the system after each call and
+comes back as page faults on the next, which the plain forward does not pay. The activation comparison is
+therefore run twice: with the allocator as it is, then (last, since it changes the process for good) after
+``mallopt`` keeps freed memory (``M_TRIM_THRESHOLD`` 2 GiB, ``M_MMAP_THRESHOLD`` 32 MiB; the same as starting
+Python with ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` set), on glibc only.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,7 +47,21 @@ def _ratio(times: dict[str, dict[str, float]], top: str, bottom: str) -> dict[st
     }
 
 
-def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
+def _keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the system (process-wide; False if not glibc)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        # glibc caps the mmap threshold at 32 MiB on 64-bit systems; the trim threshold is a C int.
+        return bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
+    except (OSError, AttributeError):
+        return False
+
+
+def run(quick: bool = False, threads: int | None = 2, tune_malloc: bool = True) -> dict[str, Any]:
     """Time the activation, integrated-gradients and patching lenses on maia-1900."""
     from lczerolens.board import LczeroBoard, encode_boards
     from lczerolens.lenses import ActivationLens, GradientLens, PatchingLens, corrupt
@@ -65,20 +86,19 @@ def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
             with torch.no_grad():  # as the lens runs (inference tensors could not feed a trained probe)
                 return network(planes)
 
-        times = interleaved_times(
-            {
-                "forward": forward,
-                "activations": lambda: every.activations(model, boards, planes=planes),
-            },
-            rounds,
-        )
-        ratio = _ratio(times, "activations", "forward")
-        results[f"activations of all {modules} modules, batch 64"] = {
-            **{f"{name} ({unit})": value for name, t in times.items() for unit, value in t.items()},
-            "activations / forward (wall)": ratio["wall"],
-            "activations / forward (cpu)": ratio["cpu"],
-            "within 1.2x (cpu)": ratio["cpu"] <= 1.2,
-        }
+        def activations() -> dict[str, Any]:
+            times = interleaved_times(
+                {"forward": forward, "activations": lambda: every.activations(model, boards, planes=planes)}, rounds
+            )
+            ratio = _ratio(times, "activations", "forward")
+            return {
+                **{f"{name} ({unit})": value for name, t in times.items() for unit, value in t.items()},
+                "activations / forward (wall)": ratio["wall"],
+                "activations / forward (cpu)": ratio["cpu"],
+                "within 1.2x (cpu)": ratio["cpu"] <= 1.2,
+            }
+
+        results[f"activations of all {modules} modules, batch 64"] = activations()
 
         gradient = GradientLens("gradient")
         integrated = GradientLens("integrated_gradients", steps=32)
@@ -133,6 +153,8 @@ def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
             "forward batch 64 (cpu ms)": times["forward (batch 64)"]["cpu ms"],
             "sweep / forward batch 64 (cpu)": times["sweep"]["cpu ms"] / times["forward (batch 64)"]["cpu ms"],
         }
+        if tune_malloc and _keep_freed_memory():
+            results[f"activations of all {modules} modules, batch 64, freed memory kept (mallopt)"] = activations()
         return results
     finally:
         torch.set_num_threads(previous)
@@ -153,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="skip the run with mallopt")
     args = parser.parse_args(argv)
-    _print(run(quick=args.quick, threads=args.threads))
+    _print(run(quick=args.quick, threads=args.threads, tune_malloc=not args.no_malloc_tuning))
     return 0
 
 
