@@ -128,7 +128,35 @@ def test_attention_tokens_per_square(generated_dir, lc0_binary):
         by_hand = hooked_patch(model, clean, bad, "encoder0/ln2", chess.F3, value_of) - f_bad
         assert float(effect["encoder0/ln2"][0, chess.F3]) == pytest.approx(by_hand, abs=1e-5)
         results.append(effect["encoder0/ln2"])
+        # Per head: the softmax weights of one head taken from the clean run.
+        heads = PatchingLens("encoder1/mha/QK/softmax").patch(model, clean, bad, target="value", per_head=True)
+        assert heads["encoder1/mha/QK/softmax"].shape == (1, 2)
+        for head in range(2):
+            by_hand = hooked_head(model, clean, bad, "encoder1/mha/QK/softmax", head, value_of) - f_bad
+            assert float(heads["encoder1/mha/QK/softmax"][0, head]) == pytest.approx(by_hand, abs=1e-5)
+        with pytest.raises(LensError, match="per_head=True needs an attention module"):
+            PatchingLens("encoder0/ln2").patch(model, clean, bad, per_head=True)
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=0)
+
+
+def hooked_head(model, clean, bad, name, head, read):
+    """One head of ``name``'s ``[N, heads, 64, 64]`` output patched by a hook on a private deep copy."""
+    net = copy.deepcopy(model.network)
+    module = dict(net.named_modules())[name]
+    stored = {}
+    handle = module.register_forward_hook(lambda m, i, o: stored.__setitem__("v", o))
+    with torch.no_grad():
+        net(encode_boards([clean], 1))
+    handle.remove()
+
+    def replace(m, i, o):
+        o = o.clone()
+        o[:, head] = stored["v"][:, head]
+        return o
+
+    module.register_forward_hook(replace)
+    with torch.no_grad():
+        return float(read(net(encode_boards([bad], 1)))[0])
 
 
 class Counting(nn.Module):

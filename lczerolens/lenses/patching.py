@@ -147,6 +147,7 @@ class PatchingLens:
         target: TargetLike = None,
         *,
         per_square: bool = False,
+        per_head: bool = False,
         batch_size: int | None = None,
         progress: bool = False,
     ) -> TensorDict:
@@ -165,6 +166,10 @@ class PatchingLens:
             at a time (dimension ``8, 8`` of a convolution's output, the token of an attention body), values
             ``[N, 64]`` indexed by python-chess square (board orientation of the corrupted board); all 64
             patched runs of a module go through the network as one batch.
+        per_head : bool
+            For attention modules whose output is ``[N, heads, 64, ...]`` (the softmax weights
+            ``"encoder*/mha/QK/softmax"``, the per-head values ``"encoder*/mha/QKV/matmul"``): one head at a time,
+            values ``[N, heads]``, all heads of a module in one batch.
         batch_size : int, optional
             At most this many position pairs per pass (``64 * batch_size`` boards with ``per_square``).
         progress : bool
@@ -190,11 +195,13 @@ class PatchingLens:
         check_head(parsed.kind, network)
         size = check_batch_size(batch_size)
         names = match_modules(network, self.modules)
+        if per_square and per_head:
+            raise LensError("choose per_square=True or per_head=True, not both")
         parts = []
         for rows in chunks(n, size, progress, desc="PatchingLens"):
             parts.append(
                 self._patch(network, input_format, clean_list[rows], corrupted_list[rows], parsed[rows], names,
-                            per_square)
+                            per_square, per_head)
             )  # fmt: skip
         values = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return TensorDict(values, batch_size=[n])
@@ -224,7 +231,9 @@ class PatchingLens:
             )
         return outputs
 
-    def _patch(self, network, input_format, clean, corrupted, target, names, per_square) -> dict[str, torch.Tensor]:
+    def _patch(
+        self, network, input_format, clean, corrupted, target, names, per_square, per_head
+    ) -> dict[str, torch.Tensor]:
         from lczerolens.board import encode_boards
 
         dtype, device = param_like(network)
@@ -241,46 +250,75 @@ class PatchingLens:
                 if name not in store:
                     raise LensError(f"module {name!r} did not run (or gave no tensor) on the clean boards")
                 value = store[name]
-                if not per_square:
+                if not (per_square or per_head):
                     patched, _ = run_with(network, x_bad, replace={name: lambda o, v=value, m=name: _same(o, v, m)})
                     out[name] = _read(patched, target.kind, indices) - f_bad
                     continue
-                out[name] = self._per_square(network, input_format, x_bad, corrupted, value, name, target.kind,
-                                             indices, f_bad)  # fmt: skip
+                out[name] = self._sweep(network, input_format, x_bad, corrupted, value, name, target.kind,
+                                        indices, f_bad, "square" if per_square else "head")  # fmt: skip
         return out
 
-    def _per_square(self, network, input_format, x_bad, corrupted, value, name, kind, indices, f_bad):
-        from lczerolens.lenses.attention import network_squares
-
+    def _sweep(self, network, input_format, x_bad, corrupted, value, name, kind, indices, f_bad, unit):
+        """Patch one unit (square or head) at a time; all units of a module in passes of at most MAX_ROWS rows."""
         n = x_bad.shape[0]
         clean_bf = batch_first(value, n)
-        layout = _square_layout(clean_bf, name)
-        # net_square[i, s]: where board square s of corrupted board i sits in the network's orientation.
-        net_square = network_squares(corrupted, input_format)
+        if unit == "square":
+            units, select = 64, _square_selector(clean_bf, name, corrupted, input_format)
+        else:
+            units, select = _head_count(clean_bf, name), _select_heads
         per_pass = max(1, MAX_ROWS // n)
-        effect = torch.empty(n, 64, dtype=torch.float64)
-        for start in range(0, 64, per_pass):
-            squares = torch.arange(start, min(start + per_pass, 64))
-            k = len(squares)
-            # Rows j * n + i: board i with board square squares[j] patched.
-            mask = torch.zeros(k, n, 64, dtype=torch.bool)
-            mask[torch.arange(k)[:, None], torch.arange(n)[None, :], net_square[:, squares].T] = True
-            mask = mask.reshape(k * n, 64).to(value.device)
+        effect = torch.empty(n, units, dtype=torch.float64)
+        for start in range(0, units, per_pass):
+            chosen = torch.arange(start, min(start + per_pass, units))
+            k = len(chosen)
+            # Rows j * n + i: board i with unit chosen[j] patched.
+            mask = select(chosen, n, clean_bf).to(value.device)
 
             def change(o: torch.Tensor, k=k, mask=mask) -> torch.Tensor:
                 o_bf = batch_first(o, k * n)
                 source = clean_bf.repeat(k, *([1] * (clean_bf.dim() - 1)))
-                if layout == "planes":
-                    m = mask.reshape(k * n, *([1] * (o_bf.dim() - 3)), 8, 8)
-                else:  # tokens [*, 64, E]
-                    m = mask.reshape(k * n, 64, *([1] * (o_bf.dim() - 2)))
-                return torch.where(m, source, o_bf).reshape(o.shape)
+                return torch.where(mask, source, o_bf).reshape(o.shape)
 
-            xs = x_bad.repeat(k, 1, 1, 1)
-            patched, _ = run_with(network, xs, replace={name: change})
+            patched, _ = run_with(network, x_bad.repeat(k, 1, 1, 1), replace={name: change})
             f = _read(patched, kind, None if indices is None else indices.repeat(k))
             effect[:, start : start + k] = (f.reshape(k, n) - f_bad[None]).T
         return effect
+
+
+def _square_selector(clean_bf: torch.Tensor, name: str, corrupted: list, input_format: Any):
+    """The mask maker for one board square at a time, in a ``[N, ..., 8, 8]`` or ``[N, 64, E]`` output."""
+    from lczerolens.lenses.attention import network_squares
+
+    layout = _square_layout(clean_bf, name)
+    # net_square[i, s]: where board square s of corrupted board i sits in the network's orientation.
+    net_square = network_squares(corrupted, input_format)
+
+    def select(squares: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+        k = len(squares)
+        mask = torch.zeros(k, n, 64, dtype=torch.bool)
+        mask[torch.arange(k)[:, None], torch.arange(n)[None, :], net_square[:, squares].T] = True
+        if layout == "planes":
+            return mask.reshape(k * n, *([1] * (like.dim() - 3)), 8, 8)
+        return mask.reshape(k * n, 64, *([1] * (like.dim() - 2)))
+
+    return select
+
+
+def _head_count(clean_bf: torch.Tensor, name: str) -> int:
+    """Heads of an attention module's ``[N, heads, 64, ...]`` output (weights or per-head values)."""
+    if clean_bf.dim() != 4 or clean_bf.shape[2] != 64:
+        raise LensError(
+            f"module {name!r} gives {tuple(clean_bf.shape)} per batch, not [N, heads, 64, ...]: per_head=True "
+            "needs an attention module such as 'encoder0/mha/QK/softmax' or 'encoder0/mha/QKV/matmul'"
+        )
+    return clean_bf.shape[1]
+
+
+def _select_heads(heads: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    k = len(heads)
+    mask = torch.zeros(k, n, like.shape[1], dtype=torch.bool)
+    mask[torch.arange(k), :, heads] = True
+    return mask.reshape(k * n, like.shape[1], 1, 1)
 
 
 def _same(out: torch.Tensor, value: torch.Tensor, name: str) -> torch.Tensor:
