@@ -33,8 +33,9 @@ again (:func:`cached_outputs`).
 Attribution methods share one signature, ``method(model, task) -> Tensor [N, 64]`` (board orientation; see
 :data:`METHODS` and :class:`Task`): :func:`random_attribution` (one seed; :func:`evaluate_method` averages the
 metrics over 5 seeds), :func:`abs_gradient_attribution`, :func:`gradient_x_input_attribution`,
-:func:`occlusion_attribution` (one extra forward per piece) and :func:`lrp_attribution` (the LRP lens, either
-softmax rule).
+:func:`occlusion_attribution` (one extra forward per piece), :func:`integrated_gradients_attribution`,
+:func:`smoothgrad_attribution` and :func:`lrp_attribution` (the LRP lens, either softmax rule); every method but
+``random`` is a lens of :mod:`lczerolens.lenses`.
 
 Example
 -------
@@ -549,6 +550,24 @@ def gradient_x_input_attribution(model: Any, task: Task, batch_size: int = 256) 
     return _lens_scores(GradientLens("gradient_x_input"), model, task, batch_size)
 
 
+def integrated_gradients_attribution(model: Any, task: Task, steps: int = 32, batch_size: int = 16) -> torch.Tensor:
+    """Per square, integrated gradients from the all-zero input summed over the planes
+    (:class:`lczerolens.lenses.GradientLens` ``("integrated_gradients", steps=steps)``)."""
+    from lczerolens.lenses import GradientLens
+
+    return _lens_scores(GradientLens("integrated_gradients", steps=steps), model, task, batch_size)
+
+
+def smoothgrad_attribution(
+    model: Any, task: Task, samples: int = 16, noise: float = 0.1, batch_size: int = 32
+) -> torch.Tensor:
+    """Per square, the magnitude of the gradient averaged over noisy copies, summed over the planes
+    (:class:`lczerolens.lenses.GradientLens` ``("smoothgrad")``, seed 0)."""
+    from lczerolens.lenses import GradientLens
+
+    return _lens_scores(GradientLens("smoothgrad", samples=samples, noise=noise), model, task, batch_size)
+
+
 def occlusion_attribution(model: Any, task: Task, batch_size: int | None = None) -> torch.Tensor:
     """Per piece, the drop of the explained output when that piece alone is removed, ``f_0 - f(x without it)``
     (:class:`lczerolens.lenses.OcclusionLens`).
@@ -582,6 +601,8 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "abs_gradient": abs_gradient_attribution,
     "gradient_x_input": gradient_x_input_attribution,
     "occlusion": occlusion_attribution,
+    "integrated_gradients": integrated_gradients_attribution,
+    "smoothgrad": smoothgrad_attribution,
     "lrp_attnlrp": lambda model, task: lrp_attribution(model, task, softmax="attnlrp"),
     "lrp_cp": lambda model, task: lrp_attribution(model, task, softmax="cp"),
     # Gamma rule on the convolutions that feed a ReLU directly (residual nets; elsewhere plain epsilon-LRP).

@@ -49,3 +49,17 @@ def test_baseline_methods_equal_their_formulas(maia_pb_path, target):
             assert float(occlusion[i, square]) == pytest.approx(float(task.f0[i] - f[0]), abs=1e-5)
     # The en-passant position loses its mark with the capturing pawn (the lens re-encodes as lc0 would).
     assert metrics.remove_pieces(LczeroBoard(FENS[2]), [chess.E5]).ep_square is None
+
+
+def test_integrated_gradients_and_smoothgrad_on_a_linear_net():
+    """A linear net has one gradient everywhere: IG from zeros is gradient x input, SmoothGrad the gradient."""
+    from test_metrics import FENS as TOY_FENS
+    from test_metrics import random_toy
+
+    net = random_toy(5)
+    for target in ("value", "move"):
+        task = metrics.prepare(net, TOY_FENS[:4], target=target)
+        torch.testing.assert_close(metrics.METHODS["integrated_gradients"](net, task),
+                                   metrics.gradient_x_input_attribution(net, task), atol=1e-5, rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(metrics.METHODS["smoothgrad"](net, task),
+                                   metrics.abs_gradient_attribution(net, task), atol=1e-5, rtol=1e-5)  # fmt: skip
