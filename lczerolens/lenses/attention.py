@@ -93,8 +93,9 @@ class AttentionLens:
         Returns
         -------
         TensorDict
-            key = encoder layer name (``"encoder0"``, ...), value ``[N, heads, 64, 64]``: ``[i, h, q, k]`` the
-            weight of key square ``k`` for query square ``q`` (python-chess indices, board orientation).
+            key = encoder layer name (``"encoder0"``, ..., and ``"policy/enc_layer_0"``, ... for the encoder
+            layers of a policy head that has them), value ``[N, heads, 64, 64]``: ``[i, h, q, k]`` the weight of
+            key square ``k`` for query square ``q`` (python-chess indices, board orientation).
 
         Example
         -------
