@@ -24,7 +24,6 @@ GradientLens('integrated_gradients', steps=64, baseline='zeros')
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -208,14 +207,14 @@ class GradientLens(AttributionLens):
         n = x.shape[0]
         alphas = (torch.arange(self.steps, dtype=torch.float64) + 0.5) / self.steps
         per_pass = max(1, MAX_ROWS // n)
-        total = torch.zeros_like(x)
+        total = torch.zeros_like(x, dtype=torch.float32)  # a half-precision model still sums in float32
         for start in range(0, self.steps, per_pass):
             a = alphas[start : start + per_pass].to(dtype=x.dtype, device=x.device)
             # Rows k * n + i: board i at alpha a[k].
             points = (base[None] + a[:, None, None, None, None] * (x - base)[None]).reshape(-1, *x.shape[1:])
             grad, _, _ = _gradient(network, points, kind, _repeat(indices, len(a)), None)
             total += grad.reshape(len(a), n, *x.shape[1:]).sum(0)
-        return total / self.steps
+        return (total / self.steps).to(x.dtype)
 
     def _smooth_gradient(
         self, network: nn.Module, x: torch.Tensor, kind: str, indices: torch.Tensor | None, rows: slice
@@ -234,13 +233,13 @@ class GradientLens(AttributionLens):
             dim=1,
         ).to(dtype=x.dtype, device=x.device)  # [samples, n, 112, 8, 8]
         per_pass = max(1, MAX_ROWS // n)
-        total = torch.zeros_like(x)
+        total = torch.zeros_like(x, dtype=torch.float32)  # a half-precision model still sums in float32
         for start in range(0, self.samples, per_pass):
             eps = noise[start : start + per_pass]
             points = (x[None] + self.noise * eps).reshape(-1, *x.shape[1:])
             grad, _, _ = _gradient(network, points, kind, _repeat(indices, len(eps)), None)
             total += grad.reshape(len(eps), n, *x.shape[1:]).sum(0)
-        return total / self.samples
+        return (total / self.samples).to(x.dtype)
 
 
 def _repeat(indices: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -292,9 +291,6 @@ class OcclusionLens(AttributionLens):
 
     def __repr__(self) -> str:
         return "OcclusionLens()"
-
-    def _check_options(self, network: nn.Module, options: Mapping[str, Any]) -> None:
-        super()._check_options(network, options)
 
     def _explain(
         self,
