@@ -207,7 +207,7 @@ class GradientLens(AttributionLens):
         n = x.shape[0]
         alphas = (torch.arange(self.steps, dtype=torch.float64) + 0.5) / self.steps
         per_pass = max(1, MAX_ROWS // n)
-        total = torch.zeros_like(x, dtype=torch.float32)  # a half-precision model still sums in float32
+        total = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, torch.float32))  # half models sum in fp32
         for start in range(0, self.steps, per_pass):
             a = alphas[start : start + per_pass].to(dtype=x.dtype, device=x.device)
             # Rows k * n + i: board i at alpha a[k].
@@ -233,7 +233,7 @@ class GradientLens(AttributionLens):
             dim=1,
         ).to(dtype=x.dtype, device=x.device)  # [samples, n, 112, 8, 8]
         per_pass = max(1, MAX_ROWS // n)
-        total = torch.zeros_like(x, dtype=torch.float32)  # a half-precision model still sums in float32
+        total = torch.zeros_like(x, dtype=torch.promote_types(x.dtype, torch.float32))  # half models sum in fp32
         for start in range(0, self.samples, per_pass):
             eps = noise[start : start + per_pass]
             points = (x[None] + self.noise * eps).reshape(-1, *x.shape[1:])
