@@ -89,3 +89,29 @@ def test_the_model_is_never_touched(maia_pb_path):
     ActivationLens("*").activations(model, random_boards(2, seed=7))
     after = [(name, id(m), dict(m._forward_hooks)) for name, m in model.network.named_modules()]
     assert before == after
+
+
+def test_threads_share_one_model_exactly(maia_pb_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lczerolens.lenses import PatchingLens
+
+    model = LczeroModel.from_path(maia_pb_path)
+    boards = random_boards(3, seed=8, min_plies=4)
+    planes = encode_boards(boards, 1)
+    lens = ActivationLens("block*/conv1/relu")
+    with torch.no_grad():
+        plain = model.network(planes)["policy"]
+    alone = lens.activations(model, boards)
+    jobs = [
+        lambda: lens.activations(model, boards),
+        lambda: PatchingLens("block2/conv2/relu").patch(model, boards, boards[::-1], per_square=True),
+        lambda: model.network(planes)["policy"],
+    ] * 3
+    with torch.no_grad(), ThreadPoolExecutor(3) as pool:
+        results = [f.result() for f in [pool.submit(job) for job in jobs]]
+    for result in results[0::3]:
+        for key in alone.keys():
+            assert torch.equal(result[key], alone[key])
+    for result in results[2::3]:
+        assert torch.equal(result, plain)
