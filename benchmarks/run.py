@@ -4,7 +4,8 @@
 
 Sections: faithfulness by piece removal and cost per method (:mod:`benchmarks.bench_faithfulness`), encoding
 throughput (``bench_encoding``), loading times (``bench_loading``), relevance cost ratios and maps/s
-(``bench_relevance``), and onnxruntime's forward pass on maia-1900's ONNX export at batch 64 as the yardstick
+(``bench_relevance``), the activation, integrated-gradients and patching lenses (``bench_lenses``), and
+onnxruntime's forward pass on maia-1900's ONNX export at batch 64 as the yardstick
 for our own forward pass. Timings are medians over repeats in this one process. A section whose module is
 missing or fails is reported as such and the rest still runs.
 
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: onnx_yardstick(repeats=3 if args.quick else 20),
             dict_table,
         ),
+        # Last: its final measurement changes glibc's malloc settings for the rest of the process.
+        _section("Lenses beside LRP", _module_run("bench_lenses", **quick, **threads), dict_table),
     ]
     total = time.perf_counter() - t0
     text = header + "\n" + "\n".join(sections) + f"\nTotal: {total:.0f} s.\n"

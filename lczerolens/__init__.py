@@ -38,6 +38,12 @@ _LAZY = {
     "LczeroBoard": "lczerolens.board",
     "LczeroModel": "lczerolens.model",
     "LrpLens": "lczerolens.lenses",
+    "GradientLens": "lczerolens.lenses",
+    "OcclusionLens": "lczerolens.lenses",
+    "ActivationLens": "lczerolens.lenses",
+    "PatchingLens": "lczerolens.lenses",
+    "AttentionLens": "lczerolens.lenses",
+    "render_attention": "lczerolens.visual",
     "render_heatmap": "lczerolens.visual",
     "render_grid": "lczerolens.visual",
     "Heatmap": "lczerolens.visual",
@@ -46,6 +52,12 @@ _LAZY = {
 }
 
 __all__ = [
+    "ActivationLens",
+    "AttentionLens",
+    "GradientLens",
+    "OcclusionLens",
+    "PatchingLens",
+    "render_attention",
     "Evaluation",
     "Heatmap",
     "encode_boards",

@@ -33,8 +33,9 @@ again (:func:`cached_outputs`).
 Attribution methods share one signature, ``method(model, task) -> Tensor [N, 64]`` (board orientation; see
 :data:`METHODS` and :class:`Task`): :func:`random_attribution` (one seed; :func:`evaluate_method` averages the
 metrics over 5 seeds), :func:`abs_gradient_attribution`, :func:`gradient_x_input_attribution`,
-:func:`occlusion_attribution` (one extra forward per piece) and :func:`lrp_attribution` (the LRP lens, either
-softmax rule).
+:func:`occlusion_attribution` (one extra forward per piece), :func:`integrated_gradients_attribution`,
+:func:`smoothgrad_attribution` and :func:`lrp_attribution` (the LRP lens, either softmax rule); every method but
+``random`` is a lens of :mod:`lczerolens.lenses`.
 
 Example
 -------
@@ -516,59 +517,67 @@ def random_attribution(model: Any, task: Task, seed: int = 0) -> torch.Tensor:
     return torch.rand(len(task), 64, generator=gen, dtype=torch.float64)
 
 
-def _input_gradient(model: Any, task: Task, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    network, fmt = network_of(model), input_format_of(model)
-    planes_all, grads = [], []
-    for start in range(0, len(task), batch_size):
-        chunk = task.boards[start : start + batch_size]
-        planes = encode(chunk, fmt).requires_grad_(True)
-        idx = None if task.indices is None else task.indices[start : start + batch_size]
-        with torch.enable_grad():
-            out = _explained(_forward(network, planes), task.target, idx)
-            (grad,) = torch.autograd.grad(out.sum(), planes)
-        planes_all.append(planes.detach())
-        grads.append(grad)
-    return torch.cat(planes_all), torch.cat(grads)
-
-
-def abs_gradient_attribution(model: Any, task: Task, batch_size: int = 256) -> torch.Tensor:
-    """Per square, the sum over the 112 input planes of the gradient's magnitude ``|df/dx|``."""
-    _, grad = _input_gradient(model, task, batch_size)
-    return to_board_orientation(task.boards, grad.abs().sum(1), input_format_of(model)).to(torch.float64)
-
-
-def gradient_x_input_attribution(model: Any, task: Task, batch_size: int = 256) -> torch.Tensor:
-    """Per square, the sum over the 112 input planes of gradient times input, ``x * df/dx``."""
-    planes, grad = _input_gradient(model, task, batch_size)
-    return to_board_orientation(task.boards, (grad * planes).sum(1), input_format_of(model)).to(torch.float64)
-
-
-def occlusion_attribution(model: Any, task: Task, batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
-    """Per piece, the drop of the explained output when that piece alone is removed, ``f_0 - f(x without it)``.
-
-    Costs one forward pass per piece (batched across pieces and positions). Kings and empty squares score 0.
-    """
-    fmt = input_format_of(model)
-    boards, indices, where = [], [], []
-    for i, board in enumerate(task.boards):
-        singles = [remove_pieces(board, [s]) for s in removable_squares(board)]
-        boards.extend(singles)
-        where.extend((i, s) for s in removable_squares(board))
-        if task.target == "move":
-            indices.append(_indices_for(task, i, singles, fmt))
-    # Not through the cache: the time measured must be the method's own cost (n + 1 forward passes).
-    values = explained_outputs(model, boards, task.target, torch.cat(indices) if indices else None, batch_size)
-    scores = torch.zeros(len(task), 64, dtype=torch.float64)
-    rows = torch.tensor([w[0] for w in where], dtype=torch.long)
-    cols = torch.tensor([w[1] for w in where], dtype=torch.long)
-    scores[rows, cols] = task.f0[rows] - values
-    return scores
-
-
 def _lens_model(model: Any) -> Any:
     from lczerolens.model import LczeroModel
 
     return model if isinstance(model, LczeroModel) else LczeroModel(network_of(model))
+
+
+def _lens_target(task: Task) -> Any:
+    """The task's explained outputs in the lenses' target language: the fixed policy indices, or ``"value"``."""
+    return task.indices if task.target == "move" else "value"
+
+
+def _lens_scores(lens: Any, model: Any, task: Task, batch_size: int | None) -> torch.Tensor:
+    """``lens``'s square scores for ``task``, ``[N, 64]`` float64, board orientation."""
+    relevance = lens.relevance(_lens_model(model), task.boards, target=_lens_target(task), batch_size=batch_size)
+    return relevance.squares.detach().reshape(len(task), 64).to(torch.float64)
+
+
+def abs_gradient_attribution(model: Any, task: Task, batch_size: int = 256) -> torch.Tensor:
+    """Per square, the sum over the 112 input planes of the gradient's magnitude ``|df/dx|``
+    (:class:`lczerolens.lenses.GradientLens` ``("gradient")``)."""
+    from lczerolens.lenses import GradientLens
+
+    return _lens_scores(GradientLens("gradient"), model, task, batch_size)
+
+
+def gradient_x_input_attribution(model: Any, task: Task, batch_size: int = 256) -> torch.Tensor:
+    """Per square, the sum over the 112 input planes of gradient times input, ``x * df/dx``
+    (:class:`lczerolens.lenses.GradientLens` ``("gradient_x_input")``)."""
+    from lczerolens.lenses import GradientLens
+
+    return _lens_scores(GradientLens("gradient_x_input"), model, task, batch_size)
+
+
+def integrated_gradients_attribution(model: Any, task: Task, steps: int = 32, batch_size: int = 16) -> torch.Tensor:
+    """Per square, integrated gradients from the all-zero input summed over the planes
+    (:class:`lczerolens.lenses.GradientLens` ``("integrated_gradients", steps=steps)``)."""
+    from lczerolens.lenses import GradientLens
+
+    return _lens_scores(GradientLens("integrated_gradients", steps=steps), model, task, batch_size)
+
+
+def smoothgrad_attribution(
+    model: Any, task: Task, samples: int = 16, noise: float = 0.1, batch_size: int = 32
+) -> torch.Tensor:
+    """Per square, the magnitude of the gradient averaged over noisy copies, summed over the planes
+    (:class:`lczerolens.lenses.GradientLens` ``("smoothgrad")``, seed 0)."""
+    from lczerolens.lenses import GradientLens
+
+    return _lens_scores(GradientLens("smoothgrad", samples=samples, noise=noise), model, task, batch_size)
+
+
+def occlusion_attribution(model: Any, task: Task, batch_size: int | None = None) -> torch.Tensor:
+    """Per piece, the drop of the explained output when that piece alone is removed, ``f_0 - f(x without it)``
+    (:class:`lczerolens.lenses.OcclusionLens`).
+
+    Costs one forward pass per piece plus one per position (batched across pieces and positions). Kings and
+    empty squares score 0. Not through the task's cache: the time measured is the method's own cost.
+    """
+    from lczerolens.lenses import OcclusionLens
+
+    return _lens_scores(OcclusionLens(), model, task, batch_size)
 
 
 def lrp_attribution(
@@ -580,15 +589,7 @@ def lrp_attribution(
     """
     from lczerolens.lenses import LrpLens
 
-    lens = LrpLens(epsilon=epsilon, softmax=softmax, **lens_options)
-    lens_model = _lens_model(model)
-    out = []
-    for start in range(0, len(task), batch_size):
-        chunk = task.boards[start : start + batch_size]
-        target = task.moves[start : start + batch_size] if task.target == "move" else "value"
-        relevance = lens.relevance(lens_model, chunk, target=target)
-        out.append(relevance.squares.detach().reshape(len(chunk), 64).to(torch.float64))
-    return torch.cat(out)
+    return _lens_scores(LrpLens(epsilon=epsilon, softmax=softmax, **lens_options), model, task, batch_size)
 
 
 #: The lens options of the ``lrp_gamma`` method (the lens's residual-net gamma composite).
@@ -600,6 +601,8 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "abs_gradient": abs_gradient_attribution,
     "gradient_x_input": gradient_x_input_attribution,
     "occlusion": occlusion_attribution,
+    "integrated_gradients": integrated_gradients_attribution,
+    "smoothgrad": smoothgrad_attribution,
     "lrp_attnlrp": lambda model, task: lrp_attribution(model, task, softmax="attnlrp"),
     "lrp_cp": lambda model, task: lrp_attribution(model, task, softmax="cp"),
     # Gamma rule on the convolutions that feed a ReLU directly (residual nets; elsewhere plain epsilon-LRP).

@@ -1011,3 +1011,113 @@ def render_grid(
     vmin_out = scales[0].vmin if shared_scale else None
     vmax_out = scales[0].vmax if shared_scale else None
     return Heatmap(ET.tostring(svg, encoding="unicode"), out_w, out_h, vmin_out, vmax_out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------------
+
+#: Colour of the frame drawn around the query square of :func:`render_attention`.
+QUERY_COLOR = "#1f4fbf"
+
+
+def _mark_squares(heatmap: Heatmap, square: int) -> Heatmap:
+    """``heatmap`` with a frame around ``square`` on every board it draws."""
+    root = _strip_namespaces(ET.fromstring(heatmap.svg))
+    root.set("xmlns", SVG_NS)
+    root.set("xmlns:xlink", XLINK_NS)
+    name = chess.square_name(square)
+    targets = [
+        group
+        for group in root.iter("g")
+        if any(c.tag == "rect" and f"square-{name}" in c.get("class", "").split() for c in group)
+    ]
+    if not targets:
+        raise RenderError(f"no square {name} found in the picture")
+    for group in targets:
+        square_rect = next(c for c in group if c.tag == "rect" and f"square-{name}" in c.get("class", "").split())
+        x, y = float(square_rect.get("x", 0)), float(square_rect.get("y", 0))
+        w, h = float(square_rect.get("width", SQUARE)), float(square_rect.get("height", SQUARE))
+        ET.SubElement(
+            group,
+            "rect",
+            {
+                "class": "query",
+                "data-square": name,
+                "x": _num(x + 2),
+                "y": _num(y + 2),
+                "width": _num(w - 4),
+                "height": _num(h - 4),
+                "fill": "none",
+                "stroke": QUERY_COLOR,
+                "stroke-width": "4",
+            },
+        )
+    return Heatmap(ET.tostring(root, encoding="unicode"), heatmap.width, heatmap.height, heatmap.vmin, heatmap.vmax)
+
+
+def render_attention(
+    board: chess.BaseBoard,
+    weights: Any,
+    query: str | int,
+    *,
+    titles: Sequence[str] | None = None,
+    caption: str | Sequence[str] | None = None,
+    **options: Any,
+) -> Heatmap:
+    """Draw where the query square attends: one row of attention weights as a heatmap, the query framed.
+
+    Parameters
+    ----------
+    board : chess.BaseBoard
+        The position the weights belong to.
+    weights : array-like
+        Board-orientation attention weights (as :class:`lczerolens.lenses.AttentionLens` gives them):
+        ``[64, 64]`` for one head (queries x keys), or ``[heads, 64, 64]`` for a grid with one picture per head
+        on one colour scale.
+    query : str or int
+        The query square (``"e4"`` or a python-chess index); its row ``weights[..., query, :]`` is drawn.
+    titles : list of str, optional
+        For several heads: one title per picture (default ``"head 0"``, ``"head 1"``, ...).
+    caption : str or list of str, optional
+        Text under the picture (default: which square is the query).
+    **options
+        Passed to :func:`render_heatmap` (one head) or :func:`render_grid` (several): ``cmap``, ``vmax``,
+        ``orientation``, ``size``, ``ncols``, ...
+
+    Returns
+    -------
+    Heatmap
+
+    Example
+    -------
+    >>> import chess, numpy as np
+    >>> uniform = np.full((2, 64, 64), 1 / 64)
+    >>> hm = render_attention(chess.Board(), uniform, "e2")
+    >>> hm.svg.count('class="query"'), hm.svg.count('class="board"')
+    (2, 2)
+    """
+    if isinstance(query, str):
+        try:
+            square = chess.parse_square(query.lower())
+        except ValueError:
+            raise RenderError(f"query {query!r} is not a square name such as 'e4'") from None
+    elif isinstance(query, (int, np.integer)) and not isinstance(query, bool) and 0 <= int(query) < 64:
+        square = int(query)
+    else:
+        raise RenderError(f"query {query!r} is not a square (a name such as 'e4' or an index 0..63)")
+    arr = _to_numpy(weights)
+    if arr.ndim not in (2, 3) or tuple(arr.shape[-2:]) != (64, 64):
+        raise InputShapeError(
+            f"attention weights have shape {list(arr.shape)}; expected [64, 64] (one head) or [heads, 64, 64]"
+        )
+    if caption is None:
+        caption = f"attention from {chess.square_name(square)} (framed)"
+    options.setdefault("label", "attention weight")
+    if arr.ndim == 2:
+        heatmap = render_heatmap(board, arr[square], caption=caption, **options)
+    else:
+        heads = arr.shape[0]
+        titles = list(titles) if titles is not None else [f"head {h}" for h in range(heads)]
+        heatmap = render_grid(board, arr[:, square, :], titles=titles, caption=caption, **options)
+    return _mark_squares(heatmap, square)

@@ -40,6 +40,11 @@ GROUPS = {
 }
 
 
+#: Methods whose map is no share-out of the explained value (a sensitivity, or drops that need not add up):
+#: captions leave out "map sums to x% of it" for them.
+NOT_A_DECOMPOSITION = frozenset({"gradient", "SmoothGrad", "occlusion"})
+
+
 class Relevance:
     """Relevance of a batch of ``N`` positions for one explained output each.
 
@@ -386,7 +391,7 @@ class Relevance:
         """
         text = f"{self.method} of {self._describe(i)}"
         share = float(self.conservation[i])
-        if math.isfinite(share):
+        if math.isfinite(share) and self.method not in NOT_A_DECOMPOSITION:
             text += f" (map sums to {share:.0%} of it)"
         return text
 
