@@ -1,9 +1,7 @@
 """Module outputs of a network on a batch of boards, and their squares put back in board orientation.
 
-:func:`_activations` is a stand-in for ``ActivationLens(modules=...).activations(model, boards)`` (being built in
-``lczerolens.lenses``): it registers forward hooks for the duration of the call only and removes them in
-``finally``, so the user's model is left as it was. Swap it for the lens once that lands; nothing else here
-depends on how the activations are captured.
+:func:`_activations` reads the outputs through :class:`~lczerolens.lenses.ActivationLens`, which runs its own
+copy of the module tree, so the user's model is never touched.
 """
 
 from __future__ import annotations
@@ -73,41 +71,13 @@ def _activations(
 ) -> dict[str, torch.Tensor]:
     """Outputs of ``modules`` (resolved names) on ``boards``: ``{name: float32 tensor [N, ...]}`` on the CPU.
 
-    Token outputs flattened over the batch (``[N * 64, E]``) are returned as ``[N, 64, E]``.
+    Read through :class:`~lczerolens.lenses.ActivationLens` (the model is never touched); token streams come
+    back as ``[N, 64, E]``.
     """
-    network = _network(model)
-    found = dict(network.named_modules())
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
-    handles = []
+    from lczerolens.lenses import ActivationLens
 
-    def hook(name: str):
-        def save(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise LensError(f"module {name!r} returns {type(output).__name__}, not a tensor; pick another")
-            captured[name].append(output.detach().to("cpu", torch.float32))
-
-        return save
-
-    try:
-        for name in modules:
-            handles.append(found[name].register_forward_hook(hook(name)))
-        with torch.inference_mode():
-            for start in range(0, len(boards), batch_size):
-                chunk = list(boards[start : start + batch_size])
-                before = {name: len(v) for name, v in captured.items()}
-                model(chunk)
-                for name in modules:
-                    got = captured[name][before[name] :]
-                    if len(got) != 1:
-                        raise LensError(f"module {name!r} ran {len(got)} times in one forward pass; pick another")
-                    out = got[0]
-                    if out.shape[0] == len(chunk) * 64 and out.shape[0] != len(chunk):
-                        out = out.reshape(len(chunk), 64, *out.shape[1:])
-                    captured[name][before[name]] = out
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(parts) for name, parts in captured.items()}
+    found = ActivationLens(list(modules)).activations(model, list(boards), batch_size=batch_size)
+    return {name: found[name].detach().to("cpu", torch.float32) for name in modules}
 
 
 def board_square_index(boards: Sequence[chess.Board], input_format: Any) -> torch.Tensor:

@@ -75,6 +75,8 @@ def corrupt(
         Put the piece of the first square on the second (which must be empty), whether or not that is a legal
         move; the side to move stays.
 
+    Notes
+    -----
     Castling rights are cleared where their king or rook has left its square, and an en-passant square once no
     capture is left, as :func:`lczerolens.metrics.remove_pieces` does; compare with the clean position encoded
     from its FEN too (``corrupt(board)`` with neither argument), so that history does not differ between them.
