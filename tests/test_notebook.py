@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "notebooks" / "tutorial.ipynb"
+INSIDE = ROOT / "notebooks" / "inside.ipynb"
 
 
 def test_committed_tutorial_has_its_outputs() -> None:
@@ -30,6 +31,29 @@ def test_tutorial_runs_from_the_repository_root(maia_pb_path) -> None:
     # From the repository root (nbmake runs it from notebooks/): the notebook finds maia-1900 either way.
     client = nbclient.NotebookClient(
         nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+
+def test_committed_inside_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(INSIDE, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None and c.outputs for c in code), "execute the notebook before committing"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "64 conditional maps summed" in text and "selectivity" in text
+
+
+@pytest.mark.slow
+def test_inside_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(INSIDE, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     )
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
