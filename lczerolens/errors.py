@@ -42,3 +42,11 @@ class InputShapeError(LczeroLensError, ValueError):
 
 class LensError(LczeroLensError, ValueError):
     """A lens cannot explain this model or target (unknown op, bad target, ...)."""
+
+
+class DataError(LczeroLensError, ValueError):
+    """A game collection (PGN, EPD) that cannot be read at all: a missing or unreadable file, a bad selection."""
+
+
+class RunError(LczeroLensError, ValueError):
+    """A collection run that cannot start or resume: an output folder of another run, an unwritable path."""
