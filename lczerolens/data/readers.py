@@ -318,6 +318,7 @@ class _MainlineVisitor(chess.pgn.BaseVisitor):
         self.root: chess.Board | None = None
         self.moves: list[str] = []
         self.error: str | None = None
+        self.termination: str | None = None
 
     def begin_game(self) -> None:
         self.line = self.counter.line
@@ -335,6 +336,9 @@ class _MainlineVisitor(chess.pgn.BaseVisitor):
     def visit_move(self, board: chess.Board, move: chess.Move) -> None:
         if self.error is None:
             self.moves.append(move.uci())
+
+    def visit_result(self, result: str) -> None:
+        self.termination = result
 
     def handle_error(self, error: Exception) -> None:
         if self.error is None:
@@ -488,6 +492,13 @@ class PositionReader:
         root = visitor.root
         if root is None:
             self._skip(visitor.line, index, "no game found")
+            return None
+        if not visitor.headers and not visitor.moves:
+            self._skip(visitor.line, index, "not a PGN game (no headers, no moves)")
+            return None
+        if visitor.termination is None:
+            # PGN ends every movetext with 1-0, 0-1, 1/2-1/2 or *: a game without it was cut off.
+            self._skip(visitor.line, index, f"no result marker after {len(visitor.moves)} plies: the game is cut off")
             return None
         if type(root) is not chess.Board:
             self._skip(visitor.line, index, f"variant {visitor.headers.get('Variant', '?')!r}: lc0 plays only chess")
