@@ -778,3 +778,95 @@ def load_results(out: str | Path, *, allow_partial: bool = False) -> Any:
         return result_schema().empty_table()
     return pa.concat_tables(tables)
 
+
+
+#: Piece groups of :func:`summarize`: every square, then the squares holding each piece type (either colour).
+SUMMARY_GROUPS = ("all", "P", "N", "B", "R", "Q", "K", "empty")
+
+
+def _piece_codes(fen: str) -> Any:
+    """``[64]`` int8 by python-chess square: 0 empty, 1..6 pawn..king (either colour)."""
+    import numpy as np
+
+    codes = np.zeros(64, dtype=np.int8)
+    rank, file = 7, 0
+    for ch in fen.split(" ", 1)[0]:
+        if ch == "/":
+            rank, file = rank - 1, 0
+        elif ch.isdigit():
+            file += int(ch)
+        else:
+            codes[rank * 8 + file] = "pnbrqk".index(ch.lower()) + 1
+            file += 1
+    return codes
+
+
+def summarize(out: str | Path, *, allow_partial: bool = False) -> dict[str, Any]:
+    """Mean relevance per square, by target and by the piece type on the square, read shard by shard.
+
+    Returns
+    -------
+    dict
+        ``"maps"``: ``{target: {group: [64] float64}}`` for the groups of :data:`SUMMARY_GROUPS` (a square's mean
+        over the rows where it holds that piece type, either colour; 0 where it never does); ``"rows"``: one dict
+        per target with ``target``, ``rows``, ``mean target``, ``mean conservation`` (nan ignored) and the share
+        of the total |relevance| on squares of each piece type (``P``, ..., ``K``, ``empty``).
+
+    Example
+    -------
+    >>> summary = summarize("runs/games")  # doctest: +SKIP
+    >>> summary["maps"]["top"]["all"].reshape(8, 8)  # doctest: +SKIP
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    manifest = load_manifest(out)
+    if not manifest.get("complete") and not allow_partial:
+        raise RunError(f"the run in {str(out)!r} is unfinished; run the same command again to finish it")
+    sums: dict[str, Any] = {}
+    stats: dict[str, dict[str, float]] = {}
+    for key in sorted(manifest["shards"], key=int):
+        table = pq.read_table(out / manifest["shards"][key]["file"],
+                              columns=["fen", "target", "target_value", "relevance", "conservation"])  # fmt: skip
+        targets = table.column("target").to_pylist()
+        fens = table.column("fen").to_pylist()
+        rel = table.column("relevance").combine_chunks().flatten().to_numpy().reshape(-1, 64).astype(np.float64)
+        values = table.column("target_value").to_numpy(zero_copy_only=False)
+        cons = table.column("conservation").to_numpy(zero_copy_only=False)
+        codes = np.stack([_piece_codes(f) for f in fens]) if fens else np.zeros((0, 64), np.int8)
+        for target in dict.fromkeys(targets):
+            rows = np.array([t == target for t in targets])
+            r, c = rel[rows], codes[rows]
+            acc = sums.setdefault(target, {"sum": np.zeros((8, 64)), "count": np.zeros((8, 64)), "abs": np.zeros(8)})
+            acc["sum"][0] += r.sum(axis=0)
+            acc["count"][0] += len(r)
+            for g in range(1, 8):
+                code = g if g < 7 else 0
+                hit = c == code
+                acc["sum"][g] += np.where(hit, r, 0.0).sum(axis=0)
+                acc["count"][g] += hit.sum(axis=0)
+                acc["abs"][g] += np.abs(np.where(hit, r, 0.0)).sum()
+            s = stats.setdefault(target, {"rows": 0, "target": 0.0, "cons": 0.0, "cons_n": 0})
+            s["rows"] += len(r)
+            s["target"] += float(values[rows].sum())
+            finite = np.isfinite(cons[rows])
+            s["cons"] += float(cons[rows][finite].sum())
+            s["cons_n"] += int(finite.sum())
+    maps: dict[str, dict[str, Any]] = {}
+    table_rows = []
+    for target, acc in sums.items():
+        means = np.divide(acc["sum"], acc["count"], out=np.zeros_like(acc["sum"]), where=acc["count"] > 0)
+        maps[target] = {g: means[i] for i, g in enumerate(SUMMARY_GROUPS)}
+        s = stats[target]
+        total_abs = acc["abs"][1:].sum()
+        row = {
+            "target": target,
+            "rows": s["rows"],
+            "mean target": s["target"] / max(s["rows"], 1),
+            "mean conservation": s["cons"] / s["cons_n"] if s["cons_n"] else float("nan"),
+        }
+        for i, g in enumerate(SUMMARY_GROUPS[1:], start=1):
+            row[f"|rel| on {g}"] = float(acc["abs"][i] / total_abs) if total_abs else float("nan")
+        table_rows.append(row)
+    return {"maps": maps, "rows": table_rows}
