@@ -233,7 +233,9 @@ class _Explainer:
 
         def capture(rows: list[int]):
             def hook(module: Any, args: Any, out: Any) -> None:
-                if isinstance(out, dict) and not covered[rows].all():
+                # Only a call on exactly these rows (a lens that splits the batch is covered by the fallback).
+                first = next((v for v in out.values() if hasattr(v, "shape")), None) if isinstance(out, dict) else None
+                if first is not None and first.shape[0] == len(rows) and not covered[rows].all():
                     for key in ("wdl_logits", "value_logit", "mlh"):
                         if key in out:
                             full = outputs.setdefault(key, torch.zeros((n, *out[key].shape[1:]), dtype=torch.float32))

@@ -248,3 +248,32 @@ def test_bad_outputs_and_arguments(maia, small_pgn: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "x").exists()
     with pytest.raises(RunError, match="no lczerolens run"):
         load_results(tmp_path)
+
+
+def test_cli_run_and_summarize(maia_pb_path: Path, small_pgn: Path, tmp_path: Path, capsys) -> None:
+    from lczerolens.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", str(maia_pb_path), str(small_pgn), "--out", str(out), "--target", "top", "--target", "value",
+            "--every", "2", "--batch-size", "4", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "rows" in printed and "skipped 1 games" in printed and "Ke3" in printed
+    table = load_results(out)
+    assert set(table.column("target").to_pylist()) == {"top", "value"}
+    assert all(p % 2 == 0 for p in table.column("ply").to_pylist())
+
+    svg = tmp_path / "summary.svg"
+    assert main(["summarize", str(out), "--out", str(svg)]) == 0
+    printed = capsys.readouterr().out
+    assert svg.read_text().count('class="board"') == 16  # 2 targets x (all squares + 6 pieces + empty)
+    assert "mean target" in printed and "value" in printed
+
+    # Errors: one line on stderr, status 1, nothing written.
+    assert main(["run", str(maia_pb_path), str(small_pgn), "--out", str(out), "--target", "played"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lczerolens: error:") and err.count("\n") == 1 and "other settings" in err
+    assert main(["run", str(maia_pb_path), str(tmp_path / "none.pgn"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main(["summarize", str(tmp_path), "--out", str(svg)]) == 1
+    assert "no lczerolens run" in capsys.readouterr().err
