@@ -41,6 +41,8 @@ CACHE = ROOT / "assets" / "cache"
 PGN_DIR = CACHE / "chess-data" / "pgn"
 GAMES = ("kasparov-deep-blue-1997.pgn", "stockfish-learning.pgn")
 BATCH = 64
+#: Parts of the benchmark: throughput and its breakdown, peak RSS (maia, then the tiny net), workers and Ray.
+PARTS = ("speed", "rss", "tiny-rss", "parallel")
 
 
 def looped_pgn(path: Path, positions: int) -> Path:
@@ -69,29 +71,28 @@ def _rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("nan")
 
 
-def bare_relevance(model: Any, boards: list, repeats: int) -> float:
-    """Median positions/s of LrpLens().relevance (top move) over the boards, in batches of 64."""
+def bare_relevance(model: Any, boards: list) -> tuple[float, float]:
+    """Positions/s of LrpLens().relevance (top move) over the boards in batches of 64: by wall and CPU time."""
     from lczerolens.lenses import LrpLens
 
     lens = LrpLens()
-    lens.relevance(model, boards[:BATCH], None)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for start in range(0, len(boards), BATCH):
-            lens.relevance(model, boards[start : start + BATCH], None)
-        times.append(time.perf_counter() - t0)
-    return _rate(len(boards), statistics.median(times))
+    w0, c0 = time.perf_counter(), time.process_time()
+    for start in range(0, len(boards), BATCH):
+        lens.relevance(model, boards[start : start + BATCH], None)
+    return _rate(len(boards), time.perf_counter() - w0), _rate(len(boards), time.process_time() - c0)
 
 
-def end_to_end(model: Any, pgn: Path, n: int, out: Path, **kwargs: Any) -> float:
-    """Positions/s of ``explain_dataset`` over the whole file (``n`` positions), top move, batch 64."""
+def end_to_end(model: Any, pgn: Path, n: int, out: Path, **kwargs: Any) -> tuple[float, float]:
+    """Positions/s of ``explain_dataset`` over the whole file (``n`` positions), top move, batch 64.
+
+    By wall time and by this process's CPU time (the latter leaves out worker processes and Ray actors).
+    """
     from lczerolens.run import explain_dataset
 
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     explain_dataset(model, pgn, out, targets=("top",), batch_size=BATCH, progress=False, **kwargs)
-    return _rate(n, time.perf_counter() - t0)
+    return _rate(n, time.perf_counter() - w0), _rate(n, time.process_time() - c0)
 
 
 _RSS_CHILD = """
@@ -105,19 +106,42 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_rss_mib(pgn: Path, n: int, out: Path, threads: int) -> tuple[float, float]:
-    """Peak RSS (MiB) and seconds of a whole ``n``-position run in a fresh process."""
+def peak_rss_mib(pgn: Path, n: int, out: Path, threads: int, weights: Path | None = None) -> tuple[float, float]:
+    """Peak RSS (MiB) and seconds of a whole ``n``-position run in a fresh process (maia-1900 by default)."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(CACHE / "maia-1900.pb.gz"), str(pgn), str(n), str(threads), str(out)],
+        [sys.executable, "-c", _RSS_CHILD, str(weights or CACHE / "maia-1900.pb.gz"), str(pgn), str(n), str(threads),
+         str(out)],
         env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return int(done.stdout.split()[-1]) / 1024, time.perf_counter() - t0
 
 
-def run(quick: bool = False, threads: int | None = 2, rss_positions: tuple[int, int] | None = None) -> dict[str, Any]:
+class _Results(dict):
+    """A result dict that can print each figure as soon as it is measured (a long run shows its progress)."""
+
+    def __init__(self, echo: bool) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        if self.echo:
+            _print({key: value})
+            sys.stdout.flush()
+
+
+def run(
+    quick: bool = False,
+    threads: int | None = 2,
+    rss_positions: tuple[int, int] | None = None,
+    echo: bool = False,
+    tiny_rss_positions: tuple[int, int] | None = (1000, 100_000),
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:
+    """The figures of the module docstring; ``parts`` picks among :data:`PARTS`."""
     from lczerolens.data import read_pgn
     from lczerolens.model import LczeroModel
 
@@ -126,7 +150,11 @@ def run(quick: bool = False, threads: int | None = 2, rss_positions: tuple[int, 
         torch.set_num_threads(threads)
     n = 256 if quick else 1024
     rss_positions = rss_positions or ((200, 1000) if quick else (1000, 10_000))
-    result: dict[str, Any] = {"threads": torch.get_num_threads(), "positions": n, "batch": BATCH}
+    if quick and tiny_rss_positions == (1000, 100_000):
+        tiny_rss_positions = (200, 2000)
+    result: dict[str, Any] = _Results(echo)
+    result["threads"] = torch.get_num_threads()
+    result["batch"] = BATCH
     tmp = Path(tempfile.mkdtemp(prefix="bench-collections-"))
     try:
         model = LczeroModel.from_path(CACHE / "maia-1900.pb.gz")
@@ -135,76 +163,120 @@ def run(quick: bool = False, threads: int | None = 2, rss_positions: tuple[int, 
         n = len(boards)
         result["positions"] = n
 
-        # Yardstick and end to end, interleaved.
-        bare1 = bare_relevance(model, boards, 1 if quick else 2)
-        e2e = end_to_end(model, pgn, n, tmp / "run")
-        bare2 = bare_relevance(model, boards, 1 if quick else 2)
-        bare = statistics.mean([bare1, bare2])
-        result["bare relevance pos/s (LrpLens, top move, batch 64)"] = bare
-        result["end-to-end pos/s (explain_dataset, 1 worker)"] = e2e
-        result["end-to-end / bare"] = e2e / bare
-        result["end-to-end >= 0.8 bare"] = "yes" if e2e / bare >= 0.8 else "NO"
-
-        # Where the rest goes.
-        t0 = time.perf_counter()
-        counted = read_pgn(pgn).count()
-        parse_s = time.perf_counter() - t0
-        result["PGN parsing alone pos/s (read_pgn().count(): mainline SAN, no boards)"] = _rate(counted, parse_s)
-        t0 = time.perf_counter()
-        built = sum(1 for _ in read_pgn(pgn))
-        result["reading + boards with history pos/s"] = _rate(built, time.perf_counter() - t0)
-        import chess.pgn
-
-        t0 = time.perf_counter()
-        plies = 0
-        with open(pgn) as handle:
-            while (game := chess.pgn.read_game(handle)) is not None:
-                plies += sum(1 for _ in game.mainline_moves()) + 1
-        result["python-chess read_game (full game tree) pos/s"] = _rate(plies, time.perf_counter() - t0)
-        from lczerolens.board import encode_boards
-
-        t0 = time.perf_counter()
-        for start in range(0, len(boards), BATCH):
-            encode_boards(boards[start : start + BATCH], model.input_format)
-        result["encoding pos/s"] = _rate(len(boards), time.perf_counter() - t0)
-
-        # Memory: two sizes, fresh processes.
-        # Each size samples exactly that many positions from one file large enough for the larger run.
-        small, large = rss_positions
-        big_pgn = looped_pgn(tmp / "big.pgn", large)
-        rss_small, s_small = peak_rss_mib(big_pgn, small, tmp / "rss-small", torch.get_num_threads())
-        rss_large, s_large = peak_rss_mib(big_pgn, large, tmp / "rss-large", torch.get_num_threads())
-        result[f"peak RSS MiB, {small} positions"] = rss_small
-        result[f"peak RSS MiB, {large} positions"] = rss_large
-        result["peak RSS ratio"] = rss_large / rss_small
-        result["peak RSS within 1.5x"] = "yes" if rss_large / rss_small <= 1.5 else "NO"
-        result[f"seconds, {large}-position run"] = s_large
-
-        # Parallel: the same positions with 2 local workers and with Ray (2 actors) against 1 worker.
-        one = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "w1")
-        two = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "w2", workers=2)
-        result["1 worker pos/s (from the path, model load included)"] = one
-        result["2 local workers pos/s"] = two
-        result["2 local workers / 1"] = two / one
-        try:
-            import ray
-        except ImportError:
-            result["ray"] = "not installed (pip install 'lczerolens[ray]')"
-        else:
-            if not ray.is_initialized():
-                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-            ray.data.DataContext.get_current().enable_progress_bars = False
-            warm = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, 64, tmp / "ray-warm", engine="ray", workers=2)
-            del warm
-            r2 = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "ray", engine="ray", workers=2)
-            result["ray, 2 actors pos/s (Ray already started)"] = r2
-            result["ray 2 actors / 1 local worker"] = r2 / one
-        manifest = json.loads((tmp / "run" / "manifest.json").read_text())
-        result["shards of the end-to-end run"] = len(manifest["shards"])
-        return result
+        if "speed" in parts:
+            _speed(result, model, boards, pgn, tmp, quick)
+        if "rss" in parts:
+            _rss(result, rss_positions, tmp)
+        if "tiny-rss" in parts and tiny_rss_positions:
+            _tiny_rss(result, tiny_rss_positions, tmp)
+        if "parallel" in parts:
+            _parallel(result, pgn, n, tmp)
+        return dict(result)
     finally:
         torch.set_num_threads(previous)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _speed(result: dict, model: Any, boards: list, pgn: Path, tmp: Path, quick: bool) -> None:
+    from lczerolens.data import read_pgn
+
+    n = len(boards)
+    # Yardstick and end to end, interleaved round after round (a change of load hits both); medians.
+    bare_relevance(model, boards[:BATCH])  # warm-up (rule modules, imports)
+    end_to_end(model, pgn, n, tmp / "run")
+    bare, e2e = [], []
+    for _ in range(1 if quick else 3):
+        bare.append(bare_relevance(model, boards))
+        e2e.append(end_to_end(model, pgn, n, tmp / "run"))
+    for label, index in (("wall", 0), ("CPU", 1)):
+        b = statistics.median(r[index] for r in bare)
+        e = statistics.median(r[index] for r in e2e)
+        result[f"bare relevance pos/s by {label} time (LrpLens, top move, batch 64)"] = b
+        result[f"end-to-end pos/s by {label} time (explain_dataset, 1 worker)"] = e
+        result[f"end-to-end / bare, {label} time"] = e / b
+        result[f"end-to-end >= 0.8 bare, {label} time"] = "yes" if e / b >= 0.8 else "NO"
+
+    # Where the rest goes.
+    t0 = time.perf_counter()
+    counted = read_pgn(pgn).count()
+    parse_s = time.perf_counter() - t0
+    result["PGN parsing alone pos/s (read_pgn().count(): mainline SAN, no boards)"] = _rate(counted, parse_s)
+    t0 = time.perf_counter()
+    built = sum(1 for _ in read_pgn(pgn))
+    result["reading + boards with history pos/s"] = _rate(built, time.perf_counter() - t0)
+    import chess.pgn
+
+    t0 = time.perf_counter()
+    plies = 0
+    with open(pgn) as handle:
+        while (game := chess.pgn.read_game(handle)) is not None:
+            plies += sum(1 for _ in game.mainline_moves()) + 1
+    result["python-chess read_game (full game tree) pos/s"] = _rate(plies, time.perf_counter() - t0)
+    from lczerolens.board import encode_boards
+
+    t0 = time.perf_counter()
+    for start in range(0, len(boards), BATCH):
+        encode_boards(boards[start : start + BATCH], model.input_format)
+    result["encoding pos/s"] = _rate(len(boards), time.perf_counter() - t0)
+    manifest = json.loads((tmp / "run" / "manifest.json").read_text())
+    result["shards of the end-to-end run"] = len(manifest["shards"])
+
+
+def _rss(result: dict, rss_positions: tuple[int, int], tmp: Path) -> None:
+    # Memory: two sizes, fresh processes.
+    # Each size samples exactly that many positions from one file large enough for the larger run.
+    small, large = rss_positions
+    big_pgn = looped_pgn(tmp / "big.pgn", large)
+    rss_small, s_small = peak_rss_mib(big_pgn, small, tmp / "rss-small", torch.get_num_threads())
+    rss_large, s_large = peak_rss_mib(big_pgn, large, tmp / "rss-large", torch.get_num_threads())
+    result[f"peak RSS MiB, {small} positions"] = rss_small
+    result[f"peak RSS MiB, {large} positions"] = rss_large
+    result["peak RSS ratio"] = rss_large / rss_small
+    result["peak RSS within 1.5x"] = "yes" if rss_large / rss_small <= 1.5 else "NO"
+    result[f"seconds, {large}-position run"] = s_large
+
+
+def _tiny_rss(result: dict, tiny_rss_positions: tuple[int, int], tmp: Path) -> None:
+    # The pipeline's own memory (reader, shards, manifest) at 100,000 positions, with a tiny random net
+    # (1 block of 8 filters, lczerolens.testing) so that the run takes minutes rather than hours.
+    from lczerolens.testing import write_random_net
+
+    tiny = write_random_net(tmp / "tiny.pb.gz", blocks=1, filters=8, seed=0)
+    t_small, t_large = tiny_rss_positions
+    tiny_pgn = looped_pgn(tmp / "tiny.pgn", t_large)
+    rss_ts, _ = peak_rss_mib(tiny_pgn, t_small, tmp / "tiny-small", torch.get_num_threads(), tiny)
+    rss_tl, s_tl = peak_rss_mib(tiny_pgn, t_large, tmp / "tiny-large", torch.get_num_threads(), tiny)
+    result[f"tiny net: peak RSS MiB, {t_small} positions"] = rss_ts
+    result[f"tiny net: peak RSS MiB, {t_large} positions"] = rss_tl
+    result["tiny net: peak RSS ratio"] = rss_tl / rss_ts
+    result["tiny net: within 1.5x"] = "yes" if rss_tl / rss_ts <= 1.5 else "NO"
+    result[f"tiny net: seconds, {t_large}-position run"] = s_tl
+
+
+def _parallel(result: dict, pgn: Path, n: int, tmp: Path) -> None:
+    from lczerolens.data import read_pgn
+
+    # Parallel: the same positions with 2 local workers and with Ray (2 actors) against 1 worker.
+    one = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "w1")[0]
+    two = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "w2", workers=2)[0]
+    result["1 worker pos/s (from the path, model load included)"] = one
+    result["2 local workers pos/s"] = two
+    result["2 local workers / 1"] = two / one
+    try:
+        import ray
+    except ImportError:
+        result["ray"] = "not installed (pip install 'lczerolens[ray]')"
+    else:
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        # Warm-up: Ray's own start-up (workers, object store) is not what is measured.
+        end_to_end(
+            str(CACHE / "maia-1900.pb.gz"), read_pgn(pgn, sample=64), 64, tmp / "ray-warm", engine="ray", workers=2
+        )
+        r2 = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "ray", engine="ray", workers=2)[0]
+        result["ray, 2 actors pos/s (Ray already started)"] = r2
+        result["ray 2 actors / 1 local worker"] = r2 / one
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -218,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--rss-positions", type=int, nargs=2, default=None, metavar=("SMALL", "LARGE"),
                         help="the two run sizes of the RSS comparison (default 1000 10000)")  # fmt: skip
+    parser.add_argument("--tiny-rss-positions", type=int, nargs=2, default=(1000, 100_000), metavar=("SMALL", "LARGE"),
+                        help="the two run sizes with the tiny net (default 1000 100000)")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
     args = parser.parse_args(argv)
-    _print(run(quick=args.quick, threads=args.threads, rss_positions=tuple(args.rss_positions or ()) or None))
+    run(quick=args.quick, threads=args.threads, rss_positions=tuple(args.rss_positions or ()) or None, echo=True,
+        tiny_rss_positions=tuple(args.tiny_rss_positions), parts=tuple(args.parts))  # fmt: skip
     return 0
 
 

@@ -478,7 +478,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     rows = sum(v["rows"] for v in manifest["shards"].values())
     print(f"wrote {rows} rows for {manifest['positions']} positions in {len(manifest['shards'])} shards to {path}",
           file=out)  # fmt: skip
-    if manifest.get("n_skipped"):
+    if manifest.get("n_skipped") and args.no_progress:  # with the progress bar, the run printed the list itself
         print(f"skipped {manifest['n_skipped']} games or lines:", file=out)
         for line in manifest["skipped"]:
             print(f"  {line}", file=out)

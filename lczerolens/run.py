@@ -225,6 +225,7 @@ class _Explainer:
         from lczerolens.board import encode_boards
 
         boards = [p.board for p in positions]
+        fens = [b.fen() for b in boards]
         planes = encode_boards(boards, self.input_format)
         network = _network_of(self.model)
         n = len(positions)
@@ -272,7 +273,7 @@ class _Explainer:
                 columns["source"].append(p.source)
                 columns["game"].append(p.game)
                 columns["ply"].append(p.ply)
-                columns["fen"].append(p.board.fen())
+                columns["fen"].append(fens[i])
                 columns["played"].append(p.played.uci() if p.played is not None else None)
                 columns["target"].append(target)
                 columns["move"].append(moves[j])
@@ -725,7 +726,7 @@ def _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata
             RayShardExplainer,
             fn_constructor_kwargs=kwargs,
             batch_size=1,
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
         )
         for row in ds.iter_rows():

@@ -90,6 +90,10 @@ def _check_rows_against_lens(table, pgn: Path, model) -> None:
             assert [r["move"] for r in group] == [m.uci() for m in rel.moves]
         else:
             assert all(r["move"] is None for r in group)
+        # The evaluation columns are the network's own outputs on those boards.
+        evaluation = model(boards)
+        assert np.allclose([r["value"] for r in group], evaluation["value"].detach().numpy(), atol=1e-5)
+        assert np.allclose([r["wdl"] for r in group], evaluation["wdl"].detach().numpy(), atol=1e-5)
         total = rel.planes.sum(dim=(1, 2, 3)).numpy()
         cons = np.array([r["conservation"] for r in group])
         assert np.allclose(cons, total / rel.target.numpy(), rtol=1e-4)
