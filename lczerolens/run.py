@@ -477,6 +477,7 @@ def _prepare_out(out: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
         for key in list(done):  # a recorded shard whose file went missing is done again
             if not (out / done[key]["file"]).exists():
                 del done[key]
+                manifest["complete"] = False
         return manifest
     if out.exists() and any(out.iterdir()):
         raise RunError(f"--out {str(out)!r} is a non-empty folder without a run; choose an empty or new folder")
@@ -618,6 +619,8 @@ def explain_dataset(
     }
     out = Path(out)
     manifest = _prepare_out(out, fingerprint)
+    if manifest.get("complete"):
+        return out  # the same run, already finished
 
     total = reader.count()
     n_shards = math.ceil(total / shard_size)
