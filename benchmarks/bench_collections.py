@@ -41,6 +41,7 @@ CACHE = ROOT / "assets" / "cache"
 PGN_DIR = CACHE / "chess-data" / "pgn"
 GAMES = ("kasparov-deep-blue-1997.pgn", "stockfish-learning.pgn")
 BATCH = 64
+PARALLEL_SHARD = 128
 #: Parts of the benchmark: throughput and its breakdown, peak RSS (maia, then the tiny net), workers and Ray.
 PARTS = ("speed", "rss", "tiny-rss", "parallel")
 
@@ -254,29 +255,29 @@ def _tiny_rss(result: dict, tiny_rss_positions: tuple[int, int], tmp: Path) -> N
 
 
 def _parallel(result: dict, pgn: Path, n: int, tmp: Path) -> None:
+    """The same positions with 2 local workers and with Ray (2 actors) against 1 worker, in shards of 128."""
     from lczerolens.data import read_pgn
 
-    # Parallel: the same positions with 2 local workers and with Ray (2 actors) against 1 worker.
-    one = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "w1")[0]
-    two = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "w2", workers=2)[0]
-    result["1 worker pos/s (from the path, model load included)"] = one
+    weights = str(CACHE / "maia-1900.pb.gz")
+    shards = {"shard_size": PARALLEL_SHARD}  # enough shards for two workers to share
+    one = end_to_end(weights, pgn, n, tmp / "w1", **shards)[0]
+    two = end_to_end(weights, pgn, n, tmp / "w2", workers=2, **shards)[0]
+    result[f"1 worker pos/s (shards of {PARALLEL_SHARD}, model load included)"] = one
     result["2 local workers pos/s"] = two
     result["2 local workers / 1"] = two / one
     try:
         import ray
     except ImportError:
         result["ray"] = "not installed (pip install 'lczerolens[ray]')"
-    else:
-        if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        # Warm-up: Ray's own start-up (workers, object store) is not what is measured.
-        end_to_end(
-            str(CACHE / "maia-1900.pb.gz"), read_pgn(pgn, sample=64), 64, tmp / "ray-warm", engine="ray", workers=2
-        )
-        r2 = end_to_end(str(CACHE / "maia-1900.pb.gz"), pgn, n, tmp / "ray", engine="ray", workers=2)[0]
-        result["ray, 2 actors pos/s (Ray already started)"] = r2
-        result["ray 2 actors / 1 local worker"] = r2 / one
+        return
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Warm-up: Ray's own start-up (workers, object store) is not what is measured.
+    end_to_end(weights, read_pgn(pgn, sample=64), 64, tmp / "ray-warm", engine="ray", workers=2)
+    r2 = end_to_end(weights, pgn, n, tmp / "ray", engine="ray", workers=2, **shards)[0]
+    result["ray, 2 actors pos/s (Ray already started)"] = r2
+    result["ray 2 actors / 1 local worker"] = r2 / one
 
 
 def _print(result: dict[str, Any]) -> None:

@@ -725,7 +725,11 @@ def _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata
     def flush() -> None:
         if not batch:
             return
-        ds = ray.data.from_items(batch).map_batches(
+        try:  # one block per shard, so that the actors share the shards out
+            items = ray.data.from_items(batch, override_num_blocks=len(batch))
+        except TypeError:  # Ray before 2.10 called it parallelism
+            items = ray.data.from_items(batch, parallelism=len(batch))
+        ds = items.map_batches(
             RayShardExplainer,
             fn_constructor_kwargs=kwargs,
             batch_size=1,
