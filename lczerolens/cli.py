@@ -7,6 +7,8 @@ Example
     $ lczerolens explain assets/cache/maia-1900.pb.gz "startpos" --out heatmap.svg
     $ lczerolens explain net.onnx "<FEN>" --target value --out value.png
     $ python -m lczerolens explain --help
+    $ lczerolens run assets/cache/maia-1900.pb.gz games.pgn.zst --out runs/games --target top --target value
+    $ lczerolens summarize runs/games --out summary.svg
 
 Bad input (a missing file, a bad FEN, an illegal move, an unknown target) is reported as one line on stderr,
 ``lczerolens: error: ...``, with exit status 1 (2 for a malformed command line), never as a traceback.
@@ -154,7 +156,73 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="colour map: RdBu_r (default), coolwarm, PiYG, PuOr (diverging); Reds, Blues, Greys, viridis",
     )
+    _add_collection_commands(sub)
     return parser
+
+
+def _add_collection_commands(sub: Any) -> None:
+    """``run`` (a PGN/EPD collection to Parquet) and ``summarize`` (its mean maps)."""
+    from lczerolens.run import TARGETS
+
+    run = sub.add_parser(
+        "run",
+        help="explain every position of a PGN or EPD file and write the rows as Parquet (resumable)",
+        description=textwrap.fill(
+            "Read a PGN (.pgn, .pgn.gz, .pgn.zst) or EPD/FEN file as a stream, explain each selected position "
+            "for each --target with LRP, and write one row per position and target as Parquet shards under "
+            "--out, with a manifest. Run the same command again to resume a run that was stopped or killed; "
+            "a different network, lens, target list or selection is refused. Malformed games are skipped and "
+            "listed at the end.",
+            width=78,
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            f"  {PROG} run assets/cache/maia-1900.pb.gz games.pgn --out runs/games --target top --target played\n"
+            f"  {PROG} run net.pb.gz games.pgn.zst --out runs/big --every 4 --sample 100000 --seed 1 --workers 2\n"
+            f"  RAY_ADDRESS=auto {PROG} run net.pb.gz games.pgn.zst --out /shared/runs/big --engine ray --workers 64\n"
+            "\nread the result with pyarrow.parquet, pandas.read_parquet, polars or DuckDB, or "
+            "lczerolens.run.load_results"
+        ),
+    )
+    run.add_argument("weights", metavar="WEIGHTS", help="lc0 network: weights (.pb.gz, .pb) or an ONNX export (.onnx)")
+    run.add_argument("source", metavar="SOURCE", help="games (.pgn, .pgn.gz, .pgn.zst) or positions (.epd, .fen)")
+    run.add_argument("--out", required=True, metavar="DIR", help="the run folder (new, empty, or this run's own)")
+    run.add_argument(
+        "--target",
+        action="append",
+        choices=TARGETS,
+        metavar="{" + ",".join(TARGETS) + "}",
+        help="what to explain; repeat for several (default: top). 'played' is the game's next move",
+    )
+    run.add_argument("--every", type=int, default=1, metavar="N", help="keep every N-th ply (default: 1)")
+    run.add_argument("--min-ply", type=int, default=0, metavar="N", help="first ply to keep (default: 0)")
+    run.add_argument("--max-ply", type=int, default=None, metavar="N", help="last ply to keep (default: all)")
+    run.add_argument(
+        "--sample", type=float, default=None, metavar="N",
+        help="a seeded random sample: N positions (N >= 1) or a fraction of them (0 < N < 1)",
+    )  # fmt: skip
+    run.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample (default: 0)")
+    run.add_argument("--batch-size", type=int, default=64, metavar="N", help="positions per call (default: 64)")
+    run.add_argument("--workers", type=int, default=1, metavar="N", help="processes or Ray actors (default: 1)")
+    run.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
+    run.add_argument(
+        "--rule",
+        choices=("epsilon", "gamma"),
+        default="epsilon",
+        help="LRP rules, as for `explain` (default: %(default)s)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+    summ = sub.add_parser(
+        "summarize",
+        help="mean relevance per square of a run, by target and by the piece on the square, as one picture",
+        description="Mean relevance per square over a run's rows, for each target: over all rows, and over the "
+        "rows where the square holds a pawn, knight, ... or nothing. Draws them as one grid and prints a table.",
+    )
+    summ.add_argument("run_dir", metavar="DIR", help="a folder written by `lczerolens run`")
+    summ.add_argument("--out", default="summary.svg", metavar="PATH", help="the picture: .svg or .png")
+    summ.add_argument("--cmap", default=None, metavar="NAME", help="colour map (default: RdBu_r)")
 
 
 def _fail(message: str, err: TextIO) -> int:
@@ -376,6 +444,97 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _sample_value(value: float | None) -> int | float | None:
+    if value is None:
+        return None
+    if value >= 1:
+        if value != int(value):
+            raise LensError(f"--sample {value:g}: give a whole number of positions or a fraction below 1")
+        return int(value)
+    return value
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    from lczerolens.data import read_pgn, read_positions, source_kind
+    from lczerolens.lenses import LrpLens
+    from lczerolens.lenses.lrp.lens import GAMMA_COMPOSITE
+    from lczerolens.run import explain_dataset, load_manifest
+
+    selection: dict[str, Any] = {"every": args.every, "sample": _sample_value(args.sample), "seed": args.seed}
+    if source_kind(args.source) == "pgn":
+        reader = read_pgn(args.source, min_ply=args.min_ply, max_ply=args.max_ply, **selection)
+    else:
+        if args.min_ply or args.max_ply is not None:
+            raise LensError("--min-ply and --max-ply apply to PGN games; an EPD file's positions have no plies")
+        reader = read_positions(args.source, **selection)
+    lens = LrpLens(**(GAMMA_COMPOSITE if args.rule == "gamma" else {}))
+    path = explain_dataset(
+        args.weights,
+        reader,
+        args.out,
+        targets=tuple(args.target or ("top",)),
+        lens=lens,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        engine=args.engine,
+        progress=not args.no_progress,
+    )
+    manifest = load_manifest(path)
+    rows = sum(v["rows"] for v in manifest["shards"].values())
+    print(f"wrote {rows} rows for {manifest['positions']} positions in {len(manifest['shards'])} shards to {path}",
+          file=out)  # fmt: skip
+    if manifest.get("n_skipped") and args.no_progress:  # with the progress bar, the run printed the list itself
+        print(f"skipped {manifest['n_skipped']} games or lines:", file=out)
+        for line in manifest["skipped"]:
+            print(f"  {line}", file=out)
+    return 0
+
+
+def _summarize(args: argparse.Namespace, out: TextIO) -> int:
+    from lczerolens.run import SUMMARY_GROUPS, summarize
+    from lczerolens.visual import RenderError, render_grid
+
+    out_path = Path(args.out)
+    if out_path.suffix.lower() not in (".svg", ".png"):
+        raise RenderError(f"cannot write a picture to {args.out!r}; use a .svg or .png file name")
+    summary = summarize(args.run_dir)
+    if not summary["rows"]:
+        raise LensError(f"the run in {args.run_dir!r} has no rows to summarize")
+    names = {"all": "all squares", "P": "pawn", "N": "knight", "B": "bishop", "R": "rook", "Q": "queen",
+             "K": "king", "empty": "empty"}  # fmt: skip
+    values, titles = [], []
+    for target, maps in summary["maps"].items():
+        for group in SUMMARY_GROUPS:
+            values.append(maps[group])
+            titles.append(f"{target}: {names[group]}")
+    empty = chess.Board(None)
+    grid = render_grid(
+        empty,
+        values,
+        titles=titles,
+        ncols=len(SUMMARY_GROUPS),
+        cmap=args.cmap,
+        norm="symmetric",
+        label="mean relevance",
+        caption=f"mean relevance per square, {Path(args.run_dir).name}: by target (rows) and piece on the square",
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    written = grid.save(out_path)
+    header = ["target", "rows", "mean target", "mean conserv."] + [f"|rel| {g}" for g in SUMMARY_GROUPS[1:]]
+    table = [header]
+    for row in summary["rows"]:
+        cells = [row["target"], str(row["rows"]), f"{row['mean target']:+.3f}", f"{row['mean conservation']:+.3f}"]
+        cells += [f"{100 * row[f'|rel| on {g}']:.0f}%" for g in SUMMARY_GROUPS[1:]]
+        table.append(cells)
+    for line in _table(table, "<>>>" + ">" * (len(SUMMARY_GROUPS) - 1)):
+        print(line, file=out)
+    print(f"\nwrote {written}", file=out)
+    return 0
+
+
+_COMMANDS = {"explain": _explain, "run": _run, "summarize": _summarize}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lczerolens`` command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
@@ -397,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(out)
         return 2
     try:
-        return _explain(args, out)
+        return _COMMANDS[args.command](args, out)
     except LczeroLensError as exc:
         return _fail(str(exc), err)
     except OSError as exc:  # e.g. no permission to write --out

@@ -47,3 +47,11 @@ class LensError(LczeroLensError, ValueError):
 class InvalidPositionWarning(UserWarning):
     """A position that no legal game reaches (adjacent kings, pawns on the back rank, ...): lc0 evaluates it
     anyway, but the network never saw such inputs in training, so its outputs and explanations mean little."""
+
+
+class DataError(LczeroLensError, ValueError):
+    """A game collection (PGN, EPD) that cannot be read at all: a missing or unreadable file, a bad selection."""
+
+
+class RunError(LczeroLensError, ValueError):
+    """A collection run that cannot start or resume: an output folder of another run, an unwritable path."""

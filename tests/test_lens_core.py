@@ -367,3 +367,17 @@ def test_valid_positions_give_no_warning(maia, positions):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LrpLens().relevance(maia, positions, None)
+
+
+def test_relevance_carries_the_networks_outputs(maia, positions, tmp_path):
+    rel = LrpLens().relevance(maia, positions, "value")
+    with torch.no_grad():
+        plain = maia.network(torch.stack([b.to_input_tensor() for b in positions]))
+    for key in ("policy", "wdl_logits"):
+        torch.testing.assert_close(rel.outputs[key], plain[key], rtol=1e-5, atol=1e-5)
+    assert torch.equal(rel[1:3].outputs["wdl_logits"], rel.outputs["wdl_logits"][1:3])
+    back = Relevance.load(rel.save(tmp_path / "r.npz"))
+    assert torch.equal(back.outputs["policy"], rel.outputs["policy"])
+    cond = LrpLens().relevance(maia, positions[:2], "value", condition=[{"block1/conv2/relu": [c]} for c in (1, 2, 3)])
+    expected = rel.outputs["wdl_logits"][:2].repeat_interleave(3, 0)
+    torch.testing.assert_close(cond.outputs["wdl_logits"], expected, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "notebooks" / "tutorial.ipynb"
 INSIDE = ROOT / "notebooks" / "inside.ipynb"
+COLLECTIONS = ROOT / "notebooks" / "collections.ipynb"
 
 
 def test_committed_tutorial_has_its_outputs() -> None:
@@ -54,6 +55,34 @@ def test_inside_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
     nb = nbformat.read(INSIDE, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+
+def test_committed_collections_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(COLLECTIONS, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code), "execute the notebook before committing"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    svgs = [o["data"]["image/svg+xml"] for c in code for o in c.outputs if "image/svg+xml" in o.get("data", {})]
+    assert len(svgs) >= 2  # the aggregate maps
+    text = nbformat.writes(nb)
+    assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text  # no local paths in outputs
+
+
+@pytest.mark.slow
+def test_collections_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("pandas")
+    if not (ROOT / "assets" / "cache" / "chess-data" / "pgn" / "kasparov-deep-blue-1997.pgn").exists():
+        pytest.skip("python-chess's PGN files are missing: run `make assets`")
+    nb = nbformat.read(COLLECTIONS, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     )
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

@@ -60,6 +60,10 @@ class Relevance:
         explained number that the map accounts for (``nan`` where the target is 0).
     layers : dict of str to torch.Tensor
         Latent relevance recorded with ``record=``: module name -> relevance of its output.
+    outputs : dict of str to torch.Tensor
+        The network's outputs in the explaining pass (``"policy"``, ``"wdl_logits"``, ``"value_logit"``,
+        ``"mlh"``, ... as the network returns them), one row per board: the evaluation comes with the map at no
+        extra cost. Empty for lenses that do not run the plain position once.
     conditions : list of dict or None
         With ``condition=``: the ``K`` conditions; row ``i * K + k`` is board ``i`` under condition ``k``.
     method : str
@@ -87,6 +91,7 @@ class Relevance:
         layers: Mapping[str, torch.Tensor] | None = None,
         conditions: Sequence[Mapping[str, Any]] | None = None,
         method: str = "LRP relevance",
+        outputs: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.planes = planes
         self.target = target
@@ -95,6 +100,7 @@ class Relevance:
         self.target_name = target_name
         self.policy_indices = policy_indices
         self.layers: dict[str, torch.Tensor] = dict(layers or {})
+        self.outputs: dict[str, torch.Tensor] = dict(outputs or {})
         self.conditions = None if conditions is None else [dict(c) for c in conditions]
         self.method = method
         if planes is None:
@@ -158,6 +164,7 @@ class Relevance:
             layers={name: _rows(value, picked, len(self)) for name, value in self.layers.items()},
             conditions=self.conditions,
             method=self.method,
+            outputs={name: value[picked] for name, value in self.outputs.items()},
         )
 
     @classmethod
@@ -191,6 +198,7 @@ class Relevance:
             layers={k: torch.cat([p.layers[k] for p in parts]) for k in first.layers},
             conditions=first.conditions,
             method=first.method,
+            outputs={k: torch.cat([p.outputs[k] for p in parts]) for k in _shared_keys(p.outputs for p in parts)},
         )
 
     # ----------------------------------------------------------------------------------------------------------
@@ -217,12 +225,16 @@ class Relevance:
         names = list(self.layers)
         for i, name in enumerate(names):
             arrays[f"layer_{i}"] = self.layers[name].detach().cpu().numpy()
+        heads = list(self.outputs)
+        for i, name in enumerate(heads):
+            arrays[f"output_{i}"] = self.outputs[name].detach().cpu().numpy()
         meta = {
             "format": "lczerolens.Relevance/1",
             "target_name": self.target_name,
             "input_format": int(self.input_format),
             "method": self.method,
             "layers": names,
+            "outputs": heads,
             "conditions": self.conditions,
             "boards": [_board_record(b) for b in self.boards],
         }
@@ -253,6 +265,7 @@ class Relevance:
                     board.push(chess.Move.from_uci(uci))
                 boards.append(board)
             layers = {name: torch.from_numpy(arrays[f"layer_{i}"]) for i, name in enumerate(meta["layers"])}
+            outputs = {name: torch.from_numpy(arrays[f"output_{i}"]) for i, name in enumerate(meta.get("outputs", []))}
             planes = arrays.get("planes")
             indices = arrays.get("policy_indices")
             return cls(
@@ -266,6 +279,7 @@ class Relevance:
                 layers=layers,
                 conditions=meta.get("conditions"),
                 method=meta.get("method", "LRP relevance"),
+                outputs=outputs,
             )
         except FileNotFoundError:
             raise LczeroLensError(f"no saved relevance at {str(path)!r}") from None
@@ -423,6 +437,12 @@ def _past_positions(board: chess.Board, count: int) -> list[chess.Board]:
         if past.move_stack:
             past.pop()
     return out
+
+
+def _shared_keys(tables: Any) -> list[str]:
+    """The keys every table has, in the first table's order."""
+    tables = list(tables)
+    return [key for key in tables[0] if all(key in t for t in tables[1:])]
 
 
 def _board_record(board: chess.Board) -> dict[str, Any]:

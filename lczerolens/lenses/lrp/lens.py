@@ -569,11 +569,22 @@ class LrpLens(AttributionLens):
             layers=layer_rel,
             conditions=conditions,
             method=self.method_name,
+            outputs=_rows_of(outputs, n, max(len(parsed), 1)),
         )
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Recording and conditions
+
+
+def _rows_of(outputs: Mapping[str, Any], n: int, k: int) -> dict[str, torch.Tensor]:
+    """The network's per-board outputs, detached (each repeated ``k`` times for ``k`` conditions)."""
+    rows = {}
+    for name, value in outputs.items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
+            value = value.detach()
+            rows[name] = value.repeat_interleave(k, 0) if k > 1 else value
+    return rows
 
 
 def _record_names(record: Any) -> list[str]:
