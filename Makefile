@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_FEN ?= r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3
 
-.PHONY: install assets test lint docs bench demo clean
+.PHONY: install assets test lint typecheck docs bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,12 @@ install: $(STAMP)
 assets: $(STAMP)
 	$(BIN)/python assets/fetch.py
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
+
+# mypy --strict on the modules listed in pyproject.toml ([tool.mypy] files).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # The documentation site, into site/; any warning fails the build. Its examples run in tests/test_docs.py.
 docs: $(STAMP)

@@ -39,13 +39,16 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import chess
 import chess.svg
 import numpy as np
 
 from lczerolens.errors import InputShapeError, LczeroLensError
+
+if TYPE_CHECKING:
+    import torch  # for annotations only: drawing never imports torch
 
 __all__ = [
     "COLORMAPS",
@@ -88,6 +91,12 @@ class MissingDependencyError(LczeroLensError, ImportError):
 # ---------------------------------------------------------------------------------------------------------
 
 ColorLike = Union[str, Sequence[float]]  # noqa: UP007 (a runtime alias: py3.10 needs Union)
+#: Values on squares: a torch tensor, a numpy array or (nested) lists of numbers.
+ValuesLike: TypeAlias = Union["torch.Tensor", np.ndarray, Sequence[float], Sequence[Sequence[float]]]  # noqa: UP007
+#: Which side is at the bottom: ``"white"``, ``"black"``, ``"turn"`` (the side to move), chess.WHITE or chess.BLACK.
+OrientationLike: TypeAlias = Union[chess.Color, str]  # noqa: UP007 (a runtime alias)
+#: A move to draw as an arrow: a ``chess.Move``, a UCI string or ``None`` (no arrow).
+MoveArg: TypeAlias = Union[chess.Move, str, None]  # noqa: UP007 (a runtime alias)
 
 
 def _hex_to_rgb(color: str) -> tuple[float, float, float]:
@@ -476,9 +485,12 @@ def _board_group(
 def _promotion_badge(move: chess.Move, board: chess.BaseBoard, orientation: bool, offset: float) -> ET.Element:
     """The promoted piece, drawn small in the corner of the destination square (a promotion is otherwise a
     one-square arrow that does not say which piece the pawn becomes)."""
+    promotion = move.promotion
+    if promotion is None:
+        raise RenderError(f"move {move.uci()} is not a promotion: it has no promoted piece to draw")
     mover = board.piece_at(move.from_square)
     color = mover.color if mover is not None else chess.square_rank(move.to_square) == 7
-    piece = chess.Piece(move.promotion, color)
+    piece = chess.Piece(promotion, color)
     file, rank = chess.square_file(move.to_square), chess.square_rank(move.to_square)
     col, row = (file, 7 - rank) if orientation else (7 - file, rank)
     scale = 0.5
@@ -501,7 +513,7 @@ def _promotion_badge(move: chess.Move, board: chess.BaseBoard, orientation: bool
     glyph = _strip_namespaces(ET.fromstring(chess.svg.piece(piece, size=SQUARE)))
     for child in glyph:
         badge.append(child)
-    ET.SubElement(badge, "title").text = f"promotes to {chess.piece_name(move.promotion)}"
+    ET.SubElement(badge, "title").text = f"promotes to {chess.piece_name(promotion)}"
     return badge
 
 
@@ -700,7 +712,8 @@ class Heatmap:
             ) from exc
         if not (isinstance(scale, (int, float)) and scale > 0):
             raise RenderError(f"scale must be a positive number, not {scale!r}")
-        return cairosvg.svg2png(bytestring=self.svg.encode("utf-8"), scale=float(scale))
+        png: bytes = cairosvg.svg2png(bytestring=self.svg.encode("utf-8"), scale=float(scale))
+        return png
 
     def save(self, path: str | Path, scale: float = 2.0) -> Path:
         """Write the picture to ``path``: ``.svg`` as is, ``.png`` through cairosvg (see :meth:`to_png`).
@@ -730,14 +743,14 @@ class Heatmap:
 
 def render_heatmap(
     board: chess.BaseBoard,
-    values: Any,
+    values: ValuesLike,
     *,
     move: chess.Move | str | None = None,
     caption: str | Sequence[str] | None = None,
     cmap: str | Callable[[float], ColorLike] | None = None,
     norm: str | None = None,
     vmax: float | None = None,
-    orientation: Any = chess.WHITE,
+    orientation: OrientationLike = chess.WHITE,
     label: str | None = None,
     coordinates: bool = True,
     colorbar: bool = True,
@@ -844,17 +857,17 @@ def render_heatmap(
 
 def render_grid(
     boards: chess.BaseBoard | Sequence[chess.BaseBoard],
-    values: Any,
+    values: ValuesLike | Sequence[ValuesLike],
     titles: Sequence[str] | None = None,
     shared_scale: bool = True,
     ncols: int | None = None,
     *,
-    move: Any = None,
+    move: MoveArg | Sequence[MoveArg] = None,
     caption: str | Sequence[str] | None = None,
     cmap: str | Callable[[float], ColorLike] | None = None,
     norm: str | None = None,
     vmax: float | None = None,
-    orientation: Any = chess.WHITE,
+    orientation: OrientationLike = chess.WHITE,
     label: str | None = None,
     coordinates: bool = True,
     size: float | None = None,
@@ -939,7 +952,7 @@ def render_grid(
     title_h = 22.0 if titles else 0.0
 
     panels: list[ET.Element] = []
-    panel_w = board_size
+    panel_w: float = board_size
     bars: list[tuple[ET.Element, float]] = []
     for i, (b, vals, scale) in enumerate(zip(board_list, batch, scales, strict=True)):
         colors = [colormap(scale.t(v)) for v in vals]
@@ -1058,7 +1071,7 @@ def _mark_squares(heatmap: Heatmap, square: int) -> Heatmap:
 
 def render_attention(
     board: chess.BaseBoard,
-    weights: Any,
+    weights: ValuesLike,
     query: str | int,
     *,
     titles: Sequence[str] | None = None,

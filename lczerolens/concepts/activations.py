@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import chess
 import torch
 
 from lczerolens.errors import InputShapeError, LensError
+
+if TYPE_CHECKING:
+    from lczerolens.board import InputFormat
+    from lczerolens.lenses.base import ModelLike
 
 __all__ = ["module_names", "resolve_modules", "square_features", "activation_maps", "board_square_index"]
 
@@ -23,8 +27,8 @@ RESIDUAL_DEFAULT_MODULES = ("inputconv", "block*/conv2/relu")
 ATTENTION_DEFAULT_MODULES = ("attn_body/ln2", "encoder*/ln2")
 
 
-def _network(model: Any) -> torch.nn.Module:
-    return getattr(model, "network", model)
+def _network(model: ModelLike) -> torch.nn.Module:
+    return cast(torch.nn.Module, getattr(model, "network", model))
 
 
 def _glob(pattern: str) -> re.Pattern[str]:
@@ -35,17 +39,18 @@ def _glob(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(table.get(p, re.escape(p)) for p in parts))
 
 
-def module_names(model: Any) -> list[str]:
+def module_names(model: ModelLike) -> list[str]:
     """The names of ``model``'s submodules (lc0's node names, e.g. ``"block3/conv2/relu"``), in forward order."""
     return [name for name, _ in _network(model).named_modules() if name]
 
 
-def resolve_modules(model: Any, modules: str | Sequence[str] | None) -> list[str]:
+def resolve_modules(model: ModelLike, modules: str | Sequence[str] | None) -> list[str]:
     """Expand module names and glob patterns (``"block*/conv2/relu"``; ``*`` stays within one ``/`` segment,
     ``**`` crosses them) against ``model``, keeping the network's order within a pattern; ``None`` gives the
     defaults of the network's family. A leading ``"network."`` (as in ``LczeroModel.named_modules()``) is
     accepted and dropped."""
     names = module_names(model)
+    patterns: tuple[str, ...]
     if modules is None:
         patterns = RESIDUAL_DEFAULT_MODULES if "inputconv" in names else ATTENTION_DEFAULT_MODULES
     elif isinstance(modules, str):
@@ -67,7 +72,7 @@ def resolve_modules(model: Any, modules: str | Sequence[str] | None) -> list[str
 
 
 def _activations(
-    model: Any, boards: Sequence[chess.Board], modules: Sequence[str], batch_size: int = 256
+    model: ModelLike, boards: Sequence[chess.Board], modules: Sequence[str], batch_size: int = 256
 ) -> dict[str, torch.Tensor]:
     """Outputs of ``modules`` (resolved names) on ``boards``: ``{name: float32 tensor [N, ...]}`` on the CPU.
 
@@ -80,7 +85,7 @@ def _activations(
     return {name: found[name].detach().to("cpu", torch.float32) for name in modules}
 
 
-def board_square_index(boards: Sequence[chess.Board], input_format: Any) -> torch.Tensor:
+def board_square_index(boards: Sequence[chess.Board], input_format: InputFormat | int) -> torch.Tensor:
     """``[N, 64]`` long: entry ``[i, s]`` is the network-orientation square that board square ``s`` of board
     ``i`` is fed to (so ``net_features[i, :, index[i]]`` is in board orientation)."""
     from lczerolens.board import LczeroBoard
@@ -108,7 +113,9 @@ def _per_square(activation: torch.Tensor) -> torch.Tensor:
     )
 
 
-def activation_maps(activation: torch.Tensor, boards: Sequence[chess.Board], input_format: Any) -> torch.Tensor:
+def activation_maps(
+    activation: torch.Tensor, boards: Sequence[chess.Board], input_format: InputFormat | int
+) -> torch.Tensor:
     """One activation ``[N, C, 8, 8]`` (residual) or ``[N, 64, E]`` (attention tokens) as per-channel maps in
     board orientation: ``[N, C, 64]``, ``maps[i, c, chess.E4]`` = channel ``c`` at e4."""
     per = _per_square(activation)
@@ -118,7 +125,9 @@ def activation_maps(activation: torch.Tensor, boards: Sequence[chess.Board], inp
     return torch.gather(per, 2, index[:, None, :].expand(-1, per.shape[1], -1))
 
 
-def square_features(activation: torch.Tensor, boards: Sequence[chess.Board], input_format: Any) -> torch.Tensor:
+def square_features(
+    activation: torch.Tensor, boards: Sequence[chess.Board], input_format: InputFormat | int
+) -> torch.Tensor:
     """``[N, 64, C]``: each board square's activation vector (board orientation), for per-square probes."""
     return activation_maps(activation, boards, input_format).transpose(1, 2)
 

@@ -27,7 +27,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import chess
 import torch
@@ -46,7 +46,7 @@ def as_board_list(boards: chess.Board | Sequence[chess.Board]) -> list[chess.Boa
         return [boards]
     if isinstance(boards, (str, bytes)) or not isinstance(boards, Sequence):
         try:
-            boards = list(boards)  # type: ignore[arg-type]
+            boards = list(boards)
         except TypeError:
             raise InvalidBoardError(
                 f"expected a chess board or a sequence of boards, got {type(boards).__name__}"
@@ -113,7 +113,7 @@ class Concept:
 
     def _check_binary(self, other: object, op: str) -> Concept:
         if not isinstance(other, Concept):
-            return NotImplemented  # type: ignore[return-value]
+            return cast(Concept, NotImplemented)  # the operator hands it on to Python
         for c in (self, other):
             if c.kind != "binary":
                 raise LensError(f"'{op}' combines binary concepts; {c.name!r} is {c.kind}")

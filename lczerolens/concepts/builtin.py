@@ -24,7 +24,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import chess
 import numpy as np
@@ -32,6 +32,12 @@ import torch
 
 from lczerolens.concepts.base import Concept
 from lczerolens.errors import LensError
+
+if TYPE_CHECKING:
+    from lczerolens.model.model import LczeroModel
+
+#: A side: chess.WHITE / chess.BLACK, or "white", "black", "us" (the side to move), "them" (any case).
+ColorLike: TypeAlias = chess.Color | str
 
 __all__ = [
     "PIECE_VALUES",
@@ -58,7 +64,7 @@ def _unpack(masks: np.ndarray) -> np.ndarray:
     return bits.astype(bool)
 
 
-def _masks(values: Sequence[int]) -> np.ndarray:
+def _masks(values: Sequence[int] | Sequence[Sequence[int]]) -> np.ndarray:
     return np.array(values, dtype=np.uint64)
 
 
@@ -75,7 +81,7 @@ def attack_masks(boards: Sequence[chess.Board]) -> np.ndarray:
     return _masks([[_attacked(b, chess.WHITE), _attacked(b, chess.BLACK)] for b in boards]).reshape(len(boards), 2)
 
 
-def _resolve_color(color: Any) -> str | bool:
+def _resolve_color(color: object) -> str | bool:
     if isinstance(color, str):
         key = color.lower()
         if key in ("white", "black"):
@@ -191,7 +197,7 @@ class AttackedBy(Concept):
 
     per_square = True
 
-    def __init__(self, color: Any) -> None:
+    def __init__(self, color: ColorLike) -> None:
         self.color = _resolve_color(color)
         label = self.color if isinstance(self.color, str) else chess.COLOR_NAMES[self.color]
         self.name = f"attacked_by_{label}"
@@ -217,7 +223,7 @@ class HangingPiece(Concept):
 
     per_square = True
 
-    def __init__(self, color: Any = None) -> None:
+    def __init__(self, color: ColorLike | None = None) -> None:
         self.color = None if color is None else _resolve_color(color)
         if self.color is None:
             self.name = "hanging_piece"
@@ -280,7 +286,7 @@ class BestMove(Concept):
     n_classes = 3
     classes = ("none", "from", "to")
 
-    def __init__(self, model: Any, batch_size: int = 256) -> None:
+    def __init__(self, model: LczeroModel, batch_size: int = 256) -> None:
         self.model = model
         self.batch_size = int(batch_size)
 
@@ -288,12 +294,12 @@ class BestMove(Concept):
         """The network's top legal move of each board (``None`` where there is none)."""
         from lczerolens.board import LczeroBoard
 
-        boards = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in boards]
+        board_list = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in boards]
         fmt = self.model.input_format
         out: list[chess.Move | None] = []
         with torch.inference_mode():
-            for start in range(0, len(boards), self.batch_size):
-                chunk = boards[start : start + self.batch_size]
+            for start in range(0, len(board_list), self.batch_size):
+                chunk = board_list[start : start + self.batch_size]
                 policy = self.model(chunk)["policy"].float().cpu()
                 for row, board in zip(policy, chunk, strict=True):
                     legal = list(board.legal_moves)

@@ -15,10 +15,10 @@ Example
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import chess
 import numpy as np
@@ -28,12 +28,26 @@ from lczerolens.concepts.activations import _activations, activation_maps, resol
 from lczerolens.concepts.base import as_board_list
 from lczerolens.errors import InputShapeError, LensError
 
+if TYPE_CHECKING:
+    from lczerolens.lenses.base import AttributionLens, ModelLike, TargetLike
+    from lczerolens.lenses.relevance import Relevance
+    from lczerolens.visual import Heatmap
+
 __all__ = ["channel_relevance", "activation_maps_of", "relevance_maps_of", "reference_positions", "ReferencePositions"]
 
 _FORMAT = "lczerolens.reference_positions/1"
 
 
-def channel_relevance(rel: Any, name: str) -> torch.Tensor:
+class ChannelMaps(Protocol):
+    """What :func:`activation_maps_of` and :func:`relevance_maps_of` return: ``boards -> [N, C, 64]``, and the
+    module it reads as ``.module`` (recorded by :func:`reference_positions`)."""
+
+    module: str
+
+    def __call__(self, boards: list[chess.Board]) -> torch.Tensor: ...
+
+
+def channel_relevance(rel: Relevance, name: str) -> torch.Tensor:
     """Relevance per channel of module ``name``: ``[N, C]``, summed over squares (residual nets) or tokens
     (attention nets).
 
@@ -52,7 +66,7 @@ def channel_relevance(rel: Any, name: str) -> torch.Tensor:
         raise LensError("this relevance has no recorded layers; pass record=(name, ...) to LrpLens.relevance")
     if name not in layers:
         raise LensError(f"no recorded relevance for {name!r}; recorded: {sorted(layers)}")
-    t = layers[name]
+    t: torch.Tensor = layers[name]
     n = len(rel)
     if t.ndim == 2 and t.shape[0] == n * 64 and n * 64 != n:
         t = t.reshape(n, 64, t.shape[1])
@@ -67,7 +81,7 @@ def channel_relevance(rel: Any, name: str) -> torch.Tensor:
     raise InputShapeError(f"cannot read channels from relevance of shape {tuple(t.shape)} at {name!r}")
 
 
-def activation_maps_of(model: Any, module: str, batch_size: int = 256) -> Callable[[list[chess.Board]], torch.Tensor]:
+def activation_maps_of(model: ModelLike, module: str, batch_size: int = 256) -> ChannelMaps:
     """A callable ``boards -> [N, C, 64]``: ``module``'s output per channel, in board orientation (for
     :func:`reference_positions`)."""
     names = resolve_modules(model, [module])
@@ -80,13 +94,14 @@ def activation_maps_of(model: Any, module: str, batch_size: int = 256) -> Callab
         act = _activations(model, boards, [name], batch_size)[name]
         return activation_maps(act, boards, fmt)
 
-    maps.module = name  # type: ignore[attr-defined]
-    return maps
+    tagged = cast(ChannelMaps, maps)
+    tagged.module = name
+    return tagged
 
 
 def relevance_maps_of(
-    lens: Any, model: Any, module: str, target: Any = None, **options: Any
-) -> Callable[[list[chess.Board]], torch.Tensor]:
+    lens: AttributionLens, model: ModelLike, module: str, target: TargetLike = None, **options: Any
+) -> ChannelMaps:
     """A callable ``boards -> [N, C, 64]``: the latent relevance of ``module``'s output per channel, in board
     orientation (for :func:`reference_positions` by relevance).
 
@@ -115,8 +130,9 @@ def relevance_maps_of(
             layer = layer.reshape(len(boards), 64, layer.shape[1])
         return activation_maps(layer.detach().to("cpu", torch.float32), boards, fmt)
 
-    maps.module = name  # type: ignore[attr-defined]
-    return maps
+    tagged = cast(ChannelMaps, maps)
+    tagged.module = name
+    return tagged
 
 
 @dataclass
@@ -156,7 +172,7 @@ class ReferencePositions:
         """The stored boards as :class:`~lczerolens.LczeroBoard` objects, with their move history."""
         from lczerolens.board import LczeroBoard
 
-        out = []
+        out: list[chess.Board] = []
         for root, moves in zip(self.roots, self.moves, strict=True):
             out.append(LczeroBoard.from_moves(moves, fen=root))
         return out
@@ -167,7 +183,7 @@ class ReferencePositions:
             raise LensError(f"channel {channel} is not in these reference positions ({len(self.channels)} channels)")
         return int(hits[0])
 
-    def render(self, channel: int, **options: Any) -> Any:
+    def render(self, channel: int, **options: Any) -> Heatmap:
         """The channel's top-k positions as a grid of boards with its map (:func:`lczerolens.visual.render_grid`),
         each titled with the score and the peak square."""
         from lczerolens.visual import render_grid
@@ -244,14 +260,16 @@ def reference_positions(
     n = len(board_list)
     k = min(k, n)
 
-    def batches():
+    def batches() -> Iterator[tuple[int, torch.Tensor]]:
         if callable(maps):
             for start in range(0, n, batch_size):
                 yield start, torch.as_tensor(maps(board_list[start : start + batch_size]))
         else:
             yield 0, torch.as_tensor(maps)
 
-    best_scores = best_index = best_maps = None
+    best_scores: torch.Tensor | None = None
+    best_index: torch.Tensor | None = None
+    best_maps: torch.Tensor | None = None
     chan: torch.Tensor | None = None
     seen = 0
     for start, m in batches():
@@ -267,7 +285,7 @@ def reference_positions(
         m = m[:, chan]  # [b, C', 64]
         score = {"max": lambda t: t.amax(2), "sum": lambda t: t.sum(2), "absmax": lambda t: t.abs().amax(2)}[reduce](m)
         index = torch.arange(start, start + m.shape[0])[:, None].expand_as(score)
-        if best_scores is None:
+        if best_scores is None or best_index is None or best_maps is None:  # all three are set together
             cat_s, cat_i, cat_m = score, index, m
         else:
             cat_s = torch.cat([best_scores, score])

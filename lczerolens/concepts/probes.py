@@ -30,10 +30,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chess
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.nn import functional as F
 
@@ -46,6 +47,12 @@ from lczerolens.concepts.activations import (
 )
 from lczerolens.concepts.base import Concept, as_board_list
 from lczerolens.errors import InputShapeError, LensError, UnsupportedModelError
+
+if TYPE_CHECKING:
+    from lczerolens.board import InputFormat
+    from lczerolens.lenses.base import ModelLike
+    from lczerolens.model.model import LczeroModel
+    from lczerolens.visual import Heatmap
 
 __all__ = ["ProbeResult", "ProbeTable", "fit_probe", "split_groups", "probe_layers", "control_model",
            "plot_probe_layers"]  # fmt: skip
@@ -94,14 +101,14 @@ class ProbeResult:
         return out[:, 0] if out.shape[1] == 1 else out
 
 
-def split_groups(groups: Any, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+def split_groups(groups: npt.ArrayLike, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
     """Boolean mask ``[M]``, ``True`` for held-out samples: a random ``test_fraction`` of the distinct groups
     (at least one, and at least one left for training), so no group straddles the split. Deterministic in
     ``seed``."""
-    groups = np.asarray(groups)
-    if groups.ndim != 1:
-        raise InputShapeError(f"groups must be one id per sample, got shape {groups.shape}")
-    unique = np.unique(groups)
+    group_ids = np.asarray(groups)
+    if group_ids.ndim != 1:
+        raise InputShapeError(f"groups must be one id per sample, got shape {group_ids.shape}")
+    unique = np.unique(group_ids)
     if len(unique) < 2:
         raise LensError(f"a split by groups needs at least 2 distinct groups, got {len(unique)}")
     if not 0 < test_fraction < 1:
@@ -109,7 +116,7 @@ def split_groups(groups: Any, test_fraction: float = 0.2, seed: int = 0) -> np.n
     rng = np.random.default_rng(seed)
     n_test = min(max(1, int(round(test_fraction * len(unique)))), len(unique) - 1)
     held_out = rng.permutation(unique)[:n_test]
-    return np.isin(groups, held_out)
+    return np.isin(group_ids, held_out)
 
 
 def _standardize(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +146,11 @@ def _fit_logistic(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weight) + l2 * (weight * weight).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         return loss
 
     with torch.enable_grad():
-        optimizer.step(closure)
+        optimizer.step(closure)  # type: ignore[no-untyped-call]  # torch leaves LBFGS.step unannotated
     return weight.detach(), bias.detach()
 
 
@@ -168,7 +175,7 @@ def fit_probe(
     activations: torch.Tensor,
     labels: torch.Tensor,
     *,
-    groups: Any,
+    groups: npt.ArrayLike,
     kind: str = "logistic",
     l2: float = 1e-4,
     test_fraction: float = 0.2,
@@ -247,7 +254,7 @@ def fit_probe(
         majority = int(torch.bincount(y[train], minlength=k).argmax())
         recalls = [correct[test & (y == c)].float().mean().item() for c in range(k) if (y[test] == c).any()]
         train_recalls = [correct[train & (y == c)].float().mean().item() for c in range(k) if (y[train] == c).any()]
-        result = dict(metric="accuracy", score=correct[test].float().mean().item(),
+        result: dict[str, Any] = dict(metric="accuracy", score=correct[test].float().mean().item(),
                       train_score=correct[train].float().mean().item(),
                       baseline=(y[test] == majority).float().mean().item(),
                       balanced_accuracy=float(np.mean(recalls)), chance=1.0 / len(recalls),
@@ -270,7 +277,7 @@ def fit_probe(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _residual_spec(model: Any) -> dict[str, Any]:
+def _residual_spec(model: ModelLike) -> dict[str, Any]:
     """The :func:`lczerolens.testing.random_net` spec of a residual net, read off its module names and the output
     shapes of one forward pass (so it works the same for natively loaded weights and ONNX exports)."""
     from lczerolens.board import LczeroBoard
@@ -313,7 +320,7 @@ def _residual_spec(model: Any) -> dict[str, Any]:
     return spec
 
 
-def control_model(model: Any, seed: int = 0) -> Any:
+def control_model(model: ModelLike, seed: int = 0) -> LczeroModel:
     """A network with ``model``'s architecture and random weights, from :func:`lczerolens.testing.random_net`.
 
     Supports residual (SE-)ResNets, loaded from lc0 weights or from an ONNX export (blocks, filters,
@@ -328,7 +335,7 @@ def control_model(model: Any, seed: int = 0) -> Any:
     UnsupportedModelError
         For other architectures (pass your own ``control=`` to :func:`probe_layers`).
     """
-    from lczerolens.model import LczeroModel
+    from lczerolens.model.model import LczeroModel
     from lczerolens.testing import write_random_net
 
     network = getattr(model, "network", model)
@@ -348,7 +355,7 @@ def control_model(model: Any, seed: int = 0) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 
 
-class ProbeTable(list):
+class ProbeTable(list[dict[str, Any]]):
     """The rows of :func:`probe_layers` (a list of dicts), printable as a table and drawable with :meth:`plot`."""
 
     columns = ("module", "metric", "score", "control", "selectivity", "baseline", "accuracy", "balanced",
@@ -369,13 +376,17 @@ class ProbeTable(list):
     def __str__(self) -> str:
         return self.format()
 
-    def plot(self, **options: Any) -> Any:
+    def plot(self, **options: Any) -> Heatmap:
         """:func:`plot_probe_layers` of these rows."""
         return plot_probe_layers(self, **options)
 
 
 def _features_and_labels(
-    activation: torch.Tensor, labels: torch.Tensor, boards: list[chess.Board], input_format: Any, features: str
+    activation: torch.Tensor,
+    labels: torch.Tensor,
+    boards: list[chess.Board],
+    input_format: InputFormat | int,
+    features: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if labels.ndim == 2:  # per square: one sample per (position, square)
         feats = square_features(activation, boards, input_format)  # [N, 64, C]
@@ -386,13 +397,13 @@ def _features_and_labels(
 
 
 def probe_layers(
-    model: Any,
+    model: ModelLike,
     concept: Concept,
     boards: Sequence[chess.Board],
     modules: str | Sequence[str] | None = None,
     *,
-    groups: Any = None,
-    control: Any = "random",
+    groups: npt.ArrayLike | None = None,
+    control: ModelLike | str | None = "random",
     kind: str | None = None,
     features: str = "flat",
     l2: float = 1e-4,
@@ -490,7 +501,7 @@ def plot_probe_layers(
     title: str | None = None,
     width: float = 560,
     height: float = 320,
-) -> Any:
+) -> Heatmap:
     """Probe score by layer (and the control's, dashed) as an SVG line chart.
 
     ``rows`` is one :func:`probe_layers` table, or ``{label: table}`` for several concepts on one chart (each
@@ -503,8 +514,9 @@ def plot_probe_layers(
         raise LensError("nothing to plot: pass the rows of probe_layers")
     modules = [row["module"] for row in next(iter(series.values()))]
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
-    values = [v for table in series.values() for row in table for v in (row.get("score"), row.get("control"))
-              if v is not None and math.isfinite(v)]  # fmt: skip
+    values: list[float] = [v for table in series.values() for row in table
+                           for v in (row.get("score"), row.get("control"))
+                           if v is not None and math.isfinite(v)]  # fmt: skip
     lo = min(0.0, min(values))
     hi = max(1.0, max(values))
     # Room for the rotated layer names (about 6.2 px per character at 11 px, tilted 40 degrees) and the legend.
@@ -545,8 +557,8 @@ def plot_probe_layers(
     for i, (label, table) in enumerate(series.items()):
         color = palette[i % len(palette)]
         for key, dash in (("score", ""), ("control", ' stroke-dasharray="5,4"')):
-            pts = [(x, row.get(key)) for x, row in zip(xs, table, strict=True)]
-            pts = [(x, v) for x, v in pts if v is not None and math.isfinite(v)]
+            raw = [(x, row.get(key)) for x, row in zip(xs, table, strict=True)]
+            pts: list[tuple[float, float]] = [(x, v) for x, v in raw if v is not None and math.isfinite(v)]
             if not pts:
                 continue
             path = " ".join(f"{x:.1f},{ypos(v):.1f}" for x, v in pts)

@@ -18,13 +18,12 @@ torch.Size([1, 64, 8, 8])
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from tensordict import TensorDict
 
 from lczerolens.errors import LensError
-from lczerolens.lenses.base import BoardsLike, as_boards, check_batch_size, chunks, model_parts, param_like
+from lczerolens.lenses.base import BoardsLike, ModelLike, as_boards, check_batch_size, chunks, model_parts, param_like
 from lczerolens.lenses.inside import batch_first, match_modules, module_patterns, run_with
 
 __all__ = ["ActivationLens"]
@@ -53,14 +52,14 @@ class ActivationLens:
     def __repr__(self) -> str:
         return f"ActivationLens(modules={self.modules!r})"
 
-    def names(self, model: Any) -> list[str]:
+    def names(self, model: ModelLike) -> list[str]:
         """The module names of ``model`` this lens reads, in the network's order (raises if a pattern misses)."""
         network, _ = model_parts(model)
         return match_modules(network, self.modules)
 
     def activations(
         self,
-        model: Any,
+        model: ModelLike,
         boards: BoardsLike,
         *,
         batch_size: int | None = None,
@@ -120,7 +119,7 @@ def _keep(store: dict[str, torch.Tensor], names: list[str], exact: set[str], n: 
     for name in names:
         value = store.get(name)
         usable = value is not None and value.is_floating_point() and value.dim() > 0 and value.shape[0] % n == 0
-        if not usable:
+        if value is None or not usable:
             if name in exact:
                 what = "did not run" if value is None else f"gave a {value.dtype} tensor {tuple(value.shape)}"
                 raise LensError(f"module {name!r} {what}; it has no activation per board to read")

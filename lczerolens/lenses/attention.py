@@ -16,16 +16,20 @@ torch.Size([1, 8, 64, 64])
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 
 from lczerolens.errors import LensError
-from lczerolens.lenses.base import BoardsLike, as_boards, check_batch_size, chunks, model_parts, param_like
+from lczerolens.lenses.base import BoardsLike, ModelLike, as_boards, check_batch_size, chunks, model_parts, param_like
 from lczerolens.lenses.inside import run_with
 from lczerolens.model import ops
+
+if TYPE_CHECKING:
+    from lczerolens.board import InputFormat, LczeroBoard
 
 __all__ = ["AttentionLens", "attention_modules", "network_squares"]
 
@@ -38,7 +42,7 @@ def attention_modules(network: nn.Module) -> dict[str, str]:
 
     Raises :class:`LensError` for a network without attention softmax (a residual net).
     """
-    found = {}
+    found: dict[str, str] = {}
     for name, module in network.named_modules():
         if isinstance(module, (ops.Softmax, nn.Softmax)) and name.endswith(SOFTMAX_SUFFIX):
             found[name[: -len(SOFTMAX_SUFFIX)]] = name
@@ -51,7 +55,7 @@ def attention_modules(network: nn.Module) -> dict[str, str]:
     return found
 
 
-def network_squares(boards: list, input_format: Any) -> torch.Tensor:
+def network_squares(boards: Sequence[LczeroBoard], input_format: InputFormat | int) -> torch.Tensor:
     """``[N, 64]`` long: ``out[i, s]`` is the network's token (square in its orientation) of board square ``s``."""
     board_index = torch.arange(64, dtype=torch.float64).reshape(8, 8)
     # board_to_network puts at network square j the board square it shows; argsort inverts that map.
@@ -72,7 +76,7 @@ class AttentionLens:
 
     def attention(
         self,
-        model: Any,
+        model: ModelLike,
         boards: BoardsLike,
         *,
         batch_size: int | None = None,

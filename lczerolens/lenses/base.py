@@ -27,7 +27,7 @@ import difflib
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import chess
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "Target",
     "TargetLike",
     "BoardsLike",
+    "ModelLike",
     "AttributionLens",
     "as_boards",
     "parse_target",
@@ -60,11 +61,13 @@ __all__ = [
 HEAD_TARGETS = ("value", "win", "draw", "loss", "mlh")
 
 #: One move, in any of the forms a target accepts.
-MoveLike = chess.Move | str | int
+MoveLike: TypeAlias = chess.Move | str | int
 #: What ``target=`` accepts.
-TargetLike = MoveLike | Sequence[MoveLike] | torch.Tensor | None
+TargetLike: TypeAlias = MoveLike | Sequence[MoveLike] | torch.Tensor | None
 #: What ``boards`` accepts: one board or a sequence of them (plain ``chess.Board`` keep their move stack).
-BoardsLike = chess.Board | Sequence[chess.Board]
+BoardsLike: TypeAlias = chess.Board | Sequence[chess.Board]
+#: What ``model`` accepts: an ``LczeroModel`` (an ``nn.Module``) or a network following the network contract.
+ModelLike: TypeAlias = nn.Module
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Target:
         return Target(self.kind, None if self.indices is None else self.indices[rows])
 
 
-def as_boards(boards: Any) -> list[LczeroBoard]:
+def as_boards(boards: BoardsLike) -> list[LczeroBoard]:
     """``boards`` as a non-empty list of :class:`LczeroBoard` (plain ``chess.Board`` converted with history)."""
     from lczerolens.board import LczeroBoard
 
@@ -102,14 +105,16 @@ def as_boards(boards: Any) -> list[LczeroBoard]:
             boards = list(boards)
         else:
             raise InputShapeError(f"boards must be an LczeroBoard or a sequence of them, not {type(boards).__name__}")
-    board_list = list(boards)
-    if not board_list:
+    given = list(boards)
+    if not given:
         raise InputShapeError("boards is empty: pass at least one LczeroBoard")
-    for i, board in enumerate(board_list):
+    board_list: list[LczeroBoard] = []
+    for i, board in enumerate(given):
         if isinstance(board, LczeroBoard):
+            board_list.append(board)
             continue
         if isinstance(board, chess.Board):
-            board_list[i] = LczeroBoard.from_board(board)  # its move stack is its history
+            board_list.append(LczeroBoard.from_board(board))  # its move stack is its history
             continue
         raise InputShapeError(
             f"boards[{i}] is a {type(board).__name__} ({board!r:.60}), not an LczeroBoard; "
@@ -118,7 +123,7 @@ def as_boards(boards: Any) -> list[LczeroBoard]:
     return board_list
 
 
-def model_parts(model: Any) -> tuple[nn.Module, InputFormat]:
+def model_parts(model: ModelLike) -> tuple[nn.Module, InputFormat]:
     """``(network, input_format)`` of an ``LczeroModel`` or of a network following the network contract."""
     network = network_of(model)
     if not isinstance(network, nn.Module):
@@ -134,9 +139,9 @@ def param_like(network: nn.Module) -> tuple[torch.dtype, torch.device]:
     for tensor in network.parameters():
         if tensor.is_floating_point():
             return tensor.dtype, tensor.device
-    for tensor in network.buffers():
-        if tensor.is_floating_point():
-            return tensor.dtype, tensor.device
+    for buffer in network.buffers():
+        if buffer.is_floating_point():
+            return buffer.dtype, buffer.device
     return torch.get_default_dtype(), torch.device("cpu")
 
 
@@ -159,7 +164,7 @@ def _head_suggestion(text: str) -> str | None:
     return close[0] if close else None
 
 
-def parse_move(move: Any, board: LczeroBoard, input_format: Any) -> int:
+def parse_move(move: object, board: LczeroBoard, input_format: InputFormat | int) -> int:
     """Policy index of ``move`` (``chess.Move``, UCI or SAN string, or index) in ``board``; raises if illegal."""
     if isinstance(move, torch.Tensor) and move.dim() == 0 and not move.is_floating_point():
         move = int(move)
@@ -185,7 +190,7 @@ def parse_move(move: Any, board: LczeroBoard, input_format: Any) -> int:
         raise InvalidMoveError(f"target {move!r}: {error}{_hint()}") from None
 
 
-def parse_target(target: Any, boards: Sequence[LczeroBoard], input_format: Any) -> Target:
+def parse_target(target: TargetLike, boards: Sequence[LczeroBoard], input_format: InputFormat | int) -> Target:
     """Parse ``target`` (see the module docstring) for ``boards``; raises a package error naming what is wrong."""
     n = len(boards)
     if target is None:
@@ -195,7 +200,8 @@ def parse_target(target: Any, boards: Sequence[LczeroBoard], input_format: Any) 
     if isinstance(target, (bytes, bytearray)):
         raise InvalidMoveError(f"target {target!r} is bytes; pass a str such as {target.decode(errors='replace')!r}")
     if isinstance(target, torch.Tensor) and target.dim() == 0:
-        target = target.item() if not target.is_floating_point() else target
+        # An integer (or bool) tensor's item is an int; a float scalar stays a tensor and is refused below.
+        target = cast(int, target.item()) if not target.is_floating_point() else target
     if isinstance(target, torch.Tensor):
         if target.dim() != 1 or target.is_floating_point():
             raise InputShapeError(
@@ -231,7 +237,7 @@ def check_head(kind: str, network: nn.Module) -> None:
         raise LensError(f"target {kind!r} needs the {need!r} head; this network has {heads}")
 
 
-def legal_indices(boards: Sequence[LczeroBoard], input_format: Any) -> list[torch.Tensor]:
+def legal_indices(boards: Sequence[LczeroBoard], input_format: InputFormat | int) -> list[torch.Tensor]:
     """Each board's legal move indices; raises :class:`LensError` for a board without legal moves."""
     legal = [board.legal_move_indices(input_format) for board in boards]
     for board, moves in zip(boards, legal, strict=True):
@@ -292,7 +298,7 @@ def top_legal(policy: torch.Tensor, legal: list[torch.Tensor]) -> torch.Tensor:
     return policy.masked_fill(~mask, float("-inf")).argmax(dim=1)
 
 
-def check_batch_size(batch_size: Any) -> int | None:
+def check_batch_size(batch_size: object) -> int | None:
     """``batch_size`` as a positive int or ``None``; raises :class:`LensError` otherwise."""
     if batch_size is None:
         return None
@@ -334,7 +340,7 @@ class AttributionLens:
 
     def relevance(
         self,
-        model: Any,
+        model: ModelLike,
         boards: BoardsLike,
         target: TargetLike = None,
         *,
@@ -382,7 +388,7 @@ class AttributionLens:
     def _explain(
         self,
         network: nn.Module,
-        input_format: Any,
+        input_format: InputFormat | int,
         boards: list[LczeroBoard],
         target: Target,
         *,

@@ -24,8 +24,10 @@ GradientLens('integrated_gradients', steps=64, baseline='zeros')
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
+import chess
 import torch
 from torch import nn
 
@@ -33,6 +35,7 @@ from lczerolens.errors import InputShapeError, LensError
 from lczerolens.lenses.base import (
     AttributionLens,
     BoardsLike,
+    ModelLike,
     Target,
     TargetLike,
     as_boards,
@@ -42,6 +45,9 @@ from lczerolens.lenses.base import (
 )
 from lczerolens.lenses.inside import MAX_ROWS, outputs_dict
 from lczerolens.lenses.relevance import Relevance
+
+if TYPE_CHECKING:
+    from lczerolens.board import InputFormat, LczeroBoard
 
 __all__ = ["GradientLens", "OcclusionLens", "GRADIENT_METHODS"]
 
@@ -108,12 +114,12 @@ class GradientLens(AttributionLens):
             raise LensError(f"noise={noise!r} must be a number >= 0")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise LensError(f"seed={seed!r} must be an integer")
-        self.method = method
-        self.steps = _positive_int(steps, "steps")
-        self.baseline = baseline
-        self.samples = _positive_int(samples, "samples")
-        self.noise = float(noise)
-        self.seed = int(seed)
+        self.method: str = method
+        self.steps: int = _positive_int(steps, "steps")
+        self.baseline: str | torch.Tensor = baseline
+        self.samples: int = _positive_int(samples, "samples")
+        self.noise: float = float(noise)
+        self.seed: int = int(seed)
         self.method_name = GRADIENT_METHODS[method]
 
     def __repr__(self) -> str:
@@ -127,14 +133,15 @@ class GradientLens(AttributionLens):
 
     def relevance(
         self,
-        model: Any,
+        model: ModelLike,
         boards: BoardsLike,
         target: TargetLike = None,
         *,
         batch_size: int | None = None,
         progress: bool = False,
+        **options: Any,
     ) -> Relevance:
-        """Explain one output per board (see :meth:`AttributionLens.relevance`).
+        """Explain one output per board (see :meth:`AttributionLens.relevance`; this lens takes no ``options``).
 
         Returns
         -------
@@ -143,20 +150,20 @@ class GradientLens(AttributionLens):
             ``"smoothgrad"``) or the attribution (``"gradient_x_input"``, ``"integrated_gradients"``);
             ``.squares`` ``[N, 8, 8]`` (board orientation); ``.target`` ``[N]`` the explained output ``f(x)``.
         """
-        boards = as_boards(boards)
+        board_list = as_boards(boards)
         if isinstance(self.baseline, torch.Tensor) and self.baseline.dim() == 4:
-            if self.baseline.shape[0] != len(boards):
+            if self.baseline.shape[0] != len(board_list):
                 raise InputShapeError(
-                    f"the baseline holds planes for {self.baseline.shape[0]} boards, not {len(boards)}; pass one "
+                    f"the baseline holds planes for {self.baseline.shape[0]} boards, not {len(board_list)}; pass one "
                     "[112, 8, 8] for all boards or one per board"
                 )
-        return super().relevance(model, boards, target, batch_size=batch_size, progress=progress)
+        return super().relevance(model, board_list, target, batch_size=batch_size, progress=progress, **options)
 
     def _explain(
         self,
         network: nn.Module,
-        input_format: Any,
-        boards: list,
+        input_format: InputFormat | int,
+        boards: list[LczeroBoard],
         target: Target,
         *,
         rows: slice,
@@ -247,7 +254,7 @@ def _repeat(indices: torch.Tensor | None, k: int) -> torch.Tensor | None:
 
 
 def _gradient(
-    network: nn.Module, x: torch.Tensor, kind: str, indices: torch.Tensor | None, legal: list | None
+    network: nn.Module, x: torch.Tensor, kind: str, indices: torch.Tensor | None, legal: list[torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(df/dx, f(x), policy indices)`` for the explained output, one forward and one backward pass."""
     x = x.detach().clone().requires_grad_(True)
@@ -256,7 +263,7 @@ def _gradient(
     return grad, values, indices
 
 
-def _board_squares(maps: torch.Tensor, boards: list, input_format: Any) -> torch.Tensor:
+def _board_squares(maps: torch.Tensor, boards: list[LczeroBoard], input_format: InputFormat | int) -> torch.Tensor:
     """``[N, 8, 8]`` network orientation -> board orientation, each board its own flip and transform."""
     groups: dict[tuple[bool, int], list[int]] = {}
     for i, board in enumerate(boards):
@@ -295,8 +302,8 @@ class OcclusionLens(AttributionLens):
     def _explain(
         self,
         network: nn.Module,
-        input_format: Any,
-        boards: list,
+        input_format: InputFormat | int,
+        boards: list[LczeroBoard],
         target: Target,
         *,
         rows: slice,
@@ -306,7 +313,8 @@ class OcclusionLens(AttributionLens):
 
         n = len(boards)
         legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
-        originals = [remove_pieces(b, []) for b in boards]
+        # remove_pieces keeps the board's class: these are LczeroBoards.
+        originals = [cast("LczeroBoard", remove_pieces(b, [])) for b in boards]
         changed, owner, where = [], [], []
         for i, board in enumerate(originals):
             for square in removable_squares(board):
@@ -321,7 +329,7 @@ class OcclusionLens(AttributionLens):
         if changed:
             owners = torch.tensor(owner, dtype=torch.long)
             index = None
-            if target.kind == "policy":
+            if target.kind == "policy" and indices is not None:  # select_output gives a policy target its indices
                 index = _follow_move(originals, changed, owner, indices, input_format)
             rest = _forward_all(network, changed, input_format, dtype, device)
             _, _, removed, _ = select_output(rest, target.kind, index, None)
@@ -339,7 +347,13 @@ class OcclusionLens(AttributionLens):
         )
 
 
-def _forward_all(network: nn.Module, boards: list, input_format: Any, dtype, device) -> dict[str, torch.Tensor]:
+def _forward_all(
+    network: nn.Module,
+    boards: Sequence[chess.Board],
+    input_format: InputFormat | int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
     """The network's outputs on ``boards``, in passes of at most :data:`MAX_ROWS` boards, joined."""
     from lczerolens.board import encode_boards
 
@@ -353,7 +367,13 @@ def _forward_all(network: nn.Module, boards: list, input_format: Any, dtype, dev
     return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}
 
 
-def _follow_move(originals: list, changed: list, owner: list[int], indices: torch.Tensor, input_format: Any):
+def _follow_move(
+    originals: list[LczeroBoard],
+    changed: Sequence[chess.Board],
+    owner: list[int],
+    indices: torch.Tensor,
+    input_format: InputFormat | int,
+) -> torch.Tensor:
     """The explained move's policy index in each changed board: fixed, or re-encoded in canonical formats."""
     owners = torch.tensor(owner, dtype=torch.long)
     if int(input_format) < 3:

@@ -46,7 +46,7 @@ MAX_ROWS = 512
 _HOLDERS = (nn.Module, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
 
-def module_patterns(modules: Any, what: str = "modules") -> tuple[str, ...]:
+def module_patterns(modules: str | Sequence[str], what: str = "modules") -> tuple[str, ...]:
     """``modules`` (one name or pattern, or a sequence of them) as a non-empty tuple of strings."""
     if isinstance(modules, str):
         modules = (modules,)
@@ -124,7 +124,7 @@ class Replace(nn.Module):
         return self.change(out)
 
 
-def outputs_dict(outputs: Any) -> dict[str, torch.Tensor]:
+def outputs_dict(outputs: object) -> dict[str, torch.Tensor]:
     """A network's outputs as a plain dict."""
     if isinstance(outputs, Mapping):
         return dict(outputs)
@@ -145,13 +145,24 @@ def run_with(
     store: dict[str, torch.Tensor] = {}
     wrappers: dict[str, Callable[[nn.Module], nn.Module]] = {}
     for name, change in (replace or {}).items():
-        if name in record:
-            wrappers[name] = lambda m, n=name, c=change: Record(Replace(m, n, c), n, store)
-        else:
-            wrappers[name] = lambda m, n=name, c=change: Replace(m, n, c)
+        wrappers[name] = _tap(name, change, store if name in record else None)
     for name in record:
-        wrappers.setdefault(name, lambda m, n=name: Record(m, n, store))
+        wrappers.setdefault(name, _tap(name, None, store))
     tree = overlay(SHADOWS.get(network), wrappers)
     outputs = outputs_dict(tree(x))
     return outputs, store
 
+
+def _tap(
+    name: str, change: Callable[[torch.Tensor], torch.Tensor] | None, store: dict[str, torch.Tensor] | None
+) -> Callable[[nn.Module], nn.Module]:
+    """The wrapper builder for module ``name``: its output changed by ``change``, then recorded into ``store``."""
+
+    def build(module: nn.Module) -> nn.Module:
+        if change is not None:
+            module = Replace(module, name, change)
+        if store is not None:
+            module = Record(module, name, store)
+        return module
+
+    return build

@@ -21,16 +21,19 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import chess
 import torch
 from tensordict import TensorDict
+from torch import nn
 
 from lczerolens.errors import InputShapeError, InvalidBoardError, LensError
 from lczerolens.lenses.base import (
     BoardsLike,
+    ModelLike,
+    Target,
     TargetLike,
     as_boards,
     check_batch_size,
@@ -44,10 +47,18 @@ from lczerolens.lenses.base import (
 )
 from lczerolens.lenses.inside import MAX_ROWS, batch_first, match_modules, module_patterns, run_with
 
+if TYPE_CHECKING:
+    from lczerolens.board import InputFormat, LczeroBoard
+
 __all__ = ["PatchingLens", "corrupt"]
 
+#: A square: a name such as ``"e4"`` or a python-chess index ``0..63``.
+SquareLike: TypeAlias = str | int
+#: Makes the patch mask of chosen units ``[k]`` for ``n`` boards of an output like ``like`` (boards first).
+_Selector: TypeAlias = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 
-def _square(value: Any, what: str) -> int:
+
+def _square(value: object, what: str) -> int:
     if isinstance(value, str):
         try:
             return chess.parse_square(value.lower())
@@ -61,9 +72,9 @@ def _square(value: Any, what: str) -> int:
 def corrupt(
     board: chess.Board,
     *,
-    remove: Any = None,
-    move: tuple[Any, Any] | None = None,
-) -> Any:
+    remove: SquareLike | Sequence[SquareLike] | None = None,
+    move: tuple[SquareLike, SquareLike] | None = None,
+) -> LczeroBoard:
     """A corrupted copy of ``board`` (FEN only, no history): pieces removed, or one piece moved elsewhere.
 
     Parameters
@@ -100,7 +111,7 @@ def corrupt(
         squares = [_square(remove, "remove")]
     else:
         squares = [_square(s, "remove") for s in remove]
-    out = remove_pieces(board, squares)
+    out = cast("LczeroBoard", remove_pieces(board, squares))  # remove_pieces keeps the board's class
     if move is not None:
         if not isinstance(move, Sequence) or isinstance(move, str) or len(move) != 2:
             raise LensError(f"move={move!r} must be a pair of squares, e.g. ('d1', 'e1')")
@@ -143,7 +154,7 @@ class PatchingLens:
 
     def patch(
         self,
-        model: Any,
+        model: ModelLike,
         clean: BoardsLike,
         corrupted: BoardsLike,
         target: TargetLike = None,
@@ -199,7 +210,7 @@ class PatchingLens:
         names = match_modules(network, self.modules)
         if per_square and per_head:
             raise LensError("choose per_square=True or per_head=True, not both")
-        parts = []
+        parts: list[dict[str, torch.Tensor]] = []
         for rows in chunks(n, size, progress, desc="PatchingLens"):
             parts.append(
                 self._patch(network, input_format, clean_list[rows], corrupted_list[rows], parsed[rows], names,
@@ -208,7 +219,7 @@ class PatchingLens:
         values = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         return TensorDict(values, batch_size=[n])
 
-    def patched_outputs(self, model: Any, clean: BoardsLike, corrupted: BoardsLike) -> dict[str, torch.Tensor]:
+    def patched_outputs(self, model: ModelLike, clean: BoardsLike, corrupted: BoardsLike) -> dict[str, torch.Tensor]:
         """The network's outputs on ``corrupted`` with every chosen module's output taken from ``clean`` at once.
 
         With no module chosen this is the corrupted run; with modules that cut the network, the clean run.
@@ -227,14 +238,22 @@ class PatchingLens:
         dtype, device = param_like(network)
         with torch.no_grad():
             _, store = run_with(network, encode_boards(clean_list, input_format).to(dtype=dtype, device=device), names)
-            replace = {name: (lambda out, v=store[name]: v) for name in names if name in store}
+            replace = {name: _constant(store[name]) for name in names if name in store}
             outputs, _ = run_with(
                 network, encode_boards(corrupted_list, input_format).to(dtype=dtype, device=device), replace=replace
             )
         return outputs
 
     def _patch(
-        self, network, input_format, clean, corrupted, target, names, per_square, per_head
+        self,
+        network: nn.Module,
+        input_format: InputFormat | int,
+        clean: list[LczeroBoard],
+        corrupted: list[LczeroBoard],
+        target: Target,
+        names: list[str],
+        per_square: bool,
+        per_head: bool,
     ) -> dict[str, torch.Tensor]:
         from lczerolens.board import encode_boards
 
@@ -253,17 +272,30 @@ class PatchingLens:
                     raise LensError(f"module {name!r} did not run (or gave no tensor) on the clean boards")
                 value = store[name]
                 if not (per_square or per_head):
-                    patched, _ = run_with(network, x_bad, replace={name: lambda o, v=value, m=name: _same(o, v, m)})
+                    patched, _ = run_with(network, x_bad, replace={name: _same_as(value, name)})
                     out[name] = _read(patched, target.kind, indices) - f_bad
                     continue
                 out[name] = self._sweep(network, input_format, x_bad, corrupted, value, name, target.kind,
                                         indices, f_bad, "square" if per_square else "head")  # fmt: skip
         return out
 
-    def _sweep(self, network, input_format, x_bad, corrupted, value, name, kind, indices, f_bad, unit):
+    def _sweep(
+        self,
+        network: nn.Module,
+        input_format: InputFormat | int,
+        x_bad: torch.Tensor,
+        corrupted: list[LczeroBoard],
+        value: torch.Tensor,
+        name: str,
+        kind: str,
+        indices: torch.Tensor | None,
+        f_bad: torch.Tensor,
+        unit: str,
+    ) -> torch.Tensor:
         """Patch one unit (square or head) at a time; all units of a module in passes of at most MAX_ROWS rows."""
         n = x_bad.shape[0]
         clean_bf = batch_first(value, n)
+        select: _Selector
         if unit == "square":
             units, select = 64, _square_selector(clean_bf, name, corrupted, input_format)
         else:
@@ -276,7 +308,7 @@ class PatchingLens:
             # Rows j * n + i: board i with unit chosen[j] patched.
             mask = select(chosen, n, clean_bf).to(value.device)
 
-            def change(o: torch.Tensor, k=k, mask=mask) -> torch.Tensor:
+            def change(o: torch.Tensor, k: int = k, mask: torch.Tensor = mask) -> torch.Tensor:
                 o_bf = batch_first(o, k * n)
                 source = clean_bf.repeat(k, *([1] * (clean_bf.dim() - 1)))
                 return torch.where(mask, source, o_bf).reshape(o.shape)
@@ -287,7 +319,9 @@ class PatchingLens:
         return effect
 
 
-def _square_selector(clean_bf: torch.Tensor, name: str, corrupted: list, input_format: Any):
+def _square_selector(
+    clean_bf: torch.Tensor, name: str, corrupted: list[LczeroBoard], input_format: InputFormat | int
+) -> _Selector:
     """The mask maker for one board square at a time, in a ``[N, ..., 8, 8]`` or ``[N, 64, E]`` output."""
     from lczerolens.lenses.attention import network_squares
 
@@ -321,6 +355,16 @@ def _select_heads(heads: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tens
     mask = torch.zeros(k, n, like.shape[1], dtype=torch.bool)
     mask[torch.arange(k), :, heads] = True
     return mask.reshape(k * n, like.shape[1], 1, 1)
+
+
+def _constant(value: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A replacement that ignores the module's output and gives ``value``."""
+    return lambda out: value
+
+
+def _same_as(value: torch.Tensor, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A replacement that gives ``value`` in place of module ``name``'s output of the same shape."""
+    return lambda out: _same(out, value, name)
 
 
 def _same(out: torch.Tensor, value: torch.Tensor, name: str) -> torch.Tensor:

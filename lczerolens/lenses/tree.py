@@ -24,17 +24,27 @@ import copy
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TypeAlias, cast
 
 import torch
 from torch import nn
+
+from lczerolens.errors import LensError
 
 __all__ = ["shadow", "overlay", "structure_key", "ShadowCache", "network_of"]
 
 _PLAIN = (bool, int, float, str, type(None))
 
+#: One module's entry in a :func:`structure_key`: name, object id, plain settings, (id, version) of its
+#: parameters and of its buffers.
+ModuleKey: TypeAlias = tuple[
+    str, int, tuple[tuple[str, object], ...], tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]
+]
+#: What :func:`structure_key` returns.
+StructureKey: TypeAlias = tuple[ModuleKey, ...]
 
-def network_of(model: Any) -> nn.Module:
+
+def network_of(model: nn.Module) -> nn.Module:
     """The network inside an ``LczeroModel`` (its ``.network``), or ``model`` itself when it is a network."""
     inner = getattr(model, "network", None)
     return inner if isinstance(inner, nn.Module) else model
@@ -77,7 +87,9 @@ def shadow(network: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
         clone = _shallow(module)
         clones[id(module)] = clone
         if dtype is not None:
-            for table in (clone._parameters, clone._buffers):
+            # convert() keeps a Parameter a Parameter, so the parameter table still holds only parameters.
+            tables = cast("tuple[dict[str, torch.Tensor | None], ...]", (clone._parameters, clone._buffers))
+            for table in tables:
                 for key, tensor in table.items():
                     table[key] = convert(tensor)
         for name, child in module._modules.items():
@@ -102,24 +114,33 @@ def overlay(root: nn.Module, replace: Mapping[str, Callable[[nn.Module], nn.Modu
         parts = path.split(".")
         parent = new_root
         for part in parts[:-1]:
-            child = parent._modules[part]
+            child = _slot(parent, part, path)
             if not getattr(child, "_lczerolens_overlay", False):
                 child = _shallow(child)
-                child._lczerolens_overlay = True
+                # torch types Module.__setattr__ for tensors and modules only; a plain flag is an ordinary attribute.
+                child._lczerolens_overlay = True  # type: ignore[assignment]
                 parent._modules[part] = child
             parent = child
-        parent._modules[parts[-1]] = build(parent._modules[parts[-1]])
+        parent._modules[parts[-1]] = build(_slot(parent, parts[-1], path))
     return new_root
 
 
-def structure_key(network: nn.Module) -> tuple:
+def _slot(parent: nn.Module, name: str, path: str) -> nn.Module:
+    """The submodule ``name`` of ``parent`` on the way to ``path``; raises for an empty (``None``) slot."""
+    child = parent._modules[name]
+    if child is None:
+        raise LensError(f"module path {path!r} goes through {name!r}, an empty (None) submodule; choose another module")
+    return child
+
+
+def structure_key(network: nn.Module) -> StructureKey:
     """What a shadow of ``network`` depends on: every module object, its mode and plain settings, every tensor.
 
     Equal keys mean a shadow built earlier is still right. Values changed in place need no rebuild where the
     shadow shares the tensors; the tensors' version counters are part of the key for shadows holding converted
     copies (half-precision models explained in float32).
     """
-    key = []
+    key: list[ModuleKey] = []
     for name, module in network.named_modules(remove_duplicate=False):
         settings = tuple((k, v) for k, v in module.__dict__.items() if type(v) in _PLAIN)
         key.append(
@@ -143,7 +164,9 @@ class ShadowCache:
 
     def __init__(self, build: Callable[[nn.Module], nn.Module]) -> None:
         self._build = build
-        self._entries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._entries: weakref.WeakKeyDictionary[nn.Module, tuple[StructureKey, nn.Module]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     def get(self, network: nn.Module) -> nn.Module:
