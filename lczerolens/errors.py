@@ -42,3 +42,7 @@ class InputShapeError(LczeroLensError, ValueError):
 
 class LensError(LczeroLensError, ValueError):
     """A lens cannot explain this model or target (unknown op, bad target, ...)."""
+
+
+class InvalidOptionError(LczeroLensError, ValueError):
+    """An option (a device, a dtype, a limit) that lczerolens cannot honour."""
