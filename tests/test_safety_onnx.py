@@ -169,6 +169,20 @@ def test_gather_index_out_of_range_fails_at_load(tmp_path):
         LczeroModel.from_path(save(m, tmp_path / "gather.onnx"))
 
 
+@pytest.mark.parametrize("op", ["Expand", "ConstantOfShape"])
+def test_constant_sized_huge_allocation_is_refused_before_running(tmp_path, op):
+    m = tiny_onnx()
+    g = m.graph
+    g.initializer.append(numpy_helper.from_array(np.array([1, 1, 10**6, 10**6], dtype=np.int64), "/shape"))
+    inputs = ["/inputconv", "/shape"] if op == "Expand" else ["/shape"]
+    g.node.insert(1, helper.make_node(op, inputs, ["/big"], name="/big"))
+    g.node.insert(2, helper.make_node("ReduceMean", ["/big"], ["/small"], name="/small", keepdims=1, axes=[2, 3]))
+    g.node.insert(3, helper.make_node("Add", ["/inputconv", "/small"], ["/sum"], name="/sum"))
+    g.node[4].input[0] = "/sum"  # the Flatten
+    with pytest.raises(ModelLoadError, match="would allocate"):
+        LczeroModel.from_path(save(m, tmp_path / "alloc.onnx"))
+
+
 # ----------------------------------------------------------------------------------------------- external data
 
 

@@ -252,6 +252,12 @@ def _read_model(source: str | Path | bytes, max_bytes: int):
         raise ModelLoadError(f"{label} holds no ONNX graph (truncated, corrupted, or not an ONNX file)")
     _check_strings(model, label)
     _check_tensors(model, label, max_bytes, folder)
+    try:
+        _check_allocations(model, label, max_bytes)
+    except LczeroLensError:
+        raise
+    except Exception as exc:  # malformed constants: reported as such
+        raise ModelLoadError(f"{label}: malformed constant ({type(exc).__name__}: {exc})") from exc
     if model.ir_version < 4 and model.graph.initializer:
         # lc0 writes initializers without listing them as graph inputs, which IR 3 (its opset-7 exports)
         # requires; IR 4 made that optional, with the same meaning.
@@ -438,6 +444,51 @@ def _check_tensors(model, label: str, max_bytes: int, folder: Path | None) -> No
             raise ModelLoadError(
                 f"{label}: tensor {name!r} declares shape {list(t.dims)} ({expected} "
                 f"{'bytes' if t.raw_data else 'values'}) but holds {held}; the file is truncated or corrupted"
+            )
+
+
+def _check_allocations(model, label: str, max_bytes: int) -> None:
+    """Refuse ops that would allocate more than ``max_bytes`` from constant sizes (``ConstantOfShape``,
+    ``Expand``, ``Tile``, ``Range``): a small file must not make the sanity forward allocate gigabytes."""
+    import math
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and node.output:
+                    constants[node.output[0]] = attr.t
+
+    def value(i: int, node) -> np.ndarray | None:
+        if len(node.input) <= i or node.input[i] not in constants:
+            return None
+        return numpy_helper.to_array(constants[node.input[i]])
+
+    for node in model.graph.node:
+        count = None
+        if node.op_type in ("ConstantOfShape", "Expand"):
+            shape = value(0 if node.op_type == "ConstantOfShape" else 1, node)
+            if shape is not None and shape.size and (shape >= 0).all():
+                count = math.prod(int(d) for d in shape.reshape(-1))
+        elif node.op_type == "Tile":
+            repeats, data = value(1, node), value(0, node)
+            if repeats is not None and (repeats >= 0).all():
+                count = math.prod(int(r) for r in repeats.reshape(-1)) * (data.size if data is not None else 1)
+        elif node.op_type == "Range":
+            start, limit, delta = (value(i, node) for i in range(3))
+            if start is not None and limit is not None and delta is not None:
+                with np.errstate(all="ignore"):
+                    steps = np.ceil((limit.astype(np.float64) - start) / delta).reshape(-1)
+                if steps.size == 1 and not np.isfinite(steps[0]):
+                    raise ModelLoadError(f"{label}: Range node {node.name!r} has a non-finite length")
+                count = int(max(steps[0], 0)) if steps.size == 1 else None
+        if count is not None and count * 4 > max_bytes:
+            raise ModelLoadError(
+                f"{label}: node {node.name!r} ({node.op_type}) would allocate {count} values, over the "
+                f"{max_bytes}-byte limit; the file is corrupted or hostile"
             )
 
 
