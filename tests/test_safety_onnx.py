@@ -153,7 +153,7 @@ def test_file_over_the_size_cap(tmp_path):
 def test_nan_weight_is_refused_at_load_naming_it(tmp_path):
     w = np.random.default_rng(1).normal(size=(64, 1858)).astype(np.float32)
     w[3, 7] = np.nan
-    with pytest.raises(ModelLoadError, match="NaN"):
+    with pytest.raises(ModelLoadError, match="'/policy/w' holds NaN"):
         LczeroModel.from_path(save(tiny_onnx(policy_weight=w), tmp_path / "nan.onnx"))
 
 

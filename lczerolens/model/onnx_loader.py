@@ -431,6 +431,7 @@ def _check_tensors(model, label: str, max_bytes: int, folder: Path | None) -> No
             )
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _read_external(t, name, nbytes, label, folder)
+            _check_finite(t, name, label)
             continue
         if t.raw_data:
             held, expected = len(t.raw_data), nbytes
@@ -445,6 +446,33 @@ def _check_tensors(model, label: str, max_bytes: int, folder: Path | None) -> No
                 f"{label}: tensor {name!r} declares shape {list(t.dims)} ({expected} "
                 f"{'bytes' if t.raw_data else 'values'}) but holds {held}; the file is truncated or corrupted"
             )
+        _check_finite(t, name, label)
+
+
+def _check_finite(tensor, name: str, label: str) -> None:
+    """Refuse a floating-point tensor holding NaN or infinity, naming it as the file does."""
+    import numpy as np
+    import onnx
+
+    kinds = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.FLOAT16: "<f2", onnx.TensorProto.DOUBLE: "<f8"}
+    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        values = (np.frombuffer(tensor.raw_data, "<u2").astype(np.uint32) << 16).view(np.float32)
+        if not tensor.raw_data:
+            values = (np.asarray(tensor.int32_data, np.uint32) << 16).view(np.float32)
+    elif tensor.data_type in kinds:
+        if tensor.raw_data:
+            values = np.frombuffer(tensor.raw_data, kinds[tensor.data_type])
+        elif tensor.data_type == onnx.TensorProto.FLOAT16:
+            values = np.asarray(tensor.int32_data, np.uint16).view(np.float16)
+        else:
+            values = np.asarray(tensor.double_data if tensor.data_type == onnx.TensorProto.DOUBLE else
+                                tensor.float_data)  # fmt: skip
+    else:
+        return
+    if not np.isfinite(values).all():
+        raise ModelLoadError(
+            f"{label}: tensor {name!r} holds NaN or infinite values; the file is corrupted. Export it again."
+        )
 
 
 def _check_allocations(model, label: str, max_bytes: int) -> None:
