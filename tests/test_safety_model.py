@@ -256,3 +256,17 @@ def test_every_error_is_in_the_hierarchy_for_garbage(tmp_path):
         path.write_bytes(data)
         with pytest.raises(LczeroLensError):
             LczeroModel.from_path(path)
+
+
+def test_huge_finite_weight_seen_only_by_some_positions_is_refused(tmp_path):
+    """A finite weight of 1e30 on the side-to-move plane: the start position (white to move) is unaffected, black
+    positions overflow. The load-time probe (other positions, all-ones planes) refuses the file, naming the layer."""
+    from lczerolens.model.weights import decode_layer
+
+    net = small_net()
+    w = decode_layer(net.weights.input.weights).reshape(8, 112, 3, 3).astype(np.float64)
+    w[0, 108, 1, 1] = 1e30
+    net.weights.input.weights = encode_layer(w, "FLOAT32")
+    path = write(net, tmp_path / "huge.pb.gz")
+    with pytest.raises(ModelLoadError, match=r"module inputconv.*probe"):
+        LczeroModel.from_path(path)
