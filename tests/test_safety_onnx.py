@@ -71,7 +71,7 @@ def test_tiny_export_loads_and_matches_numpy(tmp_path):
     planes = torch.randn(2, 112, 8, 8)
     out = model(planes)
     m = tiny_onnx()
-    w = {t.name: torch.from_numpy(numpy_helper.to_array(t)) for t in m.graph.initializer}
+    w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in m.graph.initializer}
     flat = (planes * w["/inputconv/w"].view(1, 112, 1, 1)).sum(1).flatten(1) + w["/inputconv/b"]
     torch.testing.assert_close(out["policy"], flat @ w["/policy/w"], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(out["wdl_logits"], flat @ w["/value/w"], rtol=1e-5, atol=1e-4)
