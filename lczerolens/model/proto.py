@@ -325,8 +325,9 @@ def _convert_fixed(kind: str, raw: Any) -> Any:
 
 
 #: Most fields (messages, scalars, packed values, unknown fields) one decode may produce: a bound on the Python
-#: objects a small file can make the reader build (the largest lc0 nets hold a few thousand).
-MAX_DECODED_ITEMS = 1_000_000
+#: objects a small file can make the reader build (maia-1900 holds 468; a 30-block or 15-layer net a few
+#: thousand).
+MAX_DECODED_ITEMS = 250_000
 
 
 def _spend(budget: list[int], n: int, where: str) -> None:

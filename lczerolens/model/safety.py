@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import os
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lczerolens.errors import LczeroLensError, ModelLoadError
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: the weights reader stays light
+    import torch
+    from torch import nn
 
 __all__ = [
     "ACTIVATION_LIMIT", "DEFAULT_MAX_BYTES", "MAX_RATIO", "RATIO_FLOOR_BYTES", "check_network", "max_bytes_limit",
@@ -55,6 +57,8 @@ def max_bytes_limit(max_bytes: int | None = None) -> int:
 
 
 def _all_finite(t: torch.Tensor) -> bool:
+    import torch
+
     return not t.is_floating_point() or bool(torch.isfinite(t).all())
 
 
@@ -70,6 +74,8 @@ def probe_planes(input_format) -> torch.Tensor:
     """The sanity check's inputs ``[6, 112, 8, 8]``: the start position and another real one (encoded in
     ``input_format``), all planes set to one (every input weight takes part), and three seeded random binary
     planes."""
+    import torch
+
     from lczerolens.board import LczeroBoard
 
     boards = [LczeroBoard()] + [LczeroBoard(fen) for fen in _PROBE_FENS]
@@ -89,6 +95,8 @@ def _magnitude(t: torch.Tensor) -> float:
 
 def _run_probe(network: nn.Module, planes: torch.Tensor, limit: float):
     """Forward ``planes`` recording the first module whose output is not finite or over ``limit``."""
+    import torch
+
     found: list[tuple[str, float]] = []
     handles = []
 
@@ -136,6 +144,8 @@ def check_network(network: nn.Module, source: str) -> None:
     --------
     >>> check_network(load_pb("assets/cache/maia-1900.pb.gz"), "maia")  # doctest: +SKIP
     """
+    import torch
+
     from lczerolens.board import InputFormat
 
     for kind, named in (("parameter", network.named_parameters()), ("buffer", network.named_buffers())):
