@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result = run_kind(kind, files[kind], args.cases, workers=args.workers, timeout=args.timeout, seed=args.seed)
         rows.append((kind, result))
+        c = result["counts"]
+        print(f"  {kind} done: " + ", ".join(f"{o} {c[o]}" for o in OUTCOMES) + f" ({result['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)  # fmt: skip
         for index, outcome, detail in result["failures"][:10]:
             print(f"  {kind} case {index}: {outcome} {detail}", file=sys.stderr)
         failed |= any(result["counts"][o] for o in FAILURES)
