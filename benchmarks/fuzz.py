@@ -130,7 +130,7 @@ def mutate_fen(fen: str, rng: random.Random) -> str:
 class Subject:
     """What a worker fuzzes: one kind's original bytes and the original model's outputs on the check positions."""
 
-    def __init__(self, kind: str, path: Path, seed: int) -> None:
+    def __init__(self, kind: str, path: Path, seed: int, folder: Path | None = None) -> None:
         import torch
 
         from lczerolens import LczeroBoard, LczeroModel
@@ -142,7 +142,7 @@ class Subject:
         self.model = LczeroModel.from_path(path)
         self.boards = [LczeroBoard(f) for f in CHECK_FENS]
         self.reference = self.outputs(self.model)
-        self.folder = Path(tempfile.mkdtemp(prefix="lczerolens-fuzz-"))
+        self.folder = folder if folder is not None else Path(tempfile.mkdtemp(prefix="lczerolens-fuzz-"))
 
     def outputs(self, model):
         import torch

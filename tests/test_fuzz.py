@@ -17,8 +17,8 @@ from benchmarks.fuzz import FAILURES, Subject
 CASES = {"pb": 8, "gen-pb": 10, "gen-onnx": 6, "fen": 150}
 
 
-def fuzz(kind: str, path: Path, cases: int) -> dict[str, int]:
-    subject = Subject(kind, path, seed=1234)
+def fuzz(kind: str, path: Path, cases: int, folder: Path) -> dict[str, int]:
+    subject = Subject(kind, path, seed=1234, folder=folder)
     counts: dict[str, int] = {}
     for i in range(cases):
         outcome, detail = subject.run(i)
@@ -39,19 +39,19 @@ def generated(tmp_path_factory, lc0_binary) -> dict[str, Path]:
     return {"gen-pb": pb, "gen-onnx": onnx_path}
 
 
-def test_fuzz_maia_weights(maia_pb_path):
-    counts = fuzz("pb", maia_pb_path, CASES["pb"])
+def test_fuzz_maia_weights(maia_pb_path, tmp_path):
+    counts = fuzz("pb", maia_pb_path, CASES["pb"], tmp_path)
     assert counts.get("error", 0) > 0  # the mutations do corrupt
 
 
 @pytest.mark.parametrize("kind", ["gen-pb", "gen-onnx"])
-def test_fuzz_generated_net(generated, kind):
-    counts = fuzz(kind, generated[kind], CASES[kind])
+def test_fuzz_generated_net(generated, kind, tmp_path):
+    counts = fuzz(kind, generated[kind], CASES[kind], tmp_path)
     assert counts.get("error", 0) > 0
 
 
-def test_fuzz_fens(maia_pb_path):
-    counts = fuzz("fen", maia_pb_path, CASES["fen"])
+def test_fuzz_fens(maia_pb_path, tmp_path):
+    counts = fuzz("fen", maia_pb_path, CASES["fen"], tmp_path)
     assert counts.get("error", 0) > 0 and counts.get("changed", 0) > 0
 
 
