@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_FEN ?= r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3
 
-.PHONY: install assets test lint typecheck docs bench demo clean
+.PHONY: install assets test lint typecheck docs bench fuzz demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: assets lint docs
 
 bench: assets
 	$(BIN)/python -m benchmarks.run --out bench-results/results.md
+
+# Mutation fuzzing of both loaders and of FENs (long: 10,000 cases per kind; FUZZ_CASES=1000 for a shorter run).
+FUZZ_CASES ?= 10000
+fuzz: assets
+	$(BIN)/python -m benchmarks.fuzz --cases $(FUZZ_CASES) --workers 2
 
 demo: assets
 	mkdir -p demo

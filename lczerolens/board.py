@@ -84,6 +84,10 @@ _ARMAGEDDON_FORMATS = (
 )
 
 
+#: lc0 parses the FEN's halfmove clock and fullmove number as C++ ``int`` (32-bit signed).
+_LC0_INT_MAX = 2**31 - 1
+
+
 def _as_format(input_format: Any) -> InputFormat:
     """``input_format`` as an :class:`InputFormat`, or :class:`InputFormatError` naming it."""
     try:
@@ -360,7 +364,9 @@ class LczeroBoard(chess.Board):
     Raises
     ------
     InvalidBoardError
-        When ``fen`` cannot be parsed.
+        When ``fen`` is not a string (or None) or cannot be parsed, or its halfmove clock or fullmove number
+        does not fit a 32-bit signed integer: lc0 0.32.1 refuses those FENs ("bad rule 50 halfmoves" / "bad
+        total moves") and accepts every clock up to 2**31 - 1, feeding it to the network unchanged.
 
     Examples
     --------
@@ -374,12 +380,43 @@ class LczeroBoard(chess.Board):
     """
 
     def __init__(self, fen: str | None = chess.STARTING_FEN, *, chess960: bool = False) -> None:
+        if fen is not None and not isinstance(fen, str):
+            raise InvalidBoardError(
+                f"a FEN must be a string, not {type(fen).__name__} ({fen!r}). Pass a FEN such as "
+                f"{chess.STARTING_FEN!r}, or None for an empty board."
+            )
         try:
             super().__init__(fen, chess960=chess960)
-        except (ValueError, TypeError, IndexError) as exc:
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
             raise InvalidBoardError(
                 f"invalid FEN {fen!r}: {exc}. Pass a FEN such as {chess.STARTING_FEN!r}."
             ) from None
+
+    def set_fen(self, fen: str) -> None:
+        """Set the position from ``fen`` as python-chess does, refusing what lc0 0.32.1 refuses.
+
+        lc0 reads the halfmove clock and the fullmove number as 32-bit signed integers and rejects the FEN when
+        either does not fit; python-chess would accept any size (a clock of 10**38 then encodes as a plane of
+        1e38 and the network's outputs become NaN).
+
+        >>> LczeroBoard().set_fen("8/8/8/4k3/8/8/2K5/6Q1 w - - 2147483648 40")
+        Traceback (most recent call last):
+        ...
+        lczerolens.errors.InvalidBoardError: invalid FEN '...': the halfmove clock 2147483648 is out of lc0's range ...
+        """
+        if not isinstance(fen, str):
+            raise InvalidBoardError(f"a FEN must be a string, not {type(fen).__name__} ({fen!r})")
+        parts = fen.split()
+        for index, what in ((4, "halfmove clock"), (5, "fullmove number")):
+            if len(parts) > index and parts[index].lstrip("+-").isdigit() and abs(int(parts[index])) > _LC0_INT_MAX:
+                raise InvalidBoardError(
+                    f"invalid FEN {fen!r}: the {what} {parts[index]} is out of lc0's range (at most {_LC0_INT_MAX}); "
+                    "lc0 refuses this FEN. Use a smaller number."
+                )
+        try:
+            super().set_fen(fen)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise InvalidBoardError(f"invalid FEN {fen!r}: {exc}. Pass a FEN such as {chess.STARTING_FEN!r}.") from None
 
     # -- python-chess integration --------------------------------------------------------------------------
 

@@ -55,3 +55,7 @@ class DataError(LczeroLensError, ValueError):
 
 class RunError(LczeroLensError, ValueError):
     """A collection run that cannot start or resume: an output folder of another run, an unwritable path."""
+
+
+class InvalidOptionError(LczeroLensError, ValueError):
+    """An option (a device, a dtype, a limit) that lczerolens cannot honour."""

@@ -12,7 +12,13 @@ from tensordict import TensorDict
 from torch import nn
 
 from lczerolens.board import InputFormat
-from lczerolens.errors import InputShapeError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
+from lczerolens.errors import (
+    InputShapeError,
+    InvalidOptionError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+)
 
 __all__ = ["LczeroModel", "Evaluation", "MoveScore"]
 
@@ -42,6 +48,39 @@ def _sniff(path: Path) -> str:
         f"{path} is neither an lc0 ONNX export nor lc0 weights (.pb.gz / .pb): its first bytes are {head!r}; "
         "pass a file from `lc0 leela2onnx` or lc0's network weights"
     )
+
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _format_value(value):
+    """An input format given by name (``"CLASSICAL_112_PLANE"``) as its enum member; anything else unchanged."""
+    if isinstance(value, str):
+        return InputFormat.__members__.get(value.strip().upper(), value)
+    return value
+
+
+def _check_dtype(dtype, half: bool) -> torch.dtype | None:
+    if not isinstance(half, bool):
+        raise InvalidOptionError(f"half must be True or False, not {half!r}")
+    if dtype is None:
+        return torch.float16 if half else None
+    if dtype not in _DTYPES:
+        raise InvalidOptionError(
+            f"dtype {dtype!r} is not supported; use one of {', '.join(str(d) for d in _DTYPES)}"
+        )
+    if half and dtype != torch.float16:
+        raise InvalidOptionError(f"half=True asks for float16 but dtype={dtype}; pass only one of them")
+    return dtype
+
+
+def _check_device(device) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidOptionError(f"{device!r} is not a device; pass e.g. 'cpu' or 'cuda:0' ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -120,7 +159,9 @@ class LczeroModel(nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, not {type(network).__name__}")
         self.network = network
         fmt = input_format if input_format is not None else getattr(network, "input_format", None)
-        self._input_format = InputFormat(fmt) if fmt is not None else InputFormat.CLASSICAL_112_PLANE
+        from lczerolens.board import _as_format
+
+        self._input_format = _as_format(_format_value(fmt)) if fmt is not None else InputFormat.CLASSICAL_112_PLANE
         # Say so in repr when nobody recorded or chose the format (lc0's ONNX exports do not record it).
         self._format_assumed = input_format is None and (
             fmt is None or str(getattr(network, "input_format_source", "")).startswith("default")
@@ -130,55 +171,88 @@ class LczeroModel(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_path(cls, path: str | Path, **options) -> LczeroModel:
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        input_format: InputFormat | int | str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        half: bool = False,
+        max_bytes: int | None = None,
+    ) -> LczeroModel:
         """Load an lc0 ONNX export (``.onnx``) or lc0 weights (``.pb.gz`` / ``.pb``).
 
-        The kind is told by the file's content (gzip or protobuf signature), the suffix only as a fallback.
+        The kind is told by the file's content (gzip or protobuf signature), the suffix only as a fallback. The
+        file is untrusted input: its size is bounded, its names never reach generated code, its weights must be
+        finite and the network must give finite outputs on the starting position, or loading fails here.
 
         Parameters
         ----------
         path
             The network file.
-        **options
-            ``input_format`` (override the format; ONNX exports do not record it, classical is assumed),
-            ``half`` (ONNX: keep an fp16 export in float16; otherwise float32); others go to the loader.
+        input_format
+            Override the network's input format (an :class:`InputFormat`, its number or name); ONNX exports do
+            not record it, classical is assumed.
+        device
+            Where to put the network (``"cpu"``, ``"cuda:0"``, a ``torch.device``); default CPU.
+        dtype
+            ``torch.float32`` (default), ``torch.float16``, ``torch.bfloat16`` or ``torch.float64``.
+        half
+            Shorthand for ``dtype=torch.float16``; an fp16 ONNX export is then kept exactly as it is.
+        max_bytes
+            Cap on the bytes read or decompressed (default 2 GiB, see :mod:`lczerolens.model.safety`).
 
         Raises
         ------
         ModelNotFoundError, ModelLoadError, UnsupportedModelError
+            A missing, corrupted, hostile or unsupported file.
+        InputFormatError
+            An unknown ``input_format``.
+        InvalidOptionError
+            A ``device`` or ``dtype`` that cannot be used.
 
         Examples
         --------
         >>> model = LczeroModel.from_path("assets/cache/maia-1900.onnx")  # doctest: +SKIP
+        >>> model = LczeroModel.from_path("maia-1900.pb.gz", device="cpu", dtype=torch.float64)  # doctest: +SKIP
         """
+        from lczerolens.board import _as_format
+
+        fmt = _as_format(_format_value(input_format)) if input_format is not None else None
+        target_dtype = _check_dtype(dtype, half)
+        target_device = _check_device(device)
         path = Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"no such network file: {path}; check the path")
         if path.is_dir():
             raise ModelLoadError(f"{path} is a directory; pass an lc0 network file (.onnx, .pb.gz or .pb)")
-        input_format = options.pop("input_format", None)
         kind = _sniff(path)
-        if kind == "onnx":
-            from lczerolens.model.onnx_loader import load_onnx
+        # Built outside inference mode, so that a network loaded inside `torch.inference_mode()` can be explained.
+        with torch.inference_mode(False):
+            if kind == "onnx":
+                from lczerolens.model.onnx_loader import load_onnx
 
-            network = load_onnx(path, input_format=input_format, **options)
-        else:
-            try:
-                from lczerolens.model.native import load_pb
-            except ModuleNotFoundError as exc:
-                if exc.name != "lczerolens.model.native":
-                    raise
-                raise UnsupportedModelError(
-                    f"{path}: loading lc0 .pb.gz weights needs lczerolens.model.native, which is not available "
-                    f"({exc}); export the network with `lc0 leela2onnx` and load the .onnx"
-                ) from exc
-            half = options.pop("half", False)
-            if options:
-                raise TypeError(f"unknown options for .pb.gz weights: {sorted(options)}")
-            network = load_pb(path)
-            if half:
-                network = network.half()
-        return cls(network, input_format=input_format, source=str(path))
+                network = load_onnx(path, input_format=fmt, half=target_dtype == torch.float16, max_bytes=max_bytes)
+            else:
+                try:
+                    from lczerolens.model.native import load_pb
+                except ModuleNotFoundError as exc:
+                    if exc.name != "lczerolens.model.native":
+                        raise
+                    raise UnsupportedModelError(
+                        f"{path}: loading lc0 .pb.gz weights needs lczerolens.model.native, which is not available "
+                        f"({exc}); export the network with `lc0 leela2onnx` and load the .onnx"
+                    ) from exc
+                network = load_pb(path, max_bytes=max_bytes)
+            if target_dtype not in (None, torch.float16) or (target_dtype == torch.float16 and kind != "onnx"):
+                network = network.to(dtype=target_dtype)
+            if target_device is not None:
+                try:
+                    network = network.to(device=target_device)
+                except (RuntimeError, AssertionError, ValueError) as exc:
+                    raise InvalidOptionError(f"cannot move the network to device {device!r}: {exc}") from exc
+        return cls(network, input_format=fmt, source=str(path))
 
     # ------------------------------------------------------------------ properties
 

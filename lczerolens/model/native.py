@@ -21,9 +21,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from lczerolens.errors import ModelLoadError, UnsupportedModelError
+from lczerolens.errors import LczeroLensError, ModelLoadError, UnsupportedModelError
 from lczerolens.model.proto import Net, NetworkFormat, parse_net, read_net
 
 __all__ = ["load_pb", "build_network", "resolve_network_format", "is_attention_body"]
@@ -134,13 +135,15 @@ def _name(value: int, enum: Any) -> str:
         return str(int(value))
 
 
-def load_pb(path_or_bytes: str | Path | bytes | bytearray | memoryview) -> nn.Module:
+def load_pb(path_or_bytes: str | Path | bytes | bytearray | memoryview, *, max_bytes: int | None = None) -> nn.Module:
     """Load lc0 weights (``.pb.gz``, ``.pb``, or their bytes) as a network following the network contract.
 
     Parameters
     ----------
     path_or_bytes : str, Path or bytes
         A weights file, or its content (gzipped or raw protobuf).
+    max_bytes : int, optional
+        Cap on the file's size and its decompressed size (default 2 GiB, see :mod:`lczerolens.model.safety`).
 
     Returns
     -------
@@ -154,7 +157,8 @@ def load_pb(path_or_bytes: str | Path | bytes | bytearray | memoryview) -> nn.Mo
     ModelNotFoundError
         The path does not exist.
     ModelLoadError
-        Corrupted, truncated or non-lc0 data, or weights whose sizes do not fit the declared architecture.
+        Corrupted, truncated, oversized or non-lc0 data; weights that are missing, not finite or whose sizes do
+        not fit the declared architecture; a network whose start-position outputs are not finite.
     UnsupportedModelError
         A valid lc0 network that lczerolens cannot build.
 
@@ -164,11 +168,26 @@ def load_pb(path_or_bytes: str | Path | bytes | bytearray | memoryview) -> nn.Mo
     >>> network.heads  # doctest: +SKIP
     ('policy', 'wdl')
     """
+    from lczerolens.model.safety import check_network
+
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        net = parse_net(path_or_bytes)
+        net = parse_net(path_or_bytes, max_bytes=max_bytes)
         source = "the given lc0 weights"
     else:
         path = Path(path_or_bytes)
-        net = read_net(path)
+        net = read_net(path, max_bytes=max_bytes)
         source = f"'{path}'"
-    return build_network(net, source)
+    # Parameters are built outside inference mode so that a network loaded inside `torch.inference_mode()` can
+    # still be explained.
+    with torch.inference_mode(False):
+        try:
+            network = build_network(net, source)
+        except LczeroLensError:
+            raise
+        except Exception as exc:  # a corrupted file must give a package error, whatever the builder tripped on
+            raise ModelLoadError(
+                f"{source}: the weights cannot be built into a network ({type(exc).__name__}: {exc}); the file is "
+                "corrupted"
+            ) from exc
+        check_network(network, source)
+    return network

@@ -35,7 +35,9 @@ string; the graph only shows 112 input planes). A ``metadata_props`` entry ``inp
 
 from __future__ import annotations
 
+import keyword
 import operator
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,8 +45,9 @@ import torch
 from torch import fx, nn
 
 from lczerolens.board import InputFormat
-from lczerolens.errors import ModelLoadError, ModelNotFoundError, UnsupportedModelError
+from lczerolens.errors import LczeroLensError, ModelLoadError, ModelNotFoundError, UnsupportedModelError
 from lczerolens.model import ops
+from lczerolens.model.safety import check_network, max_bytes_limit
 
 __all__ = ["load_onnx", "OnnxNetwork", "LINEAR_OP_TYPES"]
 
@@ -86,6 +89,7 @@ def load_onnx(
     *,
     half: bool = False,
     input_format: InputFormat | int | None = None,
+    max_bytes: int | None = None,
 ) -> OnnxNetwork:
     """Load an lc0 ONNX export as a network (see the network contract in the module docstring).
 
@@ -98,6 +102,9 @@ def load_onnx(
         Keep (fp16 exports) or make (fp32 exports) the network float16. Default: run in float32.
     input_format
         The network's input format when the file does not record it (lc0's exports do not); default classical.
+    max_bytes
+        Cap on the file's size and on the bytes of its tensors, external data included (default 2 GiB, see
+        :func:`lczerolens.model.safety.max_bytes_limit`).
 
     Returns
     -------
@@ -111,7 +118,9 @@ def load_onnx(
     ModelNotFoundError
         The path does not exist.
     ModelLoadError
-        The file is not a readable ONNX model, or not an lc0 export.
+        The file is not a readable ONNX model, not an lc0 export, over the size limit, holds names that cannot
+        be mapped to module names (not UTF-8, control characters, over 512 characters), external data outside
+        its folder, or weights that are not finite or fail on the starting position.
     UnsupportedModelError
         The export uses an op or opset that cannot be converted (e.g. ``--onnx-opset=18``).
 
@@ -122,7 +131,32 @@ def load_onnx(
     torch.Size([1, 1858])
     """
 
-    model, label = _read_model(source)
+    from lczerolens.board import _as_format
+
+    requested = _as_format(input_format) if input_format is not None else None
+    cap = max_bytes_limit(max_bytes)
+    # Parameters are built outside inference mode, so that a network loaded inside `torch.inference_mode()`
+    # can still be explained (inference tensors cannot be saved for backward).
+    with torch.inference_mode(False):
+        model, label = _read_model(source, cap)
+        try:
+            gm, to_half = _build(model, label, half, requested)
+        except LczeroLensError:
+            raise
+        except Exception as exc:  # anything else a hostile or corrupted graph makes onnx/onnx2torch/torch raise
+            raise ModelLoadError(
+                f"{label}: the ONNX graph cannot be converted ({type(exc).__name__}: {exc}); the file is corrupted "
+                "or not an lc0 export"
+            ) from exc
+        check_network(gm, label)
+        if to_half:
+            gm.half()
+    return gm
+
+
+def _build(model, label: str, half: bool, input_format: InputFormat | None) -> tuple[OnnxNetwork, bool]:
+    """The converted, normalised network and whether it still has to be made float16 (``half`` on a non-fp16
+    export: done after the sanity check, which runs in float32)."""
     input_name, outputs = _find_inputs_outputs(model, label)
     opsets = {o.domain or "": o.version for o in model.opset_import}
     opset = opsets.get("", opsets.get("ai.onnx", 0))
@@ -134,30 +168,33 @@ def load_onnx(
     if export_dtype != "fp32" and not keep_half:
         _to_float32(model)
 
+    input_name, outputs, originals = _sanitise_names(model, input_name, outputs, label)
     node_types = _module_node_map(model)
     converted = _convert(model, label)
     _normalise(converted, node_types, input_name, outputs, label, drop_float_casts=not keep_half)
     gm = OnnxNetwork(converted, converted.graph)
     if "initializers" in gm._modules:
         gm.initializers.lrp_linear = True  # onnx2torch's container of constants: not an op, nothing to explain
-    if half and not keep_half:
-        gm.half()
+    # half=True on an fp32/bf16 export: converted to float16 by load_onnx after the sanity check in float32.
 
     fmt, fmt_source = _input_format(model, input_format, label)
     gm.input_format = fmt
     gm.input_format_source = fmt_source
     gm.heads = tuple(h for h in ("policy", "wdl", "value", "mlh") if h in outputs)
     gm.onnx_opset = opset
+    gm.onnx_names = {name: original for name, original in originals.items() if name in gm._modules}
     gm.source = label
     gm.description = _describe(gm, label, opset, export_dtype, "float16" if half else "float32")
     gm.eval()
-    return gm
+    return gm, half and not keep_half
 
 
 class OnnxNetwork(fx.GraphModule):
     """The converted network: a ``torch.fx.GraphModule`` whose contract attributes survive ``copy.deepcopy``."""
 
-    _CONTRACT_ATTRS = ("input_format", "input_format_source", "heads", "onnx_opset", "source", "description")
+    _CONTRACT_ATTRS = (
+        "input_format", "input_format_source", "heads", "onnx_opset", "source", "description", "onnx_names",
+    )
 
     def __deepcopy__(self, memo: dict) -> OnnxNetwork:
         res = super().__deepcopy__(memo)
@@ -170,13 +207,21 @@ class OnnxNetwork(fx.GraphModule):
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _read_model(source: str | Path | bytes):
-    """Parse and check the ONNX model; return it and a label naming it in messages."""
+def _read_model(source: str | Path | bytes, max_bytes: int):
+    """Parse and check the ONNX model; return it and a label naming it in messages.
+
+    Everything a file says is checked before it is used: the file's size, every name (see :func:`_check_text`),
+    every tensor's declared size against the bytes it holds and the cap, external data (read here, only from
+    the model's own folder), and then onnx's checker.
+    """
     import onnx
     from google.protobuf.message import DecodeError
 
+    folder: Path | None = None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, label = bytes(source), "<ONNX bytes>"
+        if len(data) > max_bytes:
+            raise ModelLoadError(f"{label}: {len(data)} bytes, over the {max_bytes}-byte limit (max_bytes=)")
     else:
         path = Path(source)
         label = str(path)
@@ -187,7 +232,14 @@ def _read_model(source: str | Path | bytes):
             )
         if path.is_dir():
             raise ModelLoadError(f"{label} is a directory, not an ONNX file")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ModelLoadError(
+                f"{label} is {size} bytes, over the {max_bytes}-byte limit; if this really is an lc0 export, raise "
+                "the limit with max_bytes= or LCZEROLENS_MAX_MODEL_BYTES"
+            )
         data = path.read_bytes()
+        folder = path.parent
     if not data:
         raise ModelLoadError(f"{label} is empty: not an ONNX model; re-download or re-export it")
     try:
@@ -198,6 +250,14 @@ def _read_model(source: str | Path | bytes):
         ) from exc
     if not model.graph.node:
         raise ModelLoadError(f"{label} holds no ONNX graph (truncated, corrupted, or not an ONNX file)")
+    _check_strings(model, label)
+    _check_tensors(model, label, max_bytes, folder)
+    try:
+        _check_allocations(model, label, max_bytes)
+    except LczeroLensError:
+        raise
+    except Exception as exc:  # malformed constants: reported as such
+        raise ModelLoadError(f"{label}: malformed constant ({type(exc).__name__}: {exc})") from exc
     if model.ir_version < 4 and model.graph.initializer:
         # lc0 writes initializers without listing them as graph inputs, which IR 3 (its opset-7 exports)
         # requires; IR 4 made that optional, with the same meaning.
@@ -213,6 +273,308 @@ def _read_model(source: str | Path | bytes):
             ) from exc
         raise ModelLoadError(f"{label} is not a valid ONNX model (truncated or corrupted?): {first}") from exc
     return model, label
+
+
+# ----------------------------------------------------------------------------------------------- untrusted names
+
+#: Longest name (node, value, initializer, attribute) accepted; lc0's are under 50 characters.
+MAX_NAME_LENGTH = 512
+# Characters kept in a module name; any other becomes "_". None of them can end or escape a Python string
+# literal, which is where torch.fx writes module names (`getattr(self, "block0/conv1")`).
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9_/*+\-:@#%&()\[\],<>=!?^~|$]")
+
+
+def _check_text(value, what: str, label: str, limit: int = MAX_NAME_LENGTH) -> None:
+    """Refuse a string from the file that is not UTF-8, holds control characters or is absurdly long."""
+    if not isinstance(value, str):  # protobuf hands back bytes for a string field that is not valid UTF-8
+        raise ModelLoadError(f"{label}: {what} {ascii(bytes(value)[:60])} is not valid UTF-8; the file is corrupted")
+    if len(value) > limit:
+        raise ModelLoadError(f"{label}: {what} {ascii(value[:60])}... is {len(value)} characters long (over {limit})")
+    if not value.isprintable():
+        raise ModelLoadError(
+            f"{label}: {what} {ascii(value[:60])} holds control characters (newlines, NUL, ...); lc0 never writes "
+            "such names: the file is corrupted or hostile"
+        )
+
+
+def _check_strings(model, label: str) -> None:
+    """Check every string of the graph a loader may use (see :func:`_check_text`); refuse control flow."""
+    import onnx
+
+    graph = model.graph
+    if len(model.functions) or len(graph.sparse_initializer):
+        raise UnsupportedModelError(f"{label}: ONNX local functions and sparse initializers are not lc0 exports")
+    for opset in model.opset_import:
+        _check_text(opset.domain, "opset domain", label)
+    for prop in model.metadata_props:
+        _check_text(prop.key, "metadata key", label)
+        _check_text(prop.value, f"metadata value of {prop.key!r}", label, limit=4096)
+    for i, node in enumerate(graph.node):
+        _check_text(node.name, f"node {i}'s name", label)
+        _check_text(node.op_type, f"node {i}'s op type", label)
+        _check_text(node.domain, f"node {i}'s domain", label)
+        for value in list(node.input) + list(node.output):
+            _check_text(value, f"a value name of node {node.name!r}", label)
+        for attr in node.attribute:
+            _check_text(attr.name, f"an attribute name of node {node.name!r}", label)
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                raise UnsupportedModelError(
+                    f"{label}: node {node.name!r} ({node.op_type}) holds a subgraph; lc0 exports have no control flow"
+                )
+    for coll, what in ((graph.input, "input"), (graph.output, "output"), (graph.value_info, "value")):
+        for v in coll:
+            _check_text(v.name, f"graph {what} name", label)
+    for t in graph.initializer:
+        _check_text(t.name, "initializer name", label)
+        for entry in t.external_data:
+            _check_text(entry.key, f"external data key of {t.name!r}", label)
+            _check_text(entry.value, f"external data value of {t.name!r}", label, limit=4096)
+
+
+def _sanitise_names(
+    model, input_name: str, outputs: dict[str, str], label: str
+) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Rename, in place and before conversion, every value to a generated identifier and every node to a name
+    that is safe in generated code, unique and not an attribute of the network.
+
+    A node's new name is the module name onnx2torch would have given it (lc0's node name without the leading
+    ``/``, dots as ``/``), so lc0's exports keep exactly their names (``block0/conv1/relu``); in other files each
+    character outside a small safe set becomes ``_`` (keywords, names starting with ``_`` and names of the
+    network's own attributes get a ``node_`` prefix; repeats a ``_1``, ``_2``, ... suffix). Returns the input's
+    and outputs' new value names and ``{module name: the file's node name}``.
+    """
+    graph = model.graph
+    values: dict[str, str] = {}
+
+    def value(name: str) -> str:
+        if not name:
+            return name  # an omitted optional input
+        if name not in values:
+            values[name] = f"__v{len(values)}"
+        return values[name]
+
+    reserved = set(dir(OnnxNetwork)) | set(OnnxNetwork._CONTRACT_ATTRS) | {"initializers", "training", "graph", "code"}
+    used: set[str] = set()
+    originals: dict[str, str] = {}
+    for node in graph.node:
+        if node.domain not in ("",):
+            raise UnsupportedModelError(f"{label}: node {node.name!r} uses op domain {node.domain!r}; lc0 uses none")
+        base = node.name.replace(".", "/").lstrip("/") or node.op_type
+        base = _UNSAFE_CHAR.sub("_", base) or "node"
+        if keyword.iskeyword(base) or base.startswith(("_", "onnx_initializer")) or base in reserved:
+            base = "node_" + base
+        name, k = base, 0
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
+        originals[name] = node.name
+        node.name = name
+        node.input[:] = [value(v) for v in node.input]
+        node.output[:] = [value(v) for v in node.output]
+    for coll in (graph.input, graph.output, graph.value_info):
+        for v in coll:
+            v.name = value(v.name)
+    for t in graph.initializer:
+        t.name = value(t.name)
+    return value(input_name), {head: value(name) for head, name in outputs.items()}, originals
+
+
+def _itemsize(data_type: int) -> int | None:
+    """Bytes per element of a numeric ONNX tensor type (None for strings, undefined and unknown types)."""
+    import onnx
+
+    if data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        import numpy as np
+
+        return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _tensors(graph):
+    """Every tensor a graph holds: initializers and tensors in node attributes (e.g. ``Constant``)."""
+    import onnx
+
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.TENSORS:
+                yield from attr.tensors
+
+
+def _check_tensors(model, label: str, max_bytes: int, folder: Path | None) -> None:
+    """Check each tensor's declared size against the bytes it holds and the cap; read external data safely."""
+    import onnx
+
+    total = 0
+    for t in _tensors(model.graph):
+        name = t.name or "(a constant)"
+        size = _itemsize(t.data_type)
+        if size is None:
+            raise ModelLoadError(f"{label}: tensor {name!r} has data type {t.data_type}, not a numeric type")
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{label}: tensor {name!r} declares negative dimensions {list(t.dims)}")
+        count = 1
+        for d in t.dims:
+            count *= d
+        nbytes = count * size
+        total += nbytes
+        if nbytes > max_bytes or total > max_bytes:
+            raise ModelLoadError(
+                f"{label}: tensor {name!r} declares {list(t.dims)} values ({nbytes} bytes), over the {max_bytes}-byte "
+                "limit; the file is corrupted, or raise the limit with max_bytes="
+            )
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            _read_external(t, name, nbytes, label, folder)
+            _check_finite(t, name, label)
+            continue
+        if t.raw_data:
+            held, expected = len(t.raw_data), nbytes
+        else:
+            held = sum(
+                len(getattr(t, f))
+                for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+            )
+            expected = count
+        if held != expected:
+            raise ModelLoadError(
+                f"{label}: tensor {name!r} declares shape {list(t.dims)} ({expected} "
+                f"{'bytes' if t.raw_data else 'values'}) but holds {held}; the file is truncated or corrupted"
+            )
+        _check_finite(t, name, label)
+
+
+def _check_finite(tensor, name: str, label: str) -> None:
+    """Refuse a floating-point tensor holding NaN or infinity, naming it as the file does."""
+    import numpy as np
+    import onnx
+
+    kinds = {onnx.TensorProto.FLOAT: "<f4", onnx.TensorProto.FLOAT16: "<f2", onnx.TensorProto.DOUBLE: "<f8"}
+    if tensor.data_type == onnx.TensorProto.BFLOAT16:
+        values = (np.frombuffer(tensor.raw_data, "<u2").astype(np.uint32) << 16).view(np.float32)
+        if not tensor.raw_data:
+            values = (np.asarray(tensor.int32_data, np.uint32) << 16).view(np.float32)
+    elif tensor.data_type in kinds:
+        if tensor.raw_data:
+            values = np.frombuffer(tensor.raw_data, kinds[tensor.data_type])
+        elif tensor.data_type == onnx.TensorProto.FLOAT16:
+            values = np.asarray(tensor.int32_data, np.uint16).view(np.float16)
+        else:
+            values = np.asarray(tensor.double_data if tensor.data_type == onnx.TensorProto.DOUBLE else
+                                tensor.float_data)  # fmt: skip
+    else:
+        return
+    if not np.isfinite(values).all():
+        raise ModelLoadError(
+            f"{label}: tensor {name!r} holds NaN or infinite values; the file is corrupted. Export it again."
+        )
+
+
+def _check_allocations(model, label: str, max_bytes: int) -> None:
+    """Refuse ops that would allocate more than ``max_bytes`` from constant sizes (``ConstantOfShape``,
+    ``Expand``, ``Tile``, ``Range``): a small file must not make the sanity forward allocate gigabytes."""
+    import math
+
+    import numpy as np
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and node.output:
+                    constants[node.output[0]] = attr.t
+
+    def value(i: int, node) -> np.ndarray | None:
+        if len(node.input) <= i or node.input[i] not in constants:
+            return None
+        return numpy_helper.to_array(constants[node.input[i]])
+
+    for node in model.graph.node:
+        count = None
+        if node.op_type in ("ConstantOfShape", "Expand"):
+            shape = value(0 if node.op_type == "ConstantOfShape" else 1, node)
+            if shape is not None and shape.size and (shape >= 0).all():
+                count = math.prod(int(d) for d in shape.reshape(-1))
+        elif node.op_type == "Tile":
+            repeats, data = value(1, node), value(0, node)
+            if repeats is not None and (repeats >= 0).all():
+                count = math.prod(int(r) for r in repeats.reshape(-1)) * (data.size if data is not None else 1)
+        elif node.op_type == "Range":
+            start, limit, delta = (value(i, node) for i in range(3))
+            if start is not None and limit is not None and delta is not None:
+                with np.errstate(all="ignore"):
+                    steps = np.ceil((limit.astype(np.float64) - start) / delta).reshape(-1)
+                if steps.size == 1 and not np.isfinite(steps[0]):
+                    raise ModelLoadError(f"{label}: Range node {node.name!r} has a non-finite length")
+                count = int(max(steps[0], 0)) if steps.size == 1 else None
+        if count is not None and count * 4 > max_bytes:
+            raise ModelLoadError(
+                f"{label}: node {node.name!r} ({node.op_type}) would allocate {count} values, over the "
+                f"{max_bytes}-byte limit; the file is corrupted or hostile"
+            )
+
+
+def _read_external(tensor, name: str, nbytes: int, label: str, folder: Path | None) -> None:
+    """Read an external-data tensor into ``raw_data``, only from a regular file inside the model's folder."""
+    import onnx
+
+    if folder is None:
+        raise ModelLoadError(
+            f"{label}: tensor {name!r} keeps its data in an external file; load the model from its path so the "
+            "file can be found next to it"
+        )
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else nbytes
+    except ValueError:
+        raise ModelLoadError(f"{label}: tensor {name!r} has a malformed external data offset/length") from None
+    parts = Path(location).parts
+    if (
+        not location
+        or "\\" in location
+        or Path(location).is_absolute()
+        or location.startswith(("/", "~"))
+        or ".." in parts
+        or ":" in location
+    ):
+        raise ModelLoadError(
+            f"{label}: tensor {name!r} names external data {location!r}; only plain relative paths inside the "
+            "model's folder are read (no '..', no absolute paths)"
+        )
+    base = folder.resolve()
+    target = (folder / location).resolve()
+    if target != base and base not in target.parents:
+        raise ModelLoadError(
+            f"{label}: tensor {name!r}'s external data {location!r} leads outside the model's folder (a symlink?); "
+            "refusing to read it"
+        )
+    import stat
+
+    try:
+        st = target.stat()
+    except OSError:
+        raise ModelLoadError(f"{label}: external data file {location!r} of tensor {name!r} is missing") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"{label}: external data {location!r} of tensor {name!r} is not a regular file")
+    if offset < 0 or length != nbytes or offset + length > st.st_size:
+        raise ModelLoadError(
+            f"{label}: tensor {name!r} needs {nbytes} bytes of external data at offset {offset}, but the entry says "
+            f"{length} bytes and {location!r} has {st.st_size}; the files do not belong together"
+        )
+    with target.open("rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    tensor.raw_data = data
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _dims(value_info) -> list[int | str]:

@@ -248,7 +248,7 @@ class Message:
     def parse(cls, data: bytes | bytearray | memoryview) -> Message:
         """Decode ``data`` (the serialized message). Raises :class:`ProtoDecodeError` on malformed data."""
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-        return _decode_message(cls, view, 0, len(view), cls.__qualname__)
+        return _decode_message(cls, view, 0, len(view), cls.__qualname__, [MAX_DECODED_ITEMS])
 
     def serialize(self) -> bytes:
         """Encode this message (fields in number order, unknown fields last)."""
@@ -324,11 +324,26 @@ def _convert_fixed(kind: str, raw: Any) -> Any:
     raise ProtoDecodeError(f"a {kind} field cannot hold a fixed-width value")
 
 
-def _decode_message(cls: type[Message], buf: Any, pos: int, end: int, where: str) -> Message:
+#: Most fields (messages, scalars, packed values, unknown fields) one decode may produce: a bound on the Python
+#: objects a small file can make the reader build (maia-1900 holds 468; a 30-block or 15-layer net a few
+#: thousand).
+MAX_DECODED_ITEMS = 250_000
+
+
+def _spend(budget: list[int], n: int, where: str) -> None:
+    budget[0] -= n
+    if budget[0] < 0:
+        raise ProtoDecodeError(
+            f"{where}: more than {MAX_DECODED_ITEMS} fields; no lc0 network has that many (corrupted or hostile)"
+        )
+
+
+def _decode_message(cls: type[Message], buf: Any, pos: int, end: int, where: str, budget: list[int]) -> Message:
     msg = cls()
     values = msg._values
     by_number = cls._by_number
     while pos < end:
+        _spend(budget, 1, where)
         start = pos
         key, pos = _read_varint(buf, pos, end, where)
         number, wire = key >> 3, key & 7
@@ -369,7 +384,7 @@ def _decode_message(cls: type[Message], buf: Any, pos: int, end: int, where: str
         if field.is_message:
             if wire != _LEN:
                 raise ProtoDecodeError(f"{sub_where}: expected a length-delimited message, got wire type {wire}")
-            child = _decode_message(field.kind, buf, raw[0], raw[1], sub_where)
+            child = _decode_message(field.kind, buf, raw[0], raw[1], sub_where, budget)
             if field.repeated:
                 values.setdefault(fname, []).append(child)
             elif fname in values:
@@ -382,7 +397,8 @@ def _decode_message(cls: type[Message], buf: Any, pos: int, end: int, where: str
         if wire == _LEN and kind not in ("bytes", "string"):
             if not field.repeated:
                 raise ProtoDecodeError(f"{sub_where}: unexpected length-delimited data for a {kind}")
-            values.setdefault(fname, []).extend(_decode_packed(kind, buf, raw[0], raw[1], sub_where))
+            packed = _decode_packed(kind, buf, raw[0], raw[1], sub_where, budget)
+            values.setdefault(fname, []).extend(packed)
             continue
         if wire != expected:
             raise ProtoDecodeError(f"{sub_where}: wire type {wire} does not match its type {kind}")
@@ -410,9 +426,11 @@ def _decode_message(cls: type[Message], buf: Any, pos: int, end: int, where: str
     return msg
 
 
-def _decode_packed(kind: str, buf: Any, pos: int, end: int, where: str) -> list[Any]:
+def _decode_packed(kind: str, buf: Any, pos: int, end: int, where: str, budget: list[int]) -> list[Any]:
     out: list[Any] = []
     wire = _SCALAR_WIRE[kind]
+    # At least one byte per value: charge the most values this payload can hold before building any.
+    _spend(budget, end - pos, where)
     if wire == _VARINT:
         while pos < end:
             raw, pos = _read_varint(buf, pos, end, where)
@@ -841,8 +859,63 @@ def _describe(source: Any) -> str:
     return f"'{source}'" if isinstance(source, (str, Path)) else "the given bytes"
 
 
-def parse_net(data: bytes | bytearray | memoryview, source: str | Path | None = None) -> Net:
+def _gunzip(data: bytes, name: str, max_bytes: int) -> bytearray:
+    """Decompress gzip ``data`` in chunks, refusing output beyond ``max_bytes`` or a bomb's ratio.
+
+    The output may reach ``min(max_bytes, max(RATIO_FLOOR_BYTES, MAX_RATIO * len(data)))``: decompression stops
+    (and nothing larger is ever held) as soon as it would go past that. Concatenated gzip members are read in
+    turn, as gzip and zlib's ``gzread`` (lc0's reader) do.
+    """
+    from lczerolens.model.safety import MAX_RATIO, RATIO_FLOOR_BYTES
+
+    limit = min(max_bytes, max(RATIO_FLOOR_BYTES, MAX_RATIO * len(data)))
+    out = bytearray()
+    rest = data
+    chunk = 1 << 20
+    try:
+        while rest:
+            inflater = zlib.decompressobj(wbits=31)
+            piece = inflater.decompress(rest, chunk)
+            while True:
+                out += piece
+                if len(out) > limit:
+                    raise ModelLoadError(_too_big(name, len(data), limit, max_bytes))
+                if inflater.eof:
+                    break
+                if not inflater.unconsumed_tail and len(piece) < chunk:
+                    raise zlib.error("incomplete or truncated gzip stream")
+                # A full chunk may leave output pending even with no input left: ask again, still bounded.
+                piece = inflater.decompress(inflater.unconsumed_tail, chunk)
+            rest = inflater.unused_data
+            if rest and rest[:2] != _GZIP_MAGIC:
+                break  # trailing bytes after the last member: ignored, as gzip.decompress does with zero padding
+    except zlib.error as exc:
+        raise ModelLoadError(
+            f"{name} is not a valid lc0 weights file: its gzip data is corrupted or truncated ({exc}). "
+            "Download the network again."
+        ) from exc
+    return bytes(out)
+
+
+def _too_big(name: str, compressed: int, limit: int, max_bytes: int) -> str:
+    if limit < max_bytes:
+        return (
+            f"{name} decompresses to more than {limit} bytes from {compressed} (a ratio no lc0 network has: a "
+            "decompression bomb or a corrupted file); refusing it."
+        )
+    return (
+        f"{name} decompresses to more than the {max_bytes}-byte limit; if this really is an lc0 network, raise "
+        "the limit with max_bytes= or LCZEROLENS_MAX_MODEL_BYTES."
+    )
+
+
+def parse_net(
+    data: bytes | bytearray | memoryview, source: str | Path | None = None, *, max_bytes: int | None = None
+) -> Net:
     """Decode an lc0 weights file's content (gzipped or raw protobuf) into a :class:`Net`.
+
+    Decompression and decoding are bounded (see :mod:`lczerolens.model.safety`): every declared length is
+    checked against the bytes left before anything is allocated for it.
 
     Parameters
     ----------
@@ -850,6 +923,8 @@ def parse_net(data: bytes | bytearray | memoryview, source: str | Path | None = 
         The file's bytes; gzip is detected from its magic bytes.
     source : str or Path, optional
         Named in error messages.
+    max_bytes : int, optional
+        Cap on the decompressed size (default 2 GiB, see :func:`lczerolens.model.safety.max_bytes_limit`).
 
     Returns
     -------
@@ -866,16 +941,15 @@ def parse_net(data: bytes | bytearray | memoryview, source: str | Path | None = 
     >>> net.magic == WEIGHTS_MAGIC  # doctest: +SKIP
     True
     """
+    from lczerolens.model.safety import max_bytes_limit
+
+    cap = max_bytes_limit(max_bytes)
     name = _describe(source if source is not None else data)
     data = bytes(data)
     if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ModelLoadError(
-                f"{name} is not a valid lc0 weights file: its gzip data is corrupted or truncated ({exc}). "
-                "Download the network again."
-            ) from exc
+        data = _gunzip(data, name, cap)
+    elif len(data) > cap:
+        raise ModelLoadError(_too_big(name, len(data), cap, cap))
     if len(data) < 2:
         raise ModelLoadError(f"{name} is not an lc0 weights file: it is empty or too small ({len(data)} bytes).")
     try:
@@ -893,7 +967,7 @@ def parse_net(data: bytes | bytearray | memoryview, source: str | Path | None = 
     return net
 
 
-def read_net(path: str | Path) -> Net:
+def read_net(path: str | Path, *, max_bytes: int | None = None) -> Net:
     """Read an lc0 weights file (``.pb.gz`` or ``.pb``) into a :class:`Net`.
 
     Examples
@@ -907,7 +981,16 @@ def read_net(path: str | Path) -> Net:
         raise ModelNotFoundError(f"network file '{path}' does not exist; check the path.")
     if path.is_dir():
         raise ModelLoadError(f"'{path}' is a directory, not an lc0 weights file.")
-    return parse_net(path.read_bytes(), source=path)
+    from lczerolens.model.safety import max_bytes_limit
+
+    cap = max_bytes_limit(max_bytes)
+    size = path.stat().st_size
+    if size > cap:
+        raise ModelLoadError(
+            f"'{path}' is {size} bytes, over the {cap}-byte limit; if this really is an lc0 network, raise the "
+            "limit with max_bytes= or LCZEROLENS_MAX_MODEL_BYTES."
+        )
+    return parse_net(path.read_bytes(), source=path, max_bytes=cap)
 
 
 def serialize_net(net: Net, compress: bool = True) -> bytes:

@@ -82,6 +82,12 @@ class _Decoder:
         if means.size == 0:
             return w, biases
         var = self.layer(block.bn_stddivs, f"{path}.bn_stddivs", out_ch)
+        if not (var + _BN_EPS > 0).all():
+            bad = int(np.flatnonzero(~(var + _BN_EPS > 0))[0])
+            raise ModelLoadError(
+                f"{self.source}: layer {path}.bn_stddivs holds the variance {var[bad]} for channel {bad}; batch-norm "
+                "variances cannot be negative, the file is corrupted."
+            )
         gammas = self.layer(block.bn_gammas, f"{path}.bn_gammas", out_ch, required=False)
         betas = self.layer(block.bn_betas, f"{path}.bn_betas", out_ch, required=False)
         if betas.size == 0:

@@ -59,7 +59,8 @@ def decode_layer(layer: Layer, name: str = "layer", default_encoding: int = Enco
     Raises
     ------
     ModelLoadError
-        Unknown encoding, or a byte count that is not a whole number of values.
+        Unknown encoding, a byte count that is not a whole number of values, non-finite ``min_val`` /
+        ``max_val`` (LINEAR16), or a NaN or infinite value.
 
     Examples
     --------
@@ -80,16 +81,29 @@ def decode_layer(layer: Layer, name: str = "layer", default_encoding: int = Enco
             "the file is corrupted."
         )
     if enc == Encoding.LINEAR16:
-        q = np.frombuffer(params, dtype="<u2").astype(np.float32)
         lo = np.float32(layer.min_val)
-        span = np.float32(np.float32(layer.max_val) - lo)
+        with np.errstate(over="ignore", invalid="ignore"):
+            span = np.float32(np.float32(layer.max_val) - lo)
+        if not (np.isfinite(lo) and np.isfinite(span)):
+            raise ModelLoadError(
+                f"{name}: LINEAR16 range min_val={layer.min_val!r}, max_val={layer.max_val!r} is not finite; the "
+                "file is corrupted."
+            )
+        q = np.frombuffer(params, dtype="<u2").astype(np.float32)
         # Same float32 operation order as lc0: q / 65535 * range + min.
-        return q / np.float32(65535.0) * span + lo
-    if enc == Encoding.FLOAT16:
-        return np.frombuffer(params, dtype="<f2").astype(np.float32)
-    if enc == Encoding.BFLOAT16:
-        return (np.frombuffer(params, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-    return np.frombuffer(params, dtype="<f4").astype(np.float32)
+        values = q / np.float32(65535.0) * span + lo
+    elif enc == Encoding.FLOAT16:
+        values = np.frombuffer(params, dtype="<f2").astype(np.float32)
+    elif enc == Encoding.BFLOAT16:
+        values = (np.frombuffer(params, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        values = np.frombuffer(params, dtype="<f4").astype(np.float32)
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise ModelLoadError(
+            f"{name}: value {bad} is {values[bad]} ({enc.name}); weights must be finite, the file is corrupted."
+        )
+    return values
 
 
 def encode_layer(values: np.ndarray, encoding: str | int = "LINEAR16", dims: bool = False) -> Layer:
