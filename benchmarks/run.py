@@ -3,10 +3,10 @@
     python -m benchmarks.run --out bench-results/results.md [--positions N] [--attention-positions M] [--quick]
 
 Sections: faithfulness by piece removal and cost per method (:mod:`benchmarks.bench_faithfulness`), encoding
-throughput (``bench_encoding``), loading times (``bench_loading``), relevance cost ratios and maps/s
-(``bench_relevance``), the activation, integrated-gradients and patching lenses (``bench_lenses``), collections
-end to end (``bench_collections``), and onnxruntime's forward pass on maia-1900's ONNX export at batch 64 as the
-yardstick for our own forward pass. Timings are medians over repeats in this one process. A section whose module is
+throughput (``bench_encoding``), loading times (``bench_loading``), cold start of the command line
+(``bench_cli``), relevance cost ratios and maps/s (``bench_relevance``), the activation, integrated-gradients
+and patching lenses (``bench_lenses``), collections end to end (``bench_collections``), and onnxruntime's forward
+pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass. Timings are medians over repeats in this one process. A section whose module is
 missing or fails is reported as such and the rest still runs.
 
 Defaults: 200 maia-1900 positions and 24 for the attention net. On 2 cores the whole run took 194 s with 100/12
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         _section("Encoding throughput", _module_run("bench_encoding", **quick), dict_table),
         _section("Loading times", _module_run("bench_loading", **quick), dict_table),
+        _section("Command-line start (cold processes)", _module_run("bench_cli", **quick), dict_table),
         _section("Relevance cost", _module_run("bench_relevance", **quick, **threads), dict_table),
         _section(
             "Collections: PGN to Parquet (maia-1900)",

@@ -16,12 +16,46 @@ LrpLens(epsilon=1e-06, softmax='cp')
 GradientLens('smoothgrad', samples=8, noise=0.1, seed=0)
 """
 
-from lczerolens.lenses.activation import ActivationLens
-from lczerolens.lenses.attention import AttentionLens
-from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
-from lczerolens.lenses.lrp import LrpLens, make_composite
-from lczerolens.lenses.patching import PatchingLens, corrupt
-from lczerolens.lenses.relevance import Relevance
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lczerolens.lenses.activation import ActivationLens
+    from lczerolens.lenses.attention import AttentionLens
+    from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
+    from lczerolens.lenses.lrp import LrpLens, make_composite
+    from lczerolens.lenses.patching import PatchingLens, corrupt
+    from lczerolens.lenses.relevance import Relevance
+
+# Each lens loads on first use: `lczerolens explain` needs only the LRP lens, and the lenses that return a
+# TensorDict would import tensordict (about a second) for nothing.
+_LAZY = {
+    "ActivationLens": "lczerolens.lenses.activation",
+    "AttentionLens": "lczerolens.lenses.attention",
+    "GRADIENT_METHODS": "lczerolens.lenses.gradient",
+    "GradientLens": "lczerolens.lenses.gradient",
+    "OcclusionLens": "lczerolens.lenses.gradient",
+    "LrpLens": "lczerolens.lenses.lrp",
+    "make_composite": "lczerolens.lenses.lrp",
+    "PatchingLens": "lczerolens.lenses.patching",
+    "corrupt": "lczerolens.lenses.patching",
+    "Relevance": "lczerolens.lenses.relevance",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lczerolens.lenses' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "ActivationLens",

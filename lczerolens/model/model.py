@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import chess
 import torch
-from tensordict import TensorDict
 from torch import nn
 
 from lczerolens.board import InputFormat
+
+if TYPE_CHECKING:
+    from tensordict import TensorDict
 from lczerolens.errors import (
     InputShapeError,
     InvalidOptionError,
@@ -341,7 +344,13 @@ class LczeroModel(nn.Module):
             ``wdl`` (softmax probabilities: win, draw, loss for the side to move) and ``value`` ``[N]`` = W - L;
             for value nets ``value_logit`` ``[N]`` and ``value`` = tanh of it; ``mlh`` ``[N]`` when present.
         """
+        from tensordict import TensorDict  # imported on first use: it takes about a second to import
+
         planes = self.prepare(x)
+        return TensorDict(self._heads(planes), batch_size=[planes.shape[0]], device=planes.device)
+
+    def _heads(self, planes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The outputs of :meth:`forward` as a plain dict, for ready planes."""
         out = self.network(planes)
         data: dict[str, torch.Tensor] = {"policy": out["policy"]}
         if "wdl_logits" in out:
@@ -354,7 +363,7 @@ class LczeroModel(nn.Module):
             data["value"] = torch.tanh(out["value_logit"])
         if "mlh" in out:
             data["mlh"] = out["mlh"]
-        return TensorDict(data, batch_size=[planes.shape[0]], device=planes.device)
+        return data
 
     def evaluate(self, boards, top_k: int | None = 5, *, batch_size: int = 256):
         """The network's evaluation of positions: top legal moves with probabilities, WDL, value, moves left.
@@ -391,11 +400,11 @@ class LczeroModel(nn.Module):
         with torch.inference_mode():
             for start in range(0, len(boards), batch_size):
                 chunk = boards[start : start + batch_size]
-                out = self(chunk)
+                out = self._heads(self.prepare(chunk))
                 results.extend(self._summarise(chunk, out, top_k))
         return results[0] if single else results
 
-    def _summarise(self, boards: list, out: TensorDict, top_k: int | None) -> list[Evaluation]:
+    def _summarise(self, boards: list, out: Mapping[str, torch.Tensor], top_k: int | None) -> list[Evaluation]:
         policy = out["policy"].float().cpu()
         value = out["value"].float().cpu().tolist()
         wdl = out["wdl"].float().cpu().tolist() if "wdl" in out.keys() else None
