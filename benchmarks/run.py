@@ -6,8 +6,9 @@ Sections: faithfulness by piece removal and cost per method (:mod:`benchmarks.be
 throughput (``bench_encoding``), loading times (``bench_loading``), cold start of the command line
 (``bench_cli``), relevance cost ratios and maps/s (``bench_relevance``), the activation, integrated-gradients
 and patching lenses (``bench_lenses``), collections end to end (``bench_collections``), and onnxruntime's forward
-pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass. Timings are medians over repeats in this one process. A section whose module is
-missing or fails is reported as such and the rest still runs.
+pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass. Timings are medians over
+repeats in this one process. A section whose module is missing or fails is reported as such and the rest still
+runs.
 
 Defaults: 200 maia-1900 positions and 24 for the attention net. On 2 cores the whole run took 194 s with 100/12
 positions on an idle machine and 602 s with 200/24 on one shared with other jobs; a first run also plays the
