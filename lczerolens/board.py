@@ -385,8 +385,12 @@ class LczeroBoard(chess.Board):
                 f"a FEN must be a string, not {type(fen).__name__} ({fen!r}). Pass a FEN such as "
                 f"{chess.STARTING_FEN!r}, or None for an empty board."
             )
+        if fen is not None and fen.strip() == "startpos":
+            fen = chess.STARTING_FEN  # as in UCI's "position startpos"
         try:
             super().__init__(fen, chess960=chess960)
+        except InvalidBoardError:
+            raise
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
             raise InvalidBoardError(
                 f"invalid FEN {fen!r}: {exc}. Pass a FEN such as {chess.STARTING_FEN!r}."
@@ -406,6 +410,8 @@ class LczeroBoard(chess.Board):
         """
         if not isinstance(fen, str):
             raise InvalidBoardError(f"a FEN must be a string, not {type(fen).__name__} ({fen!r})")
+        if fen.strip() == "startpos":
+            fen = chess.STARTING_FEN
         parts = fen.split()
         for index, what in ((4, "halfmove clock"), (5, "fullmove number")):
             if len(parts) > index and parts[index].lstrip("+-").isdigit() and abs(int(parts[index])) > _LC0_INT_MAX:

@@ -59,3 +59,7 @@ class RunError(LczeroLensError, ValueError):
 
 class InvalidOptionError(LczeroLensError, ValueError):
     """An option (a device, a dtype, a limit) that lczerolens cannot honour."""
+
+
+class InputFormatWarning(UserWarning):
+    """A network loaded with an assumed input format (an ONNX export records none): pass ``input_format=``."""

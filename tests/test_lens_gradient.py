@@ -64,7 +64,7 @@ def test_gradient_is_raw_and_its_squares_sum_magnitudes(maia):
     torch.testing.assert_close(rel.planes, grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(rel.squares, to_board(boards, grad.abs().sum(1), 1), atol=1e-5, rtol=1e-5)
     # A sensitivity map shares out nothing: its caption says what it explains, not a share of it.
-    assert rel.caption(0).startswith("gradient of value=") and "map sums" not in rel.caption(0)
+    assert rel.caption(0).startswith("gradient of value (win - loss logit)") and "map sums" not in rel.caption(0)
 
 
 def directional_derivatives(model, x, alphas, read):

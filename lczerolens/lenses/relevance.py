@@ -398,16 +398,37 @@ class Relevance:
         return picture._repr_svg_()
 
     def caption(self, i: int = 0) -> str:
-        """What board ``i``'s map explains and how much of it the map accounts for.
+        """What board ``i``'s map explains, how much of it the map accounts for, and the network's evaluation.
 
         >>> rel.caption(0)  # doctest: +SKIP
-        'LRP relevance of e2e4=1.234 (map sums to 23% of it)'
+        'LRP relevance of Bc4 (f1c4), policy logit +13.01 · map sums to 20% of it · eval W 35% D 40% L 25%'
         """
-        text = f"{self.method} of {self._describe(i)}"
+        text = f"{self.method} of {self._explained(i)}"
         share = float(self.conservation[i])
         if math.isfinite(share) and self.method not in NOT_A_DECOMPOSITION:
-            text += f" (map sums to {share:.0%} of it)"
+            text += f" \u00b7 map sums to {share:.0%} of it"
+        if "wdl_logits" in self.outputs:
+            w, d, lo = torch.softmax(self.outputs["wdl_logits"][i].double(), dim=0).tolist()
+            text += f" \u00b7 eval W {w:.0%} D {d:.0%} L {lo:.0%}"
+        elif "value_logit" in self.outputs:
+            text += f" \u00b7 eval value {math.tanh(float(self.outputs['value_logit'][i].reshape(-1)[0])):+.2f}"
         return text
+
+    def _explained(self, i: int) -> str:
+        """``Bc4 (f1c4), policy logit +13.01`` or ``value (win - loss logit) +0.52``."""
+        value = float(self.target[i])
+        if self.policy_indices is None:
+            what = {"value": "value (win - loss logit)", "mlh": "moves left"}.get(self.target_name, self.target_name)
+            if self.target_name in ("win", "draw", "loss"):
+                what = f"{self.target_name} logit"
+            return f"{what} {value:+.4g}"
+        move = self.moves[i]
+        try:
+            san = self.boards[i].san(move)
+        except (ValueError, AssertionError):
+            san = move.uci()
+        name = san if san == move.uci() else f"{san} ({move.uci()})"
+        return f"{name}, policy logit {value:+.4g}"
 
     def _describe(self, i: int) -> str:
         if self.policy_indices is None:

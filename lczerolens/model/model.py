@@ -255,7 +255,21 @@ class LczeroModel(nn.Module):
                     network = network.to(device=target_device)
                 except (RuntimeError, AssertionError, ValueError) as exc:
                     raise InvalidOptionError(f"cannot move the network to device {device!r}: {exc}") from exc
-        return cls(network, input_format=fmt, source=str(path))
+        model = cls(network, input_format=fmt, source=str(path))
+        if model._format_assumed:
+            import warnings
+
+            from lczerolens.errors import InputFormatWarning
+
+            warnings.warn(
+                f"{path.name} records no input format (lc0's ONNX exports never do), so it is read as "
+                f"{model.input_format.name}. If the network was trained on another format (attention-body nets use "
+                "a canonical one), every output and explanation is silently wrong: pass it, e.g. "
+                "LczeroModel.from_path(path, input_format=InputFormat.CANONICALIZATION_V2).",
+                InputFormatWarning,
+                stacklevel=2,
+            )
+        return model
 
     # ------------------------------------------------------------------ properties
 
