@@ -36,6 +36,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from enum import IntEnum
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import chess
@@ -467,7 +468,8 @@ class LczeroBoard(chess.Board):
         """Push ``move`` (as :meth:`chess.Board.push`), keeping a snapshot of the position it leaves."""
         snapshot = self._current_snapshot()
         super().push(move)
-        self._stack[-1]._lczero = snapshot
+        # Cached on python-chess's own state object, so copies and pops keep it in step with the stack.
+        self._stack[-1].__dict__["_lczero"] = snapshot
 
     # -- snapshots -------------------------------------------------------------------------------------------
 
@@ -480,15 +482,15 @@ class LczeroBoard(chess.Board):
     def _snapshot_at(self, index: int) -> _Snapshot:
         """The snapshot of the position before ``self.move_stack[index]`` (cached on python-chess's state)."""
         state = self._stack[index]
-        snap = state.__dict__.get("_lczero")
-        if snap is not None and snap.depth == index:
-            return snap
+        cached = state.__dict__.get("_lczero")
+        if isinstance(cached, _Snapshot) and cached.depth == index:
+            return cached
         # Not pushed through an LczeroBoard, or the stack was cut by copy(stack=n): rebuild from the state.
         scratch = chess.Board(None, chess960=self.chess960)
         state.restore(scratch)
         snap = _Snapshot(scratch, index, _pushed_ep(scratch) if index else _fen_ep(scratch))
         self._set_repetitions(snap)
-        state._lczero = snap
+        state.__dict__["_lczero"] = snap
         return snap
 
     def _set_repetitions(self, snap: _Snapshot) -> None:
@@ -744,6 +746,7 @@ class LczeroBoard(chess.Board):
         orientation = self._move_orientation(input_format)
         if strict:
             return int(self._move_indices([self._parse_move(move)], orientation)[0])
+        parsed: chess.Move | None
         try:
             parsed = self._parse_move(move)
         except InvalidMoveError:
@@ -882,7 +885,8 @@ def _caller_stacklevel() -> int:
     import sys
 
     package = Path(__file__).resolve().parent
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
         frame, level = frame.f_back, level + 1
     return level

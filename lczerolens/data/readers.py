@@ -39,7 +39,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import chess
 import chess.pgn
@@ -308,7 +308,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-class _MainlineVisitor(chess.pgn.BaseVisitor):
+class _MainlineVisitor(chess.pgn.BaseVisitor["_MainlineVisitor"]):
     """Collects a game's headers and mainline moves, skipping variations (python-chess parses the SAN)."""
 
     def __init__(self, counter: _LineCounter) -> None:
@@ -345,6 +345,10 @@ class _MainlineVisitor(chess.pgn.BaseVisitor):
             self.error = f"{error} (after {len(self.moves)} plies)" if self.moves else str(error)
 
     def result(self) -> _MainlineVisitor:
+        return self
+
+    def itself(self) -> _MainlineVisitor:
+        """This visitor, as the factory ``chess.pgn.read_game`` asks for (one visitor per game)."""
         return self
 
 
@@ -473,7 +477,8 @@ class PositionReader:
             while True:
                 visitor = _MainlineVisitor(counter)
                 try:
-                    game = chess.pgn.read_game(counter, Visitor=lambda v=visitor: v)  # type: ignore[arg-type]
+                    # python-chess only calls readline(): the counting wrapper stands in for a text handle.
+                    game = chess.pgn.read_game(cast(TextIO, counter), Visitor=visitor.itself)
                 except stream_errors as exc:
                     self._skip(counter.line, index, f"the file ends or breaks here ({type(exc).__name__}: {exc}); "
                                "the rest of the file is not read")

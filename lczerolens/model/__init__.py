@@ -6,10 +6,12 @@ light.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["LczeroModel", "Evaluation", "load_onnx"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in ("LczeroModel", "Evaluation"):
         from lczerolens.model import model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import chess
 import torch
@@ -15,6 +15,8 @@ from lczerolens.board import InputFormat
 
 if TYPE_CHECKING:
     from tensordict import TensorDict
+
+    from lczerolens.board import LczeroBoard
 from lczerolens.errors import (
     InputShapeError,
     InvalidOptionError,
@@ -56,14 +58,14 @@ def _sniff(path: Path) -> str:
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _format_value(value):
+def _format_value(value: Any) -> Any:
     """An input format given by name (``"CLASSICAL_112_PLANE"``) as its enum member; anything else unchanged."""
     if isinstance(value, str):
         return InputFormat.__members__.get(value.strip().upper(), value)
     return value
 
 
-def _check_dtype(dtype, half: bool) -> torch.dtype | None:
+def _check_dtype(dtype: Any, half: bool) -> torch.dtype | None:
     if not isinstance(half, bool):
         raise InvalidOptionError(f"half must be True or False, not {half!r}")
     if dtype is None:
@@ -74,10 +76,10 @@ def _check_dtype(dtype, half: bool) -> torch.dtype | None:
         )
     if half and dtype != torch.float16:
         raise InvalidOptionError(f"half=True asks for float16 but dtype={dtype}; pass only one of them")
-    return dtype
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
-def _check_device(device) -> torch.device | None:
+def _check_device(device: Any) -> torch.device | None:
     if device is None:
         return None
     try:
@@ -236,7 +238,9 @@ class LczeroModel(nn.Module):
             if kind == "onnx":
                 from lczerolens.model.onnx_loader import load_onnx
 
-                network = load_onnx(path, input_format=fmt, half=target_dtype == torch.float16, max_bytes=max_bytes)
+                network: nn.Module = load_onnx(
+                    path, input_format=fmt, half=target_dtype == torch.float16, max_bytes=max_bytes
+                )
             else:
                 try:
                     from lczerolens.model.native import load_pb
@@ -308,7 +312,7 @@ class LczeroModel(nn.Module):
 
     # ------------------------------------------------------------------ running
 
-    def prepare(self, x) -> torch.Tensor:
+    def prepare(self, x: torch.Tensor | chess.Board | Sequence[chess.Board]) -> torch.Tensor:
         """Turn a board, a sequence of boards or a planes tensor into the network's input ``[N, 112, 8, 8]``."""
         if isinstance(x, torch.Tensor):
             planes = x
@@ -338,12 +342,12 @@ class LczeroModel(nn.Module):
         # .to is a no-op (no copy) when device and dtype already match.
         return planes.to(device=self.device, dtype=self.dtype)
 
-    def _encode(self, boards: list) -> torch.Tensor:
+    def _encode(self, boards: Sequence[chess.Board]) -> torch.Tensor:
         from lczerolens.board import encode_boards
 
         return encode_boards(boards, self.input_format)
 
-    def forward(self, x) -> TensorDict:
+    def forward(self, x: torch.Tensor | chess.Board | Sequence[chess.Board]) -> TensorDict:
         """Run the network.
 
         Parameters
@@ -379,7 +383,9 @@ class LczeroModel(nn.Module):
             data["mlh"] = out["mlh"]
         return data
 
-    def evaluate(self, boards, top_k: int | None = 5, *, batch_size: int = 256):
+    def evaluate(
+        self, boards: chess.Board | Sequence[chess.Board], top_k: int | None = 5, *, batch_size: int = 256
+    ) -> Evaluation | list[Evaluation]:
         """The network's evaluation of positions: top legal moves with probabilities, WDL, value, moves left.
 
         Move probabilities are a softmax over the position's legal moves only (as lc0 computes priors, without
@@ -405,20 +411,22 @@ class LczeroModel(nn.Module):
         from lczerolens.board import LczeroBoard
 
         single = isinstance(boards, chess.Board)
-        boards = [boards] if single else list(boards)
-        if not boards:
+        given: list[chess.Board] = [boards] if isinstance(boards, chess.Board) else list(boards)
+        if not given:
             raise InputShapeError("got an empty sequence of boards; pass at least one board")
         # Plain chess.Board objects work too (their move stack is the history).
-        boards = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in boards]
+        lc0_boards = [b if isinstance(b, LczeroBoard) else LczeroBoard.from_board(b) for b in given]
         results: list[Evaluation] = []
         with torch.inference_mode():
-            for start in range(0, len(boards), batch_size):
-                chunk = boards[start : start + batch_size]
+            for start in range(0, len(lc0_boards), batch_size):
+                chunk = lc0_boards[start : start + batch_size]
                 out = self._heads(self.prepare(chunk))
                 results.extend(self._summarise(chunk, out, top_k))
         return results[0] if single else results
 
-    def _summarise(self, boards: list, out: Mapping[str, torch.Tensor], top_k: int | None) -> list[Evaluation]:
+    def _summarise(
+        self, boards: Sequence[LczeroBoard], out: Mapping[str, torch.Tensor], top_k: int | None
+    ) -> list[Evaluation]:
         policy = out["policy"].float().cpu()
         value = out["value"].float().cpu().tolist()
         wdl = out["wdl"].float().cpu().tolist() if "wdl" in out.keys() else None
