@@ -4,10 +4,33 @@ Example
 -------
 >>> from lczerolens.lenses import LrpLens
 >>> LrpLens(softmax="cp")
-LrpLens(epsilon=1e-06, softmax='cp')
+LrpLens(softmax='cp')
+
+Presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
+share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
+:data:`ATTENTION_DEFAULT` (what ``LrpLens()`` applies to a residual / attention-body network).
 """
 
-from lczerolens.lenses.lrp import LrpLens, make_composite
+from lczerolens.lenses.lrp import (
+    ATTENTION_DEFAULT,
+    EPSILON,
+    GAMMA_COMPOSITE,
+    PRESETS,
+    RESIDUAL_DEFAULT,
+    LrpLens,
+    make_composite,
+    network_family,
+)
 from lczerolens.lenses.relevance import Relevance
 
-__all__ = ["LrpLens", "Relevance", "make_composite"]
+__all__ = [
+    "LrpLens",
+    "Relevance",
+    "make_composite",
+    "EPSILON",
+    "GAMMA_COMPOSITE",
+    "RESIDUAL_DEFAULT",
+    "ATTENTION_DEFAULT",
+    "PRESETS",
+    "network_family",
+]
