@@ -34,7 +34,7 @@ def _stab(v: float, eps: float) -> float:
 
 
 def _dense_matrix(layer: nn.Module, in_shape: tuple[int, ...], ones: bool = False) -> np.ndarray:
-    """``M[j, i]``: output ``j`` of the layer (without bias) for the unit vector ``e_i``; all-ones weights if ``ones``."""
+    """``M[j, i]``: output ``j`` of the layer (no bias) for the unit vector ``e_i``; all-ones weights if ``ones``."""
     n_in = int(np.prod(in_shape))
     basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *in_shape)
     weight = torch.ones_like(layer.weight) if ones else layer.weight
@@ -253,3 +253,30 @@ def test_maia_conserves_with_biases_left_out(maia_pb_path):
     for target in (None, "value"):
         share = lens.relevance(network, boards, target).conservation
         assert float((share - 1).abs().median()) <= 1e-4, share
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where the explained number went
+
+
+def test_accounting_adds_up_to_the_target(maia_pb_path):
+    from lczerolens.model.native import load_pb
+
+    network = load_pb(maia_pb_path).eval()
+    boards = [LczeroBoard(), LczeroBoard("r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 3 3")]
+    rel = LrpLens(**EPSILON).relevance(network, boards, "value")
+    acc = rel.accounting()
+    parts = sum(acc[k] for k in acc.keys())
+    torch.testing.assert_close(parts, rel.target.to(parts.dtype), rtol=1e-5, atol=1e-5)
+    # Independent sums: the map on occupied squares, planes 0-103, and the constant plane 111.
+    planes = rel.board_planes
+    for i, board in enumerate(boards):
+        occupied = torch.zeros(64, dtype=torch.bool)
+        occupied[list(board.piece_map())] = True
+        on_board = planes[i, :104].sum(0).flatten()
+        torch.testing.assert_close(acc["pieces"][i], on_board[occupied].sum())
+        torch.testing.assert_close(acc["empty"][i], on_board[~occupied].sum())
+        torch.testing.assert_close(acc["constant"][i], planes[i, 111].sum())
+        torch.testing.assert_close(acc["unexplained"][i], rel.target[i] - rel.planes[i].sum(), rtol=1e-5, atol=1e-5)
+    text = rel.accounting_text(1)
+    assert text.startswith("pieces ") and "absorbed by biases and stabilisers" in text
