@@ -110,23 +110,25 @@ def stage1() -> list[dict[str, Any]]:
     return grid
 
 
-def _best(results: dict[str, Any], factor: str, grid: list[dict[str, Any]]) -> Any:
-    """The value of ``factor`` in the best-scoring setting of ``grid`` that differs from epsilon-LRP in it alone."""
+def _best(results: dict[str, Any], factors: tuple[str, ...], grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The values of ``factors`` in the best-scoring setting of ``grid`` that differs from epsilon-LRP in them alone."""
     base = setting()["factors"]
-    best, value = -math.inf, base[factor]
+    best, value = -math.inf, {k: base[k] for k in factors}
     for s in grid:
         f = s["factors"]
-        if all(f[k] == base[k] for k in f if k != factor) and s["label"] in results:
+        if all(f[k] == base[k] for k in f if k not in factors) and s["label"] in results:
             score = results[s["label"]]["score"]
             if score > best:
-                best, value = score, f[factor]
+                best, value = score, {k: f[k] for k in factors}
     return value
 
 
 def stage2(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Combinations of the best value of each factor, with every bias treatment and SE-shift treatment."""
     grid1 = stage1()
-    best = {k: _best(results, k, grid1) for k in ("input", "low", "high", "heads", "epsilon")}
+    best: dict[str, Any] = {}
+    for group in (("input",), ("low", "high"), ("heads",), ("epsilon",)):  # the blocks were varied together
+        best.update(_best(results, group, grid1))
     out = []
     for bias in ("absorb", "ignore", "flat"):
         for se in ("propagate", "absorb"):
@@ -137,6 +139,11 @@ def stage2(results: dict[str, Any]) -> list[dict[str, Any]]:
                                high=best["high"] if best["high"] != "eps" else "g0.25",
                                heads=best["heads"] if best["heads"] != "eps" else "g0.25",
                                epsilon=best["epsilon"]))
+    # Each factor's runner-up too: factors interact (a larger epsilon and gamma both damp the value's map).
+    for inp in ("z+", "g1"):
+        for heads in ("eps", "g0.25"):
+            for low, high in (("g0.1", "g0.1"), ("g0.25", "g0.1")):
+                out.append(setting(input=inp, low=low, high=high, heads=heads))
     return out
 
 

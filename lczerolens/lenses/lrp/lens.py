@@ -263,7 +263,8 @@ class LrpLens(AttributionLens):
     conv_rule : str, optional
         ``"epsilon"`` or ``"gamma"`` (kept from earlier releases; ``layer_rules`` is the general form): the
         gamma rule (:class:`~lczerolens.lenses.lrp.rules.epsilon.GammaConv2d`) on the ``nn.Conv2d`` modules
-        that ``gamma_layers`` selects. A network without convolutions raises :class:`LensError`.
+        that ``gamma_layers`` selects. A network without convolutions raises :class:`LensError`. When it is
+        given, the options left at ``None`` take :data:`EPSILON`'s values (as in earlier releases).
     gamma : float, optional
         The gamma rule's ``gamma >= 0`` (``W + gamma W+``); used with ``conv_rule="gamma"`` (default 0.25).
     gamma_layers : sequence of str, optional
@@ -362,6 +363,8 @@ class LrpLens(AttributionLens):
         family = network_family(network)
         preset = RESIDUAL_DEFAULT if family == "residual" else ATTENTION_DEFAULT
         out: dict[str, Any] = {"family": family}
+        if self.conv_rule is not None:
+            preset = {**preset, **EPSILON}  # the options of earlier releases keep their meaning: biases absorb
         for key in ("epsilon", "softmax", "bias", "se_shift"):
             value = getattr(self, key)
             out[key] = preset[key] if value is None else value
@@ -480,10 +483,12 @@ class LrpLens(AttributionLens):
         """The factory of the rule module for one ``nn.Conv2d`` / ``nn.Linear``, or ``None`` for its plain gradient."""
         epsilon = settings["epsilon"]
         rule = None
+        # A pattern matches the full path or the last dotted part (lc0's node name in a wrapped network).
+        local = name.rsplit(".", 1)[-1]
         for pattern, candidate in settings["layer_rules"]:
             if conv_gamma and not isinstance(layer, nn.Conv2d):
                 break
-            if fnmatch.fnmatchcase(name, pattern):
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(local, pattern):
                 used.add(pattern)
                 if rule is None:
                     rule = candidate
@@ -492,7 +497,7 @@ class LrpLens(AttributionLens):
         held = (
             settings["se_shift"] == "absorb"
             and isinstance(layer, nn.Linear)
-            and fnmatch.fnmatchcase(name, SE_SHIFT_LAYERS)
+            and fnmatch.fnmatchcase(local, SE_SHIFT_LAYERS)
             and layer.out_features % 2 == 0
         )
         if rule.is_plain and not held:
