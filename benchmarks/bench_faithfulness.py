@@ -7,8 +7,9 @@ PGN files of python-chess's source distribution in ``assets/cache/chess-data/pgn
 fetched them); :mod:`lczerolens.metrics` removes the pieces in that order and reports AOPC and ABPC with
 bootstrap 95% intervals, plus paired differences of each LRP variant against each baseline. None of these
 positions was used to choose the default composite (``benchmarks/search_composites.py`` chooses on self-play
-seed 1) or the older gamma composite (chosen on seed 0). For the LRP lenses the run also reports conservation (``Relevance.conservation``: median and quartiles)
-and, for the value target, how often the map's sum has the sign of the value logit where ``|logit| > 1``.
+seed 1) or the older gamma composite (chosen on seed 0). For the LRP lenses the run also reports conservation
+(``Relevance.conservation``: median and quartiles) and, for the value target, how often the map's sum has the
+sign of the value logit where ``|logit| > 1``.
 ``run()`` returns everything as a dict; :func:`to_markdown` renders it.
 
 Example
