@@ -28,7 +28,15 @@ from typing import Any
 import torch
 
 from lczerolens import metrics
-from lczerolens.lenses import ATTENTION_DEFAULT, EPSILON, GAMMA_COMPOSITE, RESIDUAL_DEFAULT, LrpLens, network_family
+from lczerolens.lenses import (
+    ATTENTION_DEFAULT,
+    EPSILON,
+    GAMMA_COMPOSITE,
+    RESIDUAL_CONSERVING,
+    RESIDUAL_DEFAULT,
+    LrpLens,
+    network_family,
+)
 from lczerolens.positions import DEFAULT_NET, load_positions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +61,7 @@ METHOD_LABELS = {
     "lrp_epsilon": "LRP, epsilon rules, biases absorb (`LrpLens(**EPSILON)`, the old default)",
     "lrp_gamma": "LRP, gamma=0.25 on convs feeding a ReLU (`GAMMA_COMPOSITE`)",
     "lrp_default": "LRP, the default (`LrpLens()`: `RESIDUAL_DEFAULT` / `ATTENTION_DEFAULT`)",
-    "lrp_default_conserving": 'LRP, the default\'s rules with `bias="ignore"` (conserving)',
+    "lrp_default_conserving": "LRP, conserving (`RESIDUAL_CONSERVING`; attention: `bias=\"ignore\"`, CP-LRP)",
 }
 BASELINES = ("random", "abs_gradient", "gradient_x_input", "occlusion")
 LRP_METHODS = ("lrp_epsilon", "lrp_gamma", "lrp_default", "lrp_default_conserving")
@@ -71,7 +79,9 @@ def _lens_options(name: str, model: Any) -> dict[str, Any]:
         return {**EPSILON, **GAMMA_COMPOSITE, "layer_rules": None}
     if name == "lrp_default":
         return dict(family_default(model))
-    return {**family_default(model), "bias": "ignore"}
+    if network_family(getattr(model, "network", model)) == "residual":
+        return dict(RESIDUAL_CONSERVING)
+    return {**ATTENTION_DEFAULT, "bias": "ignore", "softmax": "cp"}
 
 
 def _lrp_method(name: str):

@@ -5,8 +5,11 @@ else; the chosen setting is then reported by ``bench_faithfulness.py`` on positi
 choosing (self-play seed 0, and positions from real games). The search is coarse to fine: stage 1 varies one
 factor at a time around plain epsilon-LRP (bias treatment, rule of the input convolution, rule of the block
 convolutions by depth, rule of the head convolutions, squeeze-excitation shift, epsilon), stage 2 combines the
-best of each factor, stage 3 refines gamma around the best combination. The score of a setting is the mean over
-both targets (top move, value) of its selection-set ABPC divided by occlusion's on the same positions.
+best of each factor, stage 3 refines gamma around the best combination. Stages 4-6 vary the policy and
+value heads, the dense layers and epsilon one at a time, combine the best, and leave biases out of the
+propagation in one group of layers at a time. Stage 0 scores the named presets for reference. The score of a
+setting is the mean over both targets (top move, value) of its selection-set ABPC divided by occlusion's on the
+same positions; the chosen setting is the best score of stages 1-6.
 
 Every setting tried is written to a JSON cache (a rerun resumes) and to a markdown table.
 
@@ -49,12 +52,19 @@ def _rule(rule: str, **kw: float) -> dict[str, Any]:
     return {"rule": rule, **kw}
 
 
-def _rules(**groups: dict[str, Any] | None) -> tuple:
-    """Layer rules from groups ``input``, ``low``, ``high``, ``heads`` (``None``: epsilon, the plain gradient)."""
+def _rules(ignore: tuple[str, ...] = (), **groups: dict[str, Any] | None) -> tuple:
+    """Layer rules from groups ``input``, ``low``, ``high``, ``heads``, ... (``None``: epsilon, the plain gradient).
+
+    The groups in ``ignore`` leave their biases out of the propagation (``bias="ignore"``), whatever the lens's
+    ``bias``.
+    """
     patterns = {"input": ("inputconv",), "low": LOW, "high": HIGH, "heads": HEADS,
-                "conv1": tuple(f"block{i}/conv1" for i in range(BLOCKS))}
+                "policy": ("policy/conv*",), "value": ("value/conv",), "vdense": ("value/dense*",),
+                "se": ("*/se/matmul*",)}
     out = []
     for group, rule in groups.items():
+        if group in ignore:
+            rule = {**(rule or {"rule": "epsilon"}), "bias": "ignore"}
         if rule is not None:
             out.extend((p, rule) for p in patterns[group])
     return tuple(out)
@@ -79,21 +89,56 @@ def setting(
     heads: str = "eps",
     se_shift: str = "propagate",
     epsilon: float = 1e-6,
+    policy: str = "eps",
+    value: str = "eps",
+    vdense: str = "eps",
+    se: str = "eps",
+    ignore: str = "",
 ) -> dict[str, Any]:
-    """A named point of the grid: lens options plus the short labels it was built from."""
+    """A named point of the grid: lens options plus the short labels it was built from.
+
+    ``heads`` sets both head convolutions; ``policy`` / ``value`` set one of them (where ``heads`` is ``eps``).
+    ``vdense`` is the value head's dense layers, ``se`` the squeeze-excitation dense layers.
+    """
     label = f"bias={bias} in={input} low={low} high={high} heads={heads} se={se_shift} eps={epsilon:g}"
+    extra = {"policy": policy, "value": value, "vdense": vdense, "sedense": se}
+    label += "".join(f" {k}={v}" for k, v in extra.items() if v != "eps")
+    label += f" ignore={ignore}" if ignore else ""
     options = {
         "epsilon": epsilon,
         "softmax": "attnlrp",
         "bias": bias,
         "se_shift": se_shift,
         "layer_rules": _rules(
-            input=RULE_CHOICES[input], low=RULE_CHOICES[low], high=RULE_CHOICES[high], heads=RULE_CHOICES[heads]
+            tuple(ignore.split("+")) if ignore else (),
+            input=RULE_CHOICES[input], low=RULE_CHOICES[low], high=RULE_CHOICES[high], heads=RULE_CHOICES[heads],
+            policy=RULE_CHOICES[policy], value=RULE_CHOICES[value], vdense=RULE_CHOICES[vdense], se=RULE_CHOICES[se],
         ),
     }
     return {"label": label, "options": options,
             "factors": dict(bias=bias, input=input, low=low, high=high, heads=heads, se_shift=se_shift,
-                            epsilon=epsilon)}
+                            epsilon=epsilon, policy=policy, value=value, vdense=vdense, se=se, ignore=ignore)}
+
+
+PRESET_NAMES = ("EPSILON", "GAMMA_COMPOSITE", "RESIDUAL_DEFAULT", "RESIDUAL_CONSERVING")
+
+
+def presets() -> list[dict[str, Any]]:
+    """The named presets of :mod:`lczerolens.lenses`, scored for reference (stage 0; never chosen from)."""
+    from lczerolens import lenses
+
+    out = []
+    for name in PRESET_NAMES:
+        options = {**lenses.EPSILON, **getattr(lenses, name)}
+        if "conv_rule" in options:
+            options.pop("layer_rules")
+        out.append({"label": f"preset {name}", "options": options, "factors": {"preset": name}})
+    return out
+
+
+def _top(results: dict[str, Any]) -> dict[str, Any]:
+    """The best-scoring setting of the grid (the presets of stage 0 excluded)."""
+    return max((r for r in results.values() if r.get("stage") != 0), key=lambda r: r["score"])
 
 
 def stage1() -> list[dict[str, Any]]:
@@ -116,7 +161,7 @@ def _best(results: dict[str, Any], factors: tuple[str, ...], grid: list[dict[str
     best, value = -math.inf, {k: base[k] for k in factors}
     for s in grid:
         f = s["factors"]
-        if all(f[k] == base[k] for k in f if k not in factors) and s["label"] in results:
+        if "preset" not in f and all(f[k] == base[k] for k in f if k not in factors) and s["label"] in results:
             score = results[s["label"]]["score"]
             if score > best:
                 best, value = score, {k: f[k] for k in factors}
@@ -149,7 +194,7 @@ def stage2(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stage3(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Gamma refined around the best setting so far, one layer group at a time."""
-    top = max(results.values(), key=lambda r: r["score"])
+    top = _top(results)
     f = dict(top["factors"])
     out = []
     for group in ("input", "low", "high", "heads"):
@@ -157,6 +202,47 @@ def stage3(results: dict[str, Any]) -> list[dict[str, Any]]:
             if r != f[group]:
                 out.append(setting(**{**f, group: r}))
     return out
+
+
+def stage4(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Around the best so far: each head and dense group on its own (the policy head only acts on the move's
+    map, the value head only on the value's), and epsilon with the gamma rules in place."""
+    top = _top(results)
+    f = {**setting()["factors"], **top["factors"]}
+    out = []
+    for group, choices in (("policy", ("g0.1", "g0.25", "g1", "z+")), ("value", ("g0.1", "g0.25")),
+                           ("vdense", ("g0.1", "g0.25")), ("se", ("g0.1", "g0.25"))):
+        out += [setting(**{**f, "heads": "eps", group: r}) for r in choices if r != f[group]]
+    out += [setting(**{**f, "epsilon": e}) for e in (1e-4, 1e-2) if e != f["epsilon"]]
+    return out
+
+
+def stage5(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The best of each stage-4 group combined, and its neighbours in the policy head's gamma."""
+    top = _top(results)
+    f = {**setting()["factors"], **top["factors"]}
+    best = dict(f)
+    for group in ("policy", "value", "vdense", "se", "epsilon"):
+        scored = [(r["score"], {**setting()["factors"], **r["factors"]}[group]) for r in results.values()
+                  if r.get("stage") == 4 and all({**setting()["factors"], **r["factors"]}[k] == f[k]
+                                                   for k in f if k not in (group, "heads"))]
+        if scored:
+            s, v = max(scored, key=lambda sv: sv[0])
+            if s > top["score"]:
+                best[group] = v
+    best["heads"] = "eps"
+    out = [setting(**best)]
+    out += [setting(**{**best, "policy": r}) for r in ("g0.25", "g1", "z+") if r != best["policy"]]
+    out += [setting(**{**best, "input": r}) for r in ("g1", "z+") if r != best["input"]]
+    return out
+
+
+def stage6(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Around the best so far: biases left out of the propagation in one group of layers at a time."""
+    top = _top(results)
+    f = {**setting()["factors"], **top["factors"]}
+    groups = ("input", "low", "high", "input+low+high", "policy", "value", "vdense", "se")
+    return [setting(**{**f, "ignore": g}) for g in groups if g != f["ignore"]]
 
 
 def _score_setting(model, tasks, occl, options) -> dict[str, Any]:
@@ -175,7 +261,7 @@ def _score_setting(model, tasks, occl, options) -> dict[str, Any]:
     return row
 
 
-def run(positions: int = DEFAULT_POSITIONS, stages: int = 3, cache: Path = CACHE, progress=print) -> str:
+def run(positions: int = DEFAULT_POSITIONS, stages: int = 6, cache: Path = CACHE, progress=print) -> str:
     """Score every setting of the stages on the selection set; return the markdown table (best first)."""
     from lczerolens.model import LczeroModel
 
@@ -201,7 +287,16 @@ def run(positions: int = DEFAULT_POSITIONS, stages: int = 3, cache: Path = CACHE
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(store))
         occl[target] = torch.tensor(found, dtype=torch.float64)
-    for stage, make in ((1, lambda: stage1()), (2, lambda: stage2(results)), (3, lambda: stage3(results)))[:stages]:
+    stage_makers = (
+        (0, lambda: presets()),
+        (1, lambda: stage1()),
+        (2, lambda: stage2(results)),
+        (3, lambda: stage3(results)),
+        (4, lambda: stage4(results)),
+        (5, lambda: stage5(results)),
+        (6, lambda: stage6(results)),
+    )
+    for stage, make in stage_makers[: stages + 1]:
         for s in make():
             if s["label"] in results:
                 continue
@@ -230,25 +325,31 @@ def to_markdown(store: dict[str, Any], positions: int) -> str:
         f"Selection set: {positions} maia-1900 self-play positions (seed {SELECTION_SEED}, FEN-only). "
         f"Occlusion ABPC there: move {occl.get('move', math.nan):.3f}, value {occl.get('value', math.nan):.3f}. "
         "Score = mean over the two targets of ABPC / occlusion's ABPC. Groups: in = inputconv, low = blocks 0-2, "
-        "high = blocks 3-5, heads = policy/value/mlh convolutions; eps = epsilon rule (plain gradient), gN = "
+        "high = blocks 3-5, heads = policy and value convolutions (policy=, value= one of them), vdense = value "
+        "head's dense layers, sedense = squeeze-excitation dense layers (the patterns of low and high, "
+        "`blockN/conv*`, match them too and come first, so sedense changes nothing where low/high are set); "
+        "ignore = groups whose biases are left out; eps = epsilon rule (plain gradient), gN = "
         "generalized gamma N, z+ = gamma=inf, a2b1 = alpha 2 beta 1.",
         "",
         "| stage | setting | ABPC move | Δ vs occlusion (move) | ABPC value | Δ vs occlusion (value) | score |",
         "|---|---|---|---|---|---|---|",
     ]
     rows = sorted(store["results"].items(), key=lambda kv: -kv[1]["score"])
+    grid = [(label, r) for label, r in rows if r.get("stage") != 0]
     for label, r in rows:
         lines.append(
             f"| {r['stage']} | {label} | {r['move']['abpc']:.3f} | {r['move']['vs_occlusion']} | "
             f"{r['value']['abpc']:.3f} | {r['value']['vs_occlusion']} | {r['score']:.3f} |"
         )
+    if grid:
+        lines += ["", f"Chosen (best score of stages 1-6, {len(grid)} settings): **{grid[0][0]}**."]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--positions", type=int, default=DEFAULT_POSITIONS)
-    parser.add_argument("--stages", type=int, default=3, choices=(1, 2, 3))
+    parser.add_argument("--stages", type=int, default=6, choices=(0, 1, 2, 3, 4, 5, 6))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_composites.md")
     args = parser.parse_args()
     table = run(args.positions, args.stages)

@@ -17,7 +17,7 @@ from torch import nn
 
 from lczerolens.board import LczeroBoard
 from lczerolens.errors import LensError
-from lczerolens.lenses import EPSILON, RESIDUAL_DEFAULT, LrpLens
+from lczerolens.lenses import EPSILON, RESIDUAL_CONSERVING, LrpLens
 from lczerolens.lenses.lrp.rules import epsilon as E
 
 EPS = 1e-2  # large enough that the stabiliser visibly matters in the reference
@@ -233,8 +233,8 @@ def test_lens_builds_the_rules_it_is_asked_for(maia_pb_path):
 def test_maia_conserves_with_biases_left_out(maia_pb_path):
     """Done-when of issue 12: biases left out, softmax="cp", float32, default epsilon: median |share - 1| <= 1e-4.
 
-    The composite is the residual default's rules with ``bias="ignore"`` (sign-aware rules on the convolutions,
-    whose denominators never cancel); see the README for why plain epsilon rules cannot do this.
+    The composite is :data:`RESIDUAL_CONSERVING`: sign-aware rules on every convolution and dense layer, whose
+    denominators never cancel (with plain epsilon rules, a bias left out makes relevance explode).
     """
     from lczerolens.model.native import load_pb
 
@@ -248,8 +248,8 @@ def test_maia_conserves_with_biases_left_out(maia_pb_path):
         "r3k2r/ppp2ppp/2n1bn2/2bqp3/8/2NP1NP1/PPP1PPBP/R1BQ1RK1 b kq - 3 9",
     ]
     boards = [LczeroBoard(f) for f in fens] + [LczeroBoard()]
-    options = {k: v for k, v in RESIDUAL_DEFAULT.items() if k not in ("bias", "softmax", "epsilon")}
-    lens = LrpLens(softmax="cp", bias="ignore", **options)
+    lens = LrpLens(**{**RESIDUAL_CONSERVING, "softmax": "cp"})
+    assert lens.settings(network)["bias"] == "ignore" and lens.settings(network)["epsilon"] == 1e-6
     for target in (None, "value"):
         share = lens.relevance(network, boards, target).conservation
         assert float((share - 1).abs().median()) <= 1e-4, share

@@ -8,7 +8,8 @@ LrpLens(softmax='cp')
 
 Presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
-:data:`ATTENTION_DEFAULT` (what ``LrpLens()`` applies to a residual / attention-body network).
+:data:`ATTENTION_DEFAULT` (what ``LrpLens()`` applies to a residual / attention-body network), and
+:data:`RESIDUAL_CONSERVING` (the default's rules with every bias left out: maps that sum to the explained number).
 """
 
 from lczerolens.lenses.lrp import (
@@ -16,6 +17,7 @@ from lczerolens.lenses.lrp import (
     EPSILON,
     GAMMA_COMPOSITE,
     PRESETS,
+    RESIDUAL_CONSERVING,
     RESIDUAL_DEFAULT,
     LrpLens,
     make_composite,
@@ -30,6 +32,7 @@ __all__ = [
     "EPSILON",
     "GAMMA_COMPOSITE",
     "RESIDUAL_DEFAULT",
+    "RESIDUAL_CONSERVING",
     "ATTENTION_DEFAULT",
     "PRESETS",
     "network_family",

@@ -704,6 +704,13 @@ class LayerRule:
         return text + ")"
 
 
+def _ratio(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``numerator / stab(z)`` like :func:`_stabilized_ratio`, without ``out=`` (so it runs under ``vmap``, as in
+    the batched backward of concept-conditional relevance)."""
+    epsilon = _at_least_tiny(epsilon, z.dtype)
+    return numerator / (z.abs() + epsilon).copysign(z)
+
+
 def _split_contributions(op, x, weight):
     """``(P, N)``: the sums of the positive and of the negative contributions ``x_i W_ij`` of each output."""
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
@@ -753,12 +760,12 @@ def layer_rule_signal(op, x, weight, bias, z, grad, rule: LayerRule, epsilon: fl
         if absorbed:
             positive = positive + b.clamp(min=0)
             negative = negative + b.clamp(max=0)
-        c_pos = rule.alpha * _stabilized_ratio(r_z, positive, epsilon)
-        c_neg = -rule.beta * _stabilized_ratio(r_z, negative, epsilon)
+        c_pos = rule.alpha * _ratio(r_z, positive, epsilon)
+        c_neg = -rule.beta * _ratio(r_z, negative, epsilon)
         return _signed_transpose(op, x, weight, c_pos, c_neg)
     denominator = z if absorbed else contributions
     if rule.rule == "epsilon":
-        c = _stabilized_ratio(r_z, denominator, epsilon)
+        c = _ratio(r_z, denominator, epsilon)
         signal = op.transpose(c, weight, shape)
     else:
         # Each output favours the contributions of the sign of its contributions' sum (``z`` when absorbing).
@@ -768,7 +775,7 @@ def layer_rule_signal(op, x, weight, bias, z, grad, rule: LayerRule, epsilon: fl
         plain = 0.0 if math.isinf(rule.gamma) else 1.0
         scale = 1.0 if math.isinf(rule.gamma) else rule.gamma
         base = (b if absorbed else 0.0) + (plain * contributions if plain else 0.0)
-        c = _stabilized_ratio(r_z, base + scale * favoured, epsilon)
+        c = _ratio(r_z, base + scale * favoured, epsilon)
         signal = scale * _signed_transpose(op, x, weight, torch.where(own, c, 0.0), torch.where(own, 0.0, c))
         if plain:
             signal = signal + op.transpose(c, weight, shape)
