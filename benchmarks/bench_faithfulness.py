@@ -392,7 +392,7 @@ def health_markdown(health: dict[str, Any]) -> str:
             c = row[target]
             cells.append(f"{c['median']:.3g} [{c['q25']:.3g}, {c['q75']:.3g}] ({c['min']:.3g}..{c['max']:.3g})")
         sign = row.get("sign_agreement", {})
-        cells.append(f"{sign['share']:.0%} of {sign['positions']}" if sign else "")
+        cells.append(f"{sign['share']:.0%} of {sign['positions']}" if sign and sign["positions"] else "n/a")
         lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

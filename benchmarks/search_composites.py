@@ -313,8 +313,13 @@ def run(positions: int = DEFAULT_POSITIONS, stages: int = 6, cache: Path = CACHE
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     out = dict(options)
-    out["layer_rules"] = [[p, {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}]
-                          for p, r in options["layer_rules"]]
+    if options.get("layer_rules") is not None:
+        out["layer_rules"] = [
+            [p, {k: (str(v) if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}]
+            for p, r in options["layer_rules"]
+        ]
+    if out.get("gamma_layers") is not None:
+        out["gamma_layers"] = list(out["gamma_layers"])
     return out
 
 

@@ -150,6 +150,23 @@ def test_ignore_and_flat_conserve(rule, kind):
     np.testing.assert_allclose(float((x * grad).sum()), float((z * g_z).detach().sum()), rtol=1e-8)
 
 
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_linear_rule_on_token_streams_matches_reference(rule):
+    """``nn.Linear`` on ``[N, tokens, features]`` (an attention body's token stream): each token by the formula."""
+    layer = _layer("linear", bias=True)
+    x = _rand(2, 3, 7, seed=11).abs()
+    x[..., 0] = 0.0
+    module = E.LinearRule(layer, rule, EPS)
+    leaf = x.clone().requires_grad_(True)
+    z = module(leaf)
+    g_z = _rand(*z.shape, seed=12)
+    (grad,) = torch.autograd.grad(z, leaf, g_z)
+    for n in range(2):
+        for t in range(3):
+            expected = _reference(layer, x[n, t][None], g_z[n, t][None], rule, EPS)
+            np.testing.assert_allclose((x * grad)[n, t].numpy(), expected, rtol=TOL, atol=TOL)
+
+
 def test_absorb_equals_the_plain_gradient():
     layer = _layer("conv", bias=True)
     x = _input("conv", signed=True).requires_grad_(True)

@@ -633,6 +633,11 @@ class _ConvOp:
     def transpose(self, cotangent: torch.Tensor, w: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
         return torch.nn.grad.conv2d_input(x_shape, w, cotangent, *self.settings)
 
+    @staticmethod
+    def bias_view(bias: torch.Tensor) -> torch.Tensor:
+        """The bias shaped to broadcast against the output ``[N, C, H, W]``."""
+        return bias.reshape(1, -1, 1, 1)
+
 
 class _DenseOp:
     """``x @ W^T + b`` (``nn.Linear``'s layout) and its transposed map."""
@@ -642,6 +647,11 @@ class _DenseOp:
 
     def transpose(self, cotangent: torch.Tensor, w: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
         return torch.matmul(cotangent, w)
+
+    @staticmethod
+    def bias_view(bias: torch.Tensor) -> torch.Tensor:
+        """The bias as it broadcasts against the output ``[..., out]`` (features last)."""
+        return bias
 
 
 class LayerRule:
@@ -751,7 +761,7 @@ def layer_rule_signal(op, x, weight, bias, z, grad, rule: LayerRule, epsilon: fl
     the result is returned as a signal (``R_x = x * g_x``).
     """
     r_z = z * grad
-    b = None if bias is None else bias.reshape((1, -1) + (1,) * (z.dim() - 2))
+    b = None if bias is None else op.bias_view(bias)
     contributions = z if b is None else z - b
     absorbed = rule.bias != "ignore" and b is not None
     shape = x.shape
@@ -780,7 +790,7 @@ def layer_rule_signal(op, x, weight, bias, z, grad, rule: LayerRule, epsilon: fl
         if plain:
             signal = signal + op.transpose(c, weight, shape)
     if rule.bias == "flat" and b is not None:
-        signal = signal + _flat_signal(op, x, weight, c * b.expand_as(c))
+        signal = signal + _flat_signal(op, x, weight, c * b)
     return signal
 
 
