@@ -61,7 +61,7 @@ METHOD_LABELS = {
     "lrp_epsilon": "LRP, epsilon rules, biases absorb (`LrpLens(**EPSILON)`, the old default)",
     "lrp_gamma": "LRP, gamma=0.25 on convs feeding a ReLU (`GAMMA_COMPOSITE`)",
     "lrp_default": "LRP, the default (`LrpLens()`: `RESIDUAL_DEFAULT` / `ATTENTION_DEFAULT`)",
-    "lrp_default_conserving": "LRP, conserving (`RESIDUAL_CONSERVING`; attention: `bias=\"ignore\"`, CP-LRP)",
+    "lrp_default_conserving": "LRP, conserving (`RESIDUAL_CONSERVING`; attention: gamma 0.1, biases out, CP-LRP)",
 }
 BASELINES = ("random", "abs_gradient", "gradient_x_input", "occlusion")
 LRP_METHODS = ("lrp_epsilon", "lrp_gamma", "lrp_default", "lrp_default_conserving")
@@ -81,7 +81,10 @@ def _lens_options(name: str, model: Any) -> dict[str, Any]:
         return dict(family_default(model))
     if network_family(getattr(model, "network", model)) == "residual":
         return dict(RESIDUAL_CONSERVING)
-    return {**ATTENTION_DEFAULT, "bias": "ignore", "softmax": "cp"}
+    # Attention bodies: sign-aware rules on every dense layer, biases left out, attention weights held constant
+    # (LayerNorm's affine bias still keeps its share, so this conserves only roughly).
+    every_layer = (("*", {"rule": "gamma", "gamma": 0.1}),)
+    return {**ATTENTION_DEFAULT, "bias": "ignore", "softmax": "cp", "layer_rules": every_layer}
 
 
 def _lrp_method(name: str):
