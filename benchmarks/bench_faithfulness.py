@@ -83,7 +83,9 @@ def _lens_options(name: str, model: Any) -> dict[str, Any]:
         return dict(RESIDUAL_CONSERVING)
     # Attention bodies: sign-aware rules on every dense layer, biases left out, attention weights held constant
     # (LayerNorm's affine bias still keeps its share, so this conserves only roughly).
-    every_layer = (("*", {"rule": "gamma", "gamma": 0.1}),)
+    network = getattr(model, "network", model)
+    has_layers = any(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in network.modules())
+    every_layer = (("*", {"rule": "gamma", "gamma": 0.1}),) if has_layers else ()
     return {**ATTENTION_DEFAULT, "bias": "ignore", "softmax": "cp", "layer_rules": every_layer}
 
 

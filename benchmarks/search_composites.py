@@ -136,9 +136,12 @@ def presets() -> list[dict[str, Any]]:
     return out
 
 
-def _top(results: dict[str, Any]) -> dict[str, Any]:
-    """The best-scoring setting of the grid (the presets of stage 0 excluded)."""
-    return max((r for r in results.values() if r.get("stage") != 0), key=lambda r: r["score"])
+def _top(results: dict[str, Any], stage: int = 7) -> dict[str, Any]:
+    """The best-scoring setting of stages ``1 .. stage - 1`` (the anchor of ``stage``; presets excluded).
+
+    Anchoring each stage on the earlier ones only makes a rerun ask for exactly the same settings.
+    """
+    return max((r for r in results.values() if 1 <= r.get("stage", 0) < stage), key=lambda r: r["score"])
 
 
 def stage1() -> list[dict[str, Any]]:
@@ -194,7 +197,7 @@ def stage2(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stage3(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Gamma refined around the best setting so far, one layer group at a time."""
-    top = _top(results)
+    top = _top(results, 3)
     f = dict(top["factors"])
     out = []
     for group in ("input", "low", "high", "heads"):
@@ -207,7 +210,7 @@ def stage3(results: dict[str, Any]) -> list[dict[str, Any]]:
 def stage4(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Around the best so far: each head and dense group on its own (the policy head only acts on the move's
     map, the value head only on the value's), and epsilon with the gamma rules in place."""
-    top = _top(results)
+    top = _top(results, 4)
     f = {**setting()["factors"], **top["factors"]}
     out = []
     for group, choices in (("policy", ("g0.1", "g0.25", "g1", "z+")), ("value", ("g0.1", "g0.25")),
@@ -219,7 +222,7 @@ def stage4(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stage5(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The best of each stage-4 group combined, and its neighbours in the policy head's gamma."""
-    top = _top(results)
+    top = _top(results, 5)
     f = {**setting()["factors"], **top["factors"]}
     best = dict(f)
     for group in ("policy", "value", "vdense", "se", "epsilon"):
@@ -239,7 +242,7 @@ def stage5(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def stage6(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Around the best so far: biases left out of the propagation in one group of layers at a time."""
-    top = _top(results)
+    top = _top(results, 6)
     f = {**setting()["factors"], **top["factors"]}
     groups = ("input", "low", "high", "input+low+high", "policy", "value", "vdense", "se")
     return [setting(**{**f, "ignore": g}) for g in groups if g != f["ignore"]]

@@ -875,9 +875,10 @@ def _layer_rules_repr(rules: tuple[tuple[str, Any], ...]) -> str:
 # Presets chosen by the search (benchmarks/search_composites.py; the README's benchmark section has the figures)
 
 #: The default for residual nets (networks with convolutions): the most faithful one-backward composite of the
-#: search on maia-1900 (113 settings scored on 100 self-play positions of seed 1, none of them reported):
+#: search on maia-1900 (``benchmarks/search_composites.py``: 71 settings scored on 100 self-play positions of
+#: seed 1, none of them reported):
 #:
-#: - ``inputconv``: generalized gamma, ``gamma=4``, its bias left out (the input conv conserves);
+#: - ``inputconv``: generalized gamma, ``gamma=1``, its bias left out (the input conv conserves);
 #: - every layer of the residual blocks (``block*/conv*``: both convolutions and the squeeze-excitation dense
 #:   layers): generalized gamma, ``gamma=0.1``;
 #: - the policy head's convolutions: generalized gamma, ``gamma=0.1``;
@@ -886,7 +887,7 @@ def _layer_rules_repr(rules: tuple[tuple[str, Any], ...]) -> str:
 #:
 #: It does not conserve: on held-out positions its maps sum to a fraction of the explained number, because
 #: leaving the biases of the blocks or of the value head out of the propagation made the value's maps far less
-#: faithful in the search (ABPC 9.54 -> 0.08 with the blocks' biases left out). :data:`RESIDUAL_CONSERVING`
+#: faithful in the search (value ABPC 9.53 -> 0.12 with the biases of blocks 0-2 left out). :data:`RESIDUAL_CONSERVING`
 #: conserves instead; the README's benchmark section gives both.
 RESIDUAL_DEFAULT: dict[str, Any] = {
     "epsilon": 1e-6,
@@ -894,7 +895,7 @@ RESIDUAL_DEFAULT: dict[str, Any] = {
     "bias": "absorb",
     "se_shift": "propagate",
     "layer_rules": (
-        ("inputconv", {"rule": "gamma", "gamma": 4.0, "bias": "ignore"}),
+        ("inputconv", {"rule": "gamma", "gamma": 1.0, "bias": "ignore"}),
         ("block*/conv*", {"rule": "gamma", "gamma": 0.1}),
         ("policy/conv*", {"rule": "gamma", "gamma": 0.1}),
     ),
