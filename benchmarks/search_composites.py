@@ -7,7 +7,9 @@ factor at a time around plain epsilon-LRP (bias treatment, rule of the input con
 convolutions by depth, rule of the head convolutions, squeeze-excitation shift, epsilon), stage 2 combines the
 best of each factor, stage 3 refines gamma around the best combination. Stages 4-6 vary the policy and
 value heads, the dense layers and epsilon one at a time, combine the best, and leave biases out of the
-propagation in one group of layers at a time. Stage 0 scores the named presets for reference. The score of a
+propagation in one group of layers at a time; stage 7 restricts the winner's block rules to the convolutions
+(lc0's ONNX exports have no ``nn.Linear`` for the squeeze-excitation dense layers, and the default must give the
+same maps from both loaders). Stage 0 scores the named presets for reference. The score of a
 setting is the mean over both targets (top move, value) of its selection-set ABPC divided by occlusion's on the
 same positions; the chosen setting is the best score of stages 1-6.
 
@@ -52,13 +54,16 @@ def _rule(rule: str, **kw: float) -> dict[str, Any]:
     return {"rule": rule, **kw}
 
 
-def _rules(ignore: tuple[str, ...] = (), **groups: dict[str, Any] | None) -> tuple:
+def _rules(ignore: tuple[str, ...] = (), convs_only: bool = False, **groups: dict[str, Any] | None) -> tuple:
     """Layer rules from groups ``input``, ``low``, ``high``, ``heads``, ... (``None``: epsilon, the plain gradient).
 
     The groups in ``ignore`` leave their biases out of the propagation (``bias="ignore"``), whatever the lens's
     ``bias``.
     """
-    patterns = {"input": ("inputconv",), "low": LOW, "high": HIGH, "heads": HEADS,
+    low, high = LOW, HIGH
+    if convs_only:  # the blocks' convolutions alone, not their squeeze-excitation dense layers
+        low, high = (tuple(p[:-1] + c for p in group for c in "12") for group in (LOW, HIGH))
+    patterns = {"input": ("inputconv",), "low": low, "high": high, "heads": HEADS,
                 "policy": ("policy/conv*",), "value": ("value/conv",), "vdense": ("value/dense*",),
                 "se": ("*/se/matmul*",)}
     out = []
@@ -94,6 +99,7 @@ def setting(
     vdense: str = "eps",
     se: str = "eps",
     ignore: str = "",
+    convs_only: bool = False,
 ) -> dict[str, Any]:
     """A named point of the grid: lens options plus the short labels it was built from.
 
@@ -104,6 +110,7 @@ def setting(
     extra = {"policy": policy, "value": value, "vdense": vdense, "sedense": se}
     label += "".join(f" {k}={v}" for k, v in extra.items() if v != "eps")
     label += f" ignore={ignore}" if ignore else ""
+    label += " convs-only" if convs_only else ""
     options = {
         "epsilon": epsilon,
         "softmax": "attnlrp",
@@ -111,13 +118,15 @@ def setting(
         "se_shift": se_shift,
         "layer_rules": _rules(
             tuple(ignore.split("+")) if ignore else (),
+            convs_only,
             input=RULE_CHOICES[input], low=RULE_CHOICES[low], high=RULE_CHOICES[high], heads=RULE_CHOICES[heads],
             policy=RULE_CHOICES[policy], value=RULE_CHOICES[value], vdense=RULE_CHOICES[vdense], se=RULE_CHOICES[se],
         ),
     }
     return {"label": label, "options": options,
             "factors": dict(bias=bias, input=input, low=low, high=high, heads=heads, se_shift=se_shift,
-                            epsilon=epsilon, policy=policy, value=value, vdense=vdense, se=se, ignore=ignore)}
+                            epsilon=epsilon, policy=policy, value=value, vdense=vdense, se=se, ignore=ignore,
+                            convs_only=convs_only)}
 
 
 PRESET_NAMES = ("EPSILON", "GAMMA_COMPOSITE", "RESIDUAL_DEFAULT", "RESIDUAL_CONSERVING")
@@ -248,6 +257,13 @@ def stage6(results: dict[str, Any]) -> list[dict[str, Any]]:
     return [setting(**{**f, "ignore": g}) for g in groups if g != f["ignore"]]
 
 
+def stage7(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The winner with its block rules on the convolutions only: lc0's ONNX exports express the squeeze-excitation
+    dense layers as MatMul + Add (no ``nn.Linear``), so only this form gives the same maps from both loaders."""
+    f = {**setting()["factors"], **_top(results, 7)["factors"]}
+    return [setting(**{**f, "convs_only": True})]
+
+
 def _score_setting(model, tasks, occl, options) -> dict[str, Any]:
     row: dict[str, Any] = {}
     ratios = []
@@ -264,7 +280,7 @@ def _score_setting(model, tasks, occl, options) -> dict[str, Any]:
     return row
 
 
-def run(positions: int = DEFAULT_POSITIONS, stages: int = 6, cache: Path = CACHE, progress=print) -> str:
+def run(positions: int = DEFAULT_POSITIONS, stages: int = 7, cache: Path = CACHE, progress=print) -> str:
     """Score every setting of the stages on the selection set; return the markdown table (best first)."""
     from lczerolens.model import LczeroModel
 
@@ -298,6 +314,7 @@ def run(positions: int = DEFAULT_POSITIONS, stages: int = 6, cache: Path = CACHE
         (4, lambda: stage4(results)),
         (5, lambda: stage5(results)),
         (6, lambda: stage6(results)),
+        (7, lambda: stage7(results)),
     )
     for stage, make in stage_makers[: stages + 1]:
         for s in make():
@@ -343,21 +360,26 @@ def to_markdown(store: dict[str, Any], positions: int) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     rows = sorted(store["results"].items(), key=lambda kv: -kv[1]["score"])
-    grid = [(label, r) for label, r in rows if r.get("stage") != 0]
+    grid = [(label, r) for label, r in rows if 1 <= r.get("stage", 0) <= 6]
+    final = [(label, r) for label, r in rows if r.get("stage") == 7]
     for label, r in rows:
         lines.append(
             f"| {r['stage']} | {label} | {r['move']['abpc']:.3f} | {r['move']['vs_occlusion']} | "
             f"{r['value']['abpc']:.3f} | {r['value']['vs_occlusion']} | {r['score']:.3f} |"
         )
     if grid:
-        lines += ["", f"Chosen (best score of stages 1-6, {len(grid)} settings): **{grid[0][0]}**."]
+        lines += ["", f"Best score of stages 1-6 ({len(grid)} settings): **{grid[0][0]}**."]
+    if final:
+        lines += [f"The default (`RESIDUAL_DEFAULT`) is its form with the block rules on the convolutions only "
+                  f"(stage 7; the same maps from the `.pb.gz` and the `.onnx` loaders): **{final[0][0]}**, score "
+                  f"{final[0][1]['score']:.3f}."]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--positions", type=int, default=DEFAULT_POSITIONS)
-    parser.add_argument("--stages", type=int, default=6, choices=(0, 1, 2, 3, 4, 5, 6))
+    parser.add_argument("--stages", type=int, default=7, choices=(0, 1, 2, 3, 4, 5, 6, 7))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_composites.md")
     args = parser.parse_args()
     table = run(args.positions, args.stages)
