@@ -1,8 +1,12 @@
 """The LRP lens: patch a network's rule-bearing ops for one call and read relevance off input x gradient.
 
 A composite is data: a mapping from the op classes of :mod:`lczerolens.model.ops` to factories that build the
-rule module replacing one op instance. Everything else in a network is linear in each input and keeps its plain
-gradient, which in the convention of :mod:`lczerolens.lenses.lrp.rules.epsilon` already is the LRP rule.
+rule module replacing one op instance. Convolutions and dense layers take per-layer rules and a bias treatment
+(``layer_rules``, ``bias``: :class:`~lczerolens.lenses.lrp.rules.epsilon.LayerRule`); everything else in a
+network is linear in each input and keeps its plain gradient, which in the convention of
+:mod:`lczerolens.lenses.lrp.rules.epsilon` already is the LRP rule. Presets (:data:`EPSILON`,
+:data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT`, :data:`RESIDUAL_CONSERVING`, :data:`ATTENTION_DEFAULT`) are
+dicts of lens options: ``LrpLens(**RESIDUAL_CONSERVING)``.
 
 Example
 -------
