@@ -917,8 +917,8 @@ RESIDUAL_DEFAULT: dict[str, Any] = {
 #: ``gamma=0.1``) on every other convolution and dense layer (the value head), and every bias left out of the
 #: propagation, so that each map sums to the explained number up to the stabiliser (on 200 maia-1900 self-play
 #: positions, float32, ``epsilon=1e-6``: median relative error 4e-6 for the top move, 3e-5 for the value, worst
-#: 1e-4 and 1e-2). Biases that an ONNX graph adds as separate ops (not ``nn.Linear``) keep their share. With plain epsilon
-#: rules a bias left out divides by ``z - b``, which nears zero where contributions cancel, and relevance
+#: 1e-4 and 1e-2). Biases that an ONNX graph adds as separate ops (not ``nn.Linear``) keep their share. With
+#: plain epsilon rules a bias left out divides by ``z - b``, which nears zero where contributions cancel, and relevance
 #: explodes; the sign-aware rules keep the denominators away from zero. Less faithful than the default on the
 #: value (see the README).
 RESIDUAL_CONSERVING: dict[str, Any] = {
