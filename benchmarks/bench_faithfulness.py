@@ -2,9 +2,15 @@
 
 For each network (maia-1900, and a generated attention-body net with random weights) and each target (the top
 move's policy logit, the value logit), every method ranks the squares of every position of the self-play set
-(:mod:`lczerolens.positions`, FEN-only encoding); :mod:`lczerolens.metrics` removes the pieces in that order and
-reports AOPC and ABPC with bootstrap 95% intervals, plus paired differences of each LRP variant against each
-baseline. ``run()`` returns everything as a dict; :func:`to_markdown` renders it.
+(:mod:`lczerolens.positions`, seed 2, FEN-only encoding) and, for maia-1900, of positions from real games (the
+PGN files of python-chess's source distribution in ``assets/cache/chess-data/pgn``, when ``make assets`` has
+fetched them); :mod:`lczerolens.metrics` removes the pieces in that order and reports AOPC and ABPC with
+bootstrap 95% intervals, plus paired differences of each LRP variant against each baseline. None of these
+positions was used to choose the default composite (``benchmarks/search_composites.py`` chooses on self-play
+seed 1) or the older gamma composite (chosen on seed 0). For the LRP lenses the run also reports conservation
+(``Relevance.conservation``: median and quartiles) and, for the value target, how often the map's sum has the
+sign of the value logit where ``|logit| > 1``.
+``run()`` returns everything as a dict; :func:`to_markdown` renders it.
 
 Example
 -------
@@ -22,27 +28,74 @@ from typing import Any
 import torch
 
 from lczerolens import metrics
+from lczerolens.lenses import (
+    ATTENTION_DEFAULT,
+    EPSILON,
+    GAMMA_COMPOSITE,
+    RESIDUAL_CONSERVING,
+    RESIDUAL_DEFAULT,
+    LrpLens,
+    network_family,
+)
 from lczerolens.positions import DEFAULT_NET, load_positions
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "assets" / "cache" / "generated"
+PGN_DIR = ROOT / "assets" / "cache" / "chess-data" / "pgn"
 
 #: Positions of the default run on maia-1900 and on the attention net (about 16x costlier per forward pass).
 DEFAULT_POSITIONS = 200
 DEFAULT_ATTENTION_POSITIONS = 24
 QUICK_POSITIONS = 4
+#: The self-play seed of the reported set. Seed 1 chose the default (``benchmarks/search_composites.py``); seed 0,
+#: the set of earlier benchmarks, chose ``GAMMA_COMPOSITE``; seed 2 played no part in choosing anything.
+HELDOUT_SEED = 2
+#: Real-game positions: plies 10..80 of every standard game, every ``REAL_GAME_STRIDE``-th ply.
+REAL_GAME_STRIDE = 6
 
 METHOD_LABELS = {
     "random": "random order (mean of 5 seeds)",
     "abs_gradient": "\\|gradient\\| per square",
     "gradient_x_input": "gradient x input",
     "occlusion": "occlusion (1 forward per piece)",
-    "lrp_attnlrp": 'LRP, `softmax="attnlrp"`',
-    "lrp_cp": 'LRP, `softmax="cp"`',
-    "lrp_gamma": 'LRP, gamma=0.25 on convs feeding a ReLU (`conv_rule="gamma"`)',
+    "lrp_epsilon": "LRP, epsilon rules, biases absorb (`LrpLens(**EPSILON)`, the old default)",
+    "lrp_gamma": "LRP, gamma=0.25 on convs feeding a ReLU (`GAMMA_COMPOSITE`)",
+    "lrp_default": "LRP, the default (`LrpLens()`: `RESIDUAL_DEFAULT` / `ATTENTION_DEFAULT`)",
+    "lrp_default_conserving": "LRP, conserving (`RESIDUAL_CONSERVING`; attention: gamma 0.1, biases out, CP-LRP)",
 }
 BASELINES = ("random", "abs_gradient", "gradient_x_input", "occlusion")
-LRP_METHODS = ("lrp_attnlrp", "lrp_cp", "lrp_gamma")
+LRP_METHODS = ("lrp_epsilon", "lrp_gamma", "lrp_default", "lrp_default_conserving")
+
+
+def family_default(model: Any) -> dict[str, Any]:
+    """The preset ``LrpLens()`` applies to ``model``'s network family."""
+    return RESIDUAL_DEFAULT if network_family(getattr(model, "network", model)) == "residual" else ATTENTION_DEFAULT
+
+
+def _lens_options(name: str, model: Any) -> dict[str, Any]:
+    if name == "lrp_epsilon":
+        return dict(EPSILON)
+    if name == "lrp_gamma":
+        return {**EPSILON, **GAMMA_COMPOSITE, "layer_rules": None}
+    if name == "lrp_default":
+        return dict(family_default(model))
+    if network_family(getattr(model, "network", model)) == "residual":
+        return dict(RESIDUAL_CONSERVING)
+    # Attention bodies: sign-aware rules on every dense layer, biases left out, attention weights held constant
+    # (LayerNorm's affine bias still keeps its share, so this conserves only roughly).
+    network = getattr(model, "network", model)
+    has_layers = any(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in network.modules())
+    every_layer = (("*", {"rule": "gamma", "gamma": 0.1}),) if has_layers else ()
+    return {**ATTENTION_DEFAULT, "bias": "ignore", "softmax": "cp", "layer_rules": every_layer}
+
+
+def _lrp_method(name: str):
+    def method(model: Any, task: metrics.Task) -> torch.Tensor:
+        options = {k: v for k, v in _lens_options(name, model).items() if v is not None}
+        return metrics.lrp_attribution(model, task, **options)
+
+    method.__name__ = name
+    return method
 TARGET_LABELS = {
     "move": "top move's policy logit (normalised by |f0|)",
     "value": "value, win logit - loss logit (unnormalised)",
@@ -54,6 +107,60 @@ def _estimate(e: metrics.Estimate) -> dict[str, float]:
 
 #: Methods that only differ from plain LRP on convolutions (skipped, not failed, on a net without any).
 CONV_ONLY_METHODS = ("lrp_gamma",)
+
+
+def real_game_positions(pgn_dir: Path = PGN_DIR, stride: int = REAL_GAME_STRIDE) -> list[str]:
+    """FENs from real games: every ``stride``-th ply from 10 to 80 of each standard-chess game in ``pgn_dir``.
+
+    Variant games (a ``Variant`` header, or a set-up position) are skipped, and so are positions that are over
+    or hold only kings. Empty when the directory is missing (``make assets`` fetches it).
+    """
+    import chess
+    import chess.pgn
+
+    fens: list[str] = []
+    for path in sorted(pgn_dir.glob("*.pgn")) if pgn_dir.is_dir() else []:
+        with path.open(encoding="utf-8-sig", errors="replace") as handle:
+            while (game := chess.pgn.read_game(handle)) is not None:
+                variant = game.headers.get("Variant", "Standard").lower()
+                if variant not in ("standard", "chess") or "FEN" in game.headers:
+                    continue
+                board = game.board()
+                for ply, move in enumerate(game.mainline_moves(), start=1):
+                    board.push(move)
+                    if 10 <= ply <= 80 and (ply - 10) % stride == 0 and not board.is_game_over():
+                        if metrics.removable_squares(board):
+                            fens.append(board.fen())
+    return fens
+
+
+def lens_health(model: Any, fens: list[str], names: tuple[str, ...] = ("lrp_epsilon", "lrp_default",
+                                                                      "lrp_default_conserving")) -> dict[str, Any]:
+    """Conservation (median, quartiles, range) per target and the value sign agreement of each LRP lens."""
+    from lczerolens.lenses.tree import network_of
+
+    boards = metrics.fen_only(fens)
+    out: dict[str, Any] = {}
+    for name in names:
+        lens = LrpLens(**{k: v for k, v in _lens_options(name, model).items() if v is not None})
+        row: dict[str, Any] = {}
+        for target in ("move", "value"):
+            rel = lens.relevance(model, boards, None if target == "move" else "value", batch_size=64)
+            share = rel.conservation.double()
+            share = share[torch.isfinite(share)]
+            q = torch.quantile(share, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)).tolist()
+            row[target] = {"min": q[0], "q25": q[1], "median": q[2], "q75": q[3], "max": q[4],
+                           "median_abs_error": float((share - 1).abs().median())}
+            if target == "value":
+                logit, total = rel.target.double(), rel.squares.double().flatten(1).sum(1)
+                big = logit.abs() > 1
+                row["sign_agreement"] = {
+                    "share": float((torch.sign(total[big]) == torch.sign(logit[big])).double().mean()),
+                    "positions": int(big.sum()),
+                }
+        out[name] = row
+    network_of(model)  # the lenses above never modify the model
+    return out
 
 
 def _has_convolutions(model: Any) -> bool:
@@ -78,7 +185,8 @@ def evaluate_net(
                 continue
             t1 = time.perf_counter()
             try:
-                results[name] = metrics.evaluate_method(model, task, name)
+                method = _lrp_method(name) if name in LRP_METHODS else name
+                results[name] = metrics.evaluate_method(model, task, method, name=name)
             except Exception as exc:  # report a method that cannot run (e.g. a lens not landed) and go on
                 rows[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 continue
@@ -90,12 +198,10 @@ def evaluate_net(
                 "eval_s": time.perf_counter() - t1,
             }
         paired = {}
-        # Without attention both softmax modes give the same scores: compare one of them only.
-        same = all(m in results for m in ("lrp_attnlrp", "lrp_cp")) and all(
-            torch.equal(getattr(results["lrp_attnlrp"], k), getattr(results["lrp_cp"], k)) for k in ("aopc", "abpc")
-        )
-        for lrp in [m for m in LRP_METHODS if not (same and m == "lrp_cp")]:
-            for base in BASELINES + (("lrp_attnlrp",) if lrp == "lrp_gamma" else ()):
+        same = False
+        for lrp in ("lrp_default", "lrp_default_conserving", "lrp_gamma"):
+            extra = ("lrp_gamma",) if lrp == "lrp_default" else ()
+            for base in ("occlusion", "lrp_epsilon", "gradient_x_input") + extra:
                 if lrp in results and base in results:
                     paired[f"{lrp} - {base}"] = {
                         "aopc": _estimate(metrics.paired_difference(results[lrp].aopc, results[base].aopc)),
@@ -150,20 +256,35 @@ def run(
     torch.manual_seed(0)
     t0 = time.perf_counter()
     maia = _load(DEFAULT_NET)
-    fens = load_positions(max(n, n_attn), DEFAULT_NET, model=maia, progress=progress)
+    fens = load_positions(max(n, n_attn), DEFAULT_NET, seed=HELDOUT_SEED, model=maia, progress=progress)
     result: dict[str, Any] = {
         "positions_seconds": time.perf_counter() - t0,
         "encoding": "FEN-only (lc0's history fill from the FEN), as the published anchors",
-        "position_set": f"maia-1900 self-play, seed 0, ply uniform in 10..80 ({n} positions)",
+        "position_set": f"maia-1900 self-play, seed {HELDOUT_SEED}, ply uniform in 10..80 ({n} positions)",
         "nets": {},
     }
     progress(f"faithfulness: maia-1900 on {n} positions")
     result["nets"]["maia-1900"] = {
         "positions": n,
         "description": getattr(maia.network, "description", "maia-1900"),
-        "note": "maia-1900 has no attention: both LRP softmax modes apply the same rules",
+        "note": f"held-out self-play positions (seed {HELDOUT_SEED}); the default was chosen on seed 1",
         "targets": evaluate_net(maia, fens[:n]),
+        "health": lens_health(maia, fens[:n]),
     }
+    games = real_game_positions()
+    if quick:
+        games = games[:QUICK_POSITIONS]
+    if games:
+        progress(f"faithfulness: maia-1900 on {len(games)} real-game positions")
+        result["nets"]["maia-1900 real games"] = {
+            "positions": len(games),
+            "description": f"plies 10..80 (every {REAL_GAME_STRIDE}th) of the standard games in {PGN_DIR.name}/",
+            "note": "positions of one game are correlated; the intervals treat positions as independent",
+            "targets": evaluate_net(maia, games),
+            "health": lens_health(maia, games),
+        }
+    else:
+        result["nets"]["maia-1900 real games"] = {"error": f"no PGN files in {PGN_DIR} (run `make assets`)"}
     try:
         path = attention_net_path(quick)
         attn = _load(path)
@@ -189,7 +310,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     columns, costs = [], []
     for net, info in result["nets"].items():
         if "error" not in info:
-            short = net.split(" (")[0]
+            short = net.split(" (")[0].replace("maia-1900 real games", "maia games")
             for target, t in info["targets"].items():
                 columns.append((f"{short}, {target} ({info['positions']})", t))
             costs.append((short, next(iter(info["targets"].values()))))
@@ -258,6 +379,26 @@ def to_markdown(result: dict[str, Any]) -> str:
                         name = name.replace("lrp_attnlrp", "lrp (either mode)")
                     lines.append(f"| {name} | {_fmt(d['aopc'])} | {_fmt(d['abpc'])} |")
             lines.append("")
+        if info.get("health"):
+            lines += [health_markdown(info["health"]), ""]
+    return "\n".join(lines)
+
+
+def health_markdown(health: dict[str, Any]) -> str:
+    """Conservation (share of the explained number the map sums to) and value sign agreement per LRP lens."""
+    lines = [
+        "| lens | conservation, move: median [q25, q75] (min..max) | conservation, value | value sign agreement "
+        "(\\|logit\\| > 1) |",
+        "|---|---|---|---|",
+    ]
+    for name, row in health.items():
+        cells = []
+        for target in ("move", "value"):
+            c = row[target]
+            cells.append(f"{c['median']:.3g} [{c['q25']:.3g}, {c['q75']:.3g}] ({c['min']:.3g}..{c['max']:.3g})")
+        sign = row.get("sign_agreement", {})
+        cells.append(f"{sign['share']:.0%} of {sign['positions']}" if sign and sign["positions"] else "n/a")
+        lines.append(f"| {METHOD_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

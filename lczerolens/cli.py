@@ -138,11 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--rule",
-        choices=("epsilon", "gamma"),
-        default="epsilon",
-        help="'epsilon': epsilon rules everywhere; 'gamma': the gamma composite for residual nets (gamma=0.25 on "
-        "the convolutions that feed a ReLU, epsilon elsewhere), the more faithful on maia-1900 in our benchmark "
-        "(default: %(default)s)",
+        choices=("default", "epsilon", "gamma"),
+        default="default",
+        help="'default': the lens's default composite for the net's family (lczerolens.lenses.RESIDUAL_DEFAULT "
+        "or ATTENTION_DEFAULT, the most faithful in our benchmark); 'epsilon': epsilon rules everywhere with "
+        "biases absorbing their share (lczerolens.lenses.EPSILON); 'gamma': the older gamma composite for "
+        "residual nets (GAMMA_COMPOSITE) (default: %(default)s)",
     )
     ex.add_argument(
         "--orientation",
@@ -343,7 +344,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         )
 
     from lczerolens.lenses import LrpLens
-    from lczerolens.lenses.lrp.lens import GAMMA_COMPOSITE
+    from lczerolens.lenses.lrp.lens import EPSILON, GAMMA_COMPOSITE
     from lczerolens.model import LczeroModel
     from lczerolens.visual import render_heatmap
 
@@ -358,7 +359,10 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
                 f"heads {', '.join(heads)}; pick another --target"
             )
 
-    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax, **(GAMMA_COMPOSITE if args.rule == "gamma" else {}))
+    composite = {"default": {}, "gamma": GAMMA_COMPOSITE}.get(args.rule)
+    if composite is None:  # "epsilon": the preset without its epsilon and softmax, which the options give
+        composite = {k: v for k, v in EPSILON.items() if k not in ("epsilon", "softmax")}
+    lens = LrpLens(epsilon=args.epsilon, softmax=args.softmax, **composite)
     lens.check(model)  # a rule that cannot apply to this net fails before anything is printed
 
     evaluation = model.evaluate(board, top_k=None)
@@ -412,6 +416,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     share = float(relevance.conservation[0])
     covered = f" ({share:.0%} of it; biases and stabilisers hold the rest)" if math.isfinite(share) else ""
     print(f"  {kind} {target_value:+.4f}   relevance on the squares {total:+.4f}{covered}", file=out)
+    print(f"  where it went: {relevance.accounting_text(0)}", file=out)
     order = squares.flatten().abs().argsort(descending=True)[:5].tolist()
     top_squares = "  ".join(f"{chess.square_name(s)} {float(squares.flatten()[s]):+.3f}" for s in order)
     print(f"  most relevant squares: {top_squares}", file=out)
@@ -419,7 +424,8 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     caption = [
         f"{path.name} \u00b7 explaining {title_target}",
         f"{kind} {target_value:+.3f} \u00b7 LRP \u03b5={_short(args.epsilon)}"
-        + (", gamma composite" if args.rule == "gamma" else "")
+        + {"default": "", "epsilon": ", epsilon composite", "gamma": ", gamma composite"}[args.rule]
+        + (f" \u00b7 map sums to {share:.0%} of it" if math.isfinite(share) else "")
         + (f", softmax={args.softmax}" if _has_attention(model) else "")
         + (
             f" \u00b7 eval W {100 * evaluation.wdl[0]:.0f}% D {100 * evaluation.wdl[1]:.0f}% "

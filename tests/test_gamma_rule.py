@@ -16,7 +16,7 @@ from torch import nn
 
 from lczerolens.board import InputFormat, LczeroBoard
 from lczerolens.errors import LensError
-from lczerolens.lenses import LrpLens
+from lczerolens.lenses import EPSILON, LrpLens
 from lczerolens.lenses.lrp.rules import epsilon as E
 from lczerolens.model import ops
 
@@ -191,16 +191,19 @@ def test_lens_gamma_equals_explicit_rules(net, boards, layers, convs):
     expected = _explicit(net, boards, convs, 0.5, 1e-4)
     torch.testing.assert_close(rel.planes, expected, rtol=1e-10, atol=1e-12)
     # The rule changes the explanation, and gamma = 0 gives back the default (up to the stabiliser).
-    default = LrpLens(epsilon=1e-4).relevance(net, boards, target="value").planes
+    default = LrpLens(**{**EPSILON, "epsilon": 1e-4}).relevance(net, boards, target="value").planes
     assert not torch.allclose(rel.planes, default, rtol=1e-3)
     zero = LrpLens(epsilon=1e-12, conv_rule="gamma", gamma=0.0, gamma_layers=layers).relevance(net, boards, "value")
-    torch.testing.assert_close(zero.planes, LrpLens(epsilon=1e-12).relevance(net, boards, "value").planes,
+    plain = LrpLens(**{**EPSILON, "epsilon": 1e-12})
+    torch.testing.assert_close(zero.planes, plain.relevance(net, boards, "value").planes,
                                rtol=1e-6, atol=1e-9)
 
 
 def test_lens_default_leaves_convolutions_alone(net):
-    lens = LrpLens()
-    assert repr(lens) == "LrpLens(epsilon=1e-06, softmax='attnlrp')"
+    lens = LrpLens(**EPSILON)
+    assert repr(lens) == (
+        "LrpLens(epsilon=1e-06, softmax='attnlrp', bias='absorb', se_shift='propagate', layer_rules=())"
+    )
     with lens.patched(net) as explained:
         assert type(explained._modules["inputconv"]) is nn.Conv2d
     gamma = LrpLens(conv_rule="gamma", gamma_layers=["inputconv"])

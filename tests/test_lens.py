@@ -11,7 +11,7 @@ from torch import nn
 
 from lczerolens.board import InputFormat, LczeroBoard
 from lczerolens.errors import InputShapeError, InvalidMoveError, LczeroLensError, LensError
-from lczerolens.lenses import LrpLens, Relevance
+from lczerolens.lenses import EPSILON, LrpLens, Relevance
 from lczerolens.lenses.lrp.rules import epsilon as E
 from lczerolens.model import ops
 from lczerolens.testing import random_boards
@@ -118,7 +118,7 @@ def boards() -> list[LczeroBoard]:
 @pytest.mark.parametrize("target", [None, "value", "win", "mlh"])
 def test_lens_equals_explicit_rules(tiny, boards, softmax, target):
     epsilon = 1e-4
-    rel = LrpLens(epsilon=epsilon, softmax=softmax).relevance(tiny, boards, target)
+    rel = LrpLens(**{**EPSILON, "epsilon": epsilon, "softmax": softmax}).relevance(tiny, boards, target)
     x = torch.stack([b.to_input_tensor() for b in boards]).requires_grad_(True)
     out = tiny(x, rules=explicit_rules(tiny, epsilon, softmax))
     if target is None:

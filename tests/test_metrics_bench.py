@@ -22,17 +22,21 @@ def test_evaluate_net_and_markdown() -> None:
                 continue
             assert "error" not in row, row
             assert row["abpc"]["low"] <= row["abpc"]["mean"] <= row["abpc"]["high"]
-        # A linear net: LRP's scores are gradient x input's, in both softmax modes.
-        assert t["lrp_modes_identical"]
-        assert t["methods"]["lrp_cp"]["abpc"] == pytest.approx(t["methods"]["gradient_x_input"]["abpc"])
-        assert set(t["paired"]) == {f"lrp_attnlrp - {b}" for b in bench.BASELINES}
+        # A linear net without convolutions: epsilon-LRP and the default (ATTENTION_DEFAULT) are gradient x input.
+        for lrp in ("lrp_epsilon", "lrp_default"):
+            assert t["methods"][lrp]["abpc"] == pytest.approx(t["methods"]["gradient_x_input"]["abpc"])
+        assert set(t["paired"]) == {
+            f"{lrp} - {b}"
+            for lrp in ("lrp_default", "lrp_default_conserving")
+            for b in ("occlusion", "lrp_epsilon", "gradient_x_input")
+        }
     result = {
         "encoding": "FEN-only",
         "position_set": "toy",
         "nets": {"toy": {"positions": 5, "description": "toy", "note": "toy", "targets": targets}},
     }
     text = bench.to_markdown(result)
-    assert "| gradient x input |" in text and "lrp (either mode) - occlusion" in text
+    assert "| gradient x input |" in text and "lrp_default - occlusion" in text
     assert "n/a: no convolutions" in text
     assert text.count("ABPC toy,") == 2
 

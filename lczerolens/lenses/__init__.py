@@ -7,11 +7,16 @@
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
   attention-body nets on board squares).
 
+LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
+share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
+:data:`ATTENTION_DEFAULT` (what ``LrpLens()`` applies to a residual / attention-body network), and
+:data:`RESIDUAL_CONSERVING` (the default's rules with every bias left out: maps that sum to the explained number).
+
 Example
 -------
 >>> from lczerolens.lenses import LrpLens, GradientLens
 >>> LrpLens(softmax="cp")
-LrpLens(epsilon=1e-06, softmax='cp')
+LrpLens(softmax='cp')
 >>> GradientLens("smoothgrad", samples=8)
 GradientLens('smoothgrad', samples=8, noise=0.1, seed=0)
 """
@@ -25,20 +30,38 @@ if TYPE_CHECKING:
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
-    from lczerolens.lenses.lrp import LrpLens, make_composite
+    from lczerolens.lenses.lrp import (
+        ATTENTION_DEFAULT,
+        EPSILON,
+        GAMMA_COMPOSITE,
+        PRESETS,
+        RESIDUAL_CONSERVING,
+        RESIDUAL_DEFAULT,
+        LrpLens,
+        make_composite,
+        network_family,
+    )
     from lczerolens.lenses.patching import PatchingLens, corrupt
     from lczerolens.lenses.relevance import Relevance
 
 # Each lens loads on first use: `lczerolens explain` needs only the LRP lens, and the lenses that return a
 # TensorDict would import tensordict (about a second) for nothing.
+_LRP = "lczerolens.lenses.lrp"
 _LAZY = {
     "ActivationLens": "lczerolens.lenses.activation",
     "AttentionLens": "lczerolens.lenses.attention",
     "GRADIENT_METHODS": "lczerolens.lenses.gradient",
     "GradientLens": "lczerolens.lenses.gradient",
     "OcclusionLens": "lczerolens.lenses.gradient",
-    "LrpLens": "lczerolens.lenses.lrp",
-    "make_composite": "lczerolens.lenses.lrp",
+    "LrpLens": _LRP,
+    "make_composite": _LRP,
+    "EPSILON": _LRP,
+    "GAMMA_COMPOSITE": _LRP,
+    "RESIDUAL_DEFAULT": _LRP,
+    "RESIDUAL_CONSERVING": _LRP,
+    "ATTENTION_DEFAULT": _LRP,
+    "PRESETS": _LRP,
+    "network_family": _LRP,
     "PatchingLens": "lczerolens.lenses.patching",
     "corrupt": "lczerolens.lenses.patching",
     "Relevance": "lczerolens.lenses.relevance",
@@ -68,4 +91,11 @@ __all__ = [
     "Relevance",
     "corrupt",
     "make_composite",
+    "EPSILON",
+    "GAMMA_COMPOSITE",
+    "RESIDUAL_DEFAULT",
+    "RESIDUAL_CONSERVING",
+    "ATTENTION_DEFAULT",
+    "PRESETS",
+    "network_family",
 ]

@@ -340,6 +340,67 @@ class Relevance:
             batch_size=[len(self)],
         )
 
+    def accounting(self) -> TensorDict:
+        """Where the explained number went, per board: a ``TensorDict`` of ``[N]`` sums that add up to ``target``.
+
+        Keys (all sums of relevance): ``"pieces"`` (the piece and repetition planes, 0-103, on the squares that
+        hold a piece now), ``"empty"`` (the same planes on the empty squares: history and repetition),
+        ``"castling"`` (planes 104-107), ``"side_to_move"`` (plane 108: side to move, or en passant in the
+        canonical formats), ``"rule50"`` (109), ``"plane110"`` (110: zeros, or the armageddon side),
+        ``"constant"`` (111, the all-ones plane) and ``"unexplained"``: ``target`` minus the whole map, the
+        share that biases and stabilisers absorbed. A lens that scores squares only (occlusion) puts its map in
+        ``"pieces"``/``"empty"`` and 0 in the plane groups.
+
+        Example
+        -------
+        >>> acc = rel.accounting()  # doctest: +SKIP
+        >>> float(acc["unexplained"][0] / rel.target[0])  # share absorbed by biases  # doctest: +SKIP
+        """
+        n = len(self)
+        occupied = torch.zeros(n, 64, dtype=torch.bool, device=self.squares.device)
+        for i, board in enumerate(self.boards):
+            occupied[i, list(board.piece_map())] = True
+        occupied = occupied.reshape(n, 8, 8)
+        if self.planes is not None:
+            planes = self.board_planes
+            board_part = planes[:, :104].sum(dim=1)
+            groups = {
+                "castling": planes[:, 104:108].sum(dim=(1, 2, 3)),
+                "side_to_move": planes[:, 108].sum(dim=(1, 2)),
+                "rule50": planes[:, 109].sum(dim=(1, 2)),
+                "plane110": planes[:, 110].sum(dim=(1, 2)),
+                "constant": planes[:, 111].sum(dim=(1, 2)),
+            }
+        else:
+            board_part = self.squares
+            groups = {k: torch.zeros(n, dtype=self.squares.dtype, device=self.squares.device)
+                      for k in ("castling", "side_to_move", "rule50", "plane110", "constant")}
+        pieces = torch.where(occupied, board_part, 0).sum(dim=(1, 2))
+        empty = torch.where(occupied, 0, board_part).sum(dim=(1, 2))
+        total = pieces + empty + sum(groups.values())
+        parts = {"pieces": pieces, "empty": empty, **groups,
+                 "unexplained": self.target.to(total.dtype) - total}
+        return TensorDict(parts, batch_size=[n])
+
+    def accounting_text(self, i: int = 0) -> str:
+        """:meth:`accounting` of board ``i`` in one line, as shares of the explained number where it is not 0.
+
+        >>> rel.accounting_text(0)  # doctest: +SKIP
+        'pieces 61%, empty squares 4%, castling 0%, side to move 0%, rule-50 1%, constant plane -3%; absorbed by
+        biases and stabilisers 37%'
+        """
+        acc = self.accounting()[i]
+        target = float(self.target[i])
+        names = {"pieces": "pieces", "empty": "empty squares", "castling": "castling", "side_to_move": "side to move",
+                 "rule50": "rule-50", "plane110": "plane 110", "constant": "constant plane"}
+
+        def show(value: float) -> str:
+            return f"{value / target:.0%}" if target != 0 else f"{value:+.3g}"
+
+        parts = [f"{label} {show(float(acc[k]))}" for k, label in names.items()
+                 if k != "plane110" or float(acc[k]) != 0]
+        return ", ".join(parts) + f"; absorbed by biases and stabilisers {show(float(acc['unexplained']))}"
+
     def render(self, i: int = 0, **options: Any) -> Any:
         """Board ``i`` with its relevance as a heatmap (an SVG object; see ``LczeroBoard.render_heatmap``).
 

@@ -1,8 +1,12 @@
 """The LRP lens: patch a network's rule-bearing ops for one call and read relevance off input x gradient.
 
 A composite is data: a mapping from the op classes of :mod:`lczerolens.model.ops` to factories that build the
-rule module replacing one op instance. Everything else in a network is linear in each input and keeps its plain
-gradient, which in the convention of :mod:`lczerolens.lenses.lrp.rules.epsilon` already is the LRP rule.
+rule module replacing one op instance. Convolutions and dense layers take per-layer rules and a bias treatment
+(``layer_rules``, ``bias``: :class:`~lczerolens.lenses.lrp.rules.epsilon.LayerRule`); everything else in a
+network is linear in each input and keeps its plain gradient, which in the convention of
+:mod:`lczerolens.lenses.lrp.rules.epsilon` already is the LRP rule. Presets (:data:`EPSILON`,
+:data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT`, :data:`RESIDUAL_CONSERVING`, :data:`ATTENTION_DEFAULT`) are
+dicts of lens options: ``LrpLens(**RESIDUAL_CONSERVING)``.
 
 Example
 -------
@@ -38,13 +42,18 @@ from lczerolens.lenses.base import (
     select_output,
 )
 from lczerolens.lenses.lrp.rules.epsilon import (
+    BIAS_MODES,
     BilinearMatMulEpsilon,
+    Conv2dRule,
     CPMatMul,
     ElementwiseMultiplyUniform,
     GammaConv2d,
     GateRule,
+    HeldShift,
     IdentityRule,
     LayerNormRule,
+    LayerRule,
+    LinearRule,
     MatrixMultiplicationEpsilon,
     SoftmaxEpsilon,
 )
@@ -61,6 +70,15 @@ __all__ = [
     "SOFTMAX_MODES",
     "CONV_RULES",
     "GAMMA_COMPOSITE",
+    "EPSILON",
+    "RESIDUAL_DEFAULT",
+    "RESIDUAL_CONSERVING",
+    "ATTENTION_DEFAULT",
+    "PRESETS",
+    "BIAS_MODES",
+    "SE_SHIFT_MODES",
+    "FAMILIES",
+    "network_family",
 ]
 
 #: A composite: op class -> factory building the rule module that replaces one instance of it.
@@ -72,13 +90,32 @@ SOFTMAX_MODES = ("attnlrp", "cp")
 #: Rules for ``nn.Conv2d``: the plain gradient (epsilon rule, the default) or the gamma rule.
 CONV_RULES = ("epsilon", "gamma")
 
+#: Treatments of the squeeze-excitation block's additive term (``LrpLens(se_shift=...)``).
+SE_SHIFT_MODES = ("propagate", "absorb")
+
+#: Module names of the squeeze-excitation blocks' second dense layers (gate logits, then the shift).
+SE_SHIFT_LAYERS = "*/se/matmul2"
+
+#: The lens of earlier releases, as ``LrpLens(**EPSILON)``: epsilon rules everywhere (linear layers keep their
+#: plain gradient), every bias keeps its share of relevance, AttnLRP's softmax rule. On maia-1900 its maps sum
+#: to a median of about a quarter of the explained logit: the biases absorb the rest.
+EPSILON: dict[str, Any] = {
+    "epsilon": 1e-6,
+    "softmax": "attnlrp",
+    "bias": "absorb",
+    "se_shift": "propagate",
+    "layer_rules": (),
+}
+
 #: The gamma composite for lc0's residual nets, as ``LrpLens(**GAMMA_COMPOSITE)``: the gamma rule on the
-#: convolutions that feed a ReLU directly (the input conv and each block's first conv), epsilon rules elsewhere.
-#: The most faithful setting measured on maia-1900 (see the README's benchmark); it needs those convolutions.
+#: convolutions that feed a ReLU directly (the input conv and each block's first conv), epsilon rules elsewhere,
+#: biases absorbing their share (the setting of earlier releases' benchmark); it needs those convolutions.
 GAMMA_COMPOSITE: dict[str, Any] = {
     "conv_rule": "gamma",
     "gamma": 0.25,
     "gamma_layers": ("inputconv", "block*/conv1"),
+    "bias": "absorb",
+    "se_shift": "propagate",
 }
 
 #: Torch leaf modules that are linear in their input (their plain gradient is the LRP rule), or hold no
@@ -180,33 +217,68 @@ class _Tap(nn.Module):
         return out
 
 
+#: Families of networks, each with its own default composite: residual (convolutions) or attention bodies.
+FAMILIES = ("residual", "attention")
+
+
+def network_family(network: nn.Module) -> str:
+    """``"residual"`` if ``network`` has an ``nn.Conv2d`` (lc0's residual nets), else ``"attention"``."""
+    return "residual" if any(isinstance(m, nn.Conv2d) for m in network_of(network).modules()) else "attention"
+
+
 class LrpLens(AttributionLens):
-    """Layer-wise relevance propagation with epsilon rules (AttnLRP for attention, or CP-LRP).
+    """Layer-wise relevance propagation: one forward and one backward pass per batch, rules chosen per layer.
+
+    On lc0's residual nets the default (:data:`RESIDUAL_DEFAULT`) is the most faithful composite of a search on
+    maia-1900 by piece removal; it is still below occlusion there, and its maps sum to about half the explained
+    logit (``Relevance.conservation``); :data:`RESIDUAL_CONSERVING` accounts for the whole number at a cost in
+    faithfulness (the README's benchmark section has the figures). Attention bodies get AttnLRP's rules
+    (:data:`ATTENTION_DEFAULT`), or CP-LRP with ``softmax="cp"``.
 
     The lens explains on its own copy of the network's module tree, with the rule modules in place of the
     nonlinear ops; that copy shares every parameter with the model and is cached per model (rebuilt when the
     model's modules change). The user's model is never modified, so several lenses, plain forwards and plain
     gradients can run on one model at the same time, from several threads, and stay exact.
 
+    Every option left at ``None`` takes the value of the network family's preset, decided when a network is
+    explained: :data:`RESIDUAL_DEFAULT` for a network with convolutions (lc0's residual nets),
+    :data:`ATTENTION_DEFAULT` otherwise. ``LrpLens(**EPSILON)`` is the lens of earlier releases (epsilon rules,
+    biases absorbing their share), whatever the network.
+
     Parameters
     ----------
-    epsilon : float
+    epsilon : float, optional
         Stabiliser of every division by a pre-activation (see :func:`~lczerolens.lenses.lrp.rules.epsilon.stabilize`).
-    softmax : str
+        Both presets use ``1e-6``.
+    softmax : str, optional
         ``"attnlrp"`` (AttnLRP's softmax and bilinear rules; relevance also flows through attention weights) or
-        ``"cp"`` (CP-LRP: attention weights held constant; conserves relevance when biases are zero).
+        ``"cp"`` (CP-LRP: attention weights held constant; with ``bias="ignore"`` the map then sums to the
+        explained number up to the stabiliser).
     composite : mapping, optional
         Op class -> rule-module factory, replacing :func:`make_composite`'s default.
-    conv_rule : str
-        ``"epsilon"`` (default: convolutions keep their plain gradient, the epsilon rule) or ``"gamma"``: the
+    bias : str, optional
+        What happens to the share of relevance of the biases of ``nn.Conv2d`` and ``nn.Linear`` layers (value
+        head and squeeze-excitation layers included): ``"absorb"`` (the bias keeps it; the map sums to less than
+        the explained number), ``"ignore"`` (the bias is left out of the propagation: relevance is conserved),
+        ``"flat"`` (its share is spread evenly over the layer's nonzero inputs). See
+        :class:`~lczerolens.lenses.lrp.rules.epsilon.LayerRule`. LayerNorm's affine bias and standalone bias
+        additions of an ONNX graph keep their share in every mode.
+    se_shift : str, optional
+        The squeeze-excitation block's additive term ``s2`` of ``sigmoid(s1) * x + s2``: ``"propagate"`` (its
+        relevance flows back through the block's dense layers to the pooled features) or ``"absorb"`` (held
+        constant: it keeps its share, as a bias does).
+    layer_rules : sequence of (pattern, LayerRule or dict), optional
+        Per-layer rules for ``nn.Conv2d`` and ``nn.Linear`` modules: ``fnmatch`` patterns on module names, the
+        first match wins; a dict holds :class:`~lczerolens.lenses.lrp.rules.epsilon.LayerRule`'s arguments
+        (``bias`` defaults to the lens's ``bias``). Unmatched layers take the epsilon rule with ``bias``.
+        A pattern of the caller's that matches no such layer raises :class:`LensError`.
+    conv_rule : str, optional
+        ``"epsilon"`` or ``"gamma"`` (kept from earlier releases; ``layer_rules`` is the general form): the
         gamma rule (:class:`~lczerolens.lenses.lrp.rules.epsilon.GammaConv2d`) on the ``nn.Conv2d`` modules
-        that ``gamma_layers`` selects, favouring positive contributions (an LRP composite: gamma low, epsilon
-        high). On maia-1900 (piece removal, 200 positions) ``gamma=0.25`` on the convolutions that feed a ReLU
-        directly, ``gamma_layers=("inputconv", "block*/conv1")``, raised ABPC over plain epsilon-LRP by 0.09
-        (top move) and 0.16 (value), both paired intervals above zero; every ``nn.Conv2d`` (the default) helps
-        less (move +0.07, value +0.01). A network without convolutions raises :class:`LensError`.
-    gamma : float
-        The gamma rule's ``gamma >= 0`` (``W + gamma W+``); used with ``conv_rule="gamma"``.
+        that ``gamma_layers`` selects. A network without convolutions raises :class:`LensError`. When it is
+        given, the options left at ``None`` take :data:`EPSILON`'s values (as in earlier releases).
+    gamma : float, optional
+        The gamma rule's ``gamma >= 0`` (``W + gamma W+``); used with ``conv_rule="gamma"`` (default 0.25).
     gamma_layers : sequence of str, optional
         ``fnmatch`` patterns on module names (e.g. ``("inputconv", "block0/*")``) choosing the convolutions
         under the gamma rule; ``None`` means every ``nn.Conv2d``. A pattern that matches no convolution raises
@@ -214,74 +286,126 @@ class LrpLens(AttributionLens):
 
     Example
     -------
-    >>> lens = LrpLens(epsilon=1e-6, softmax="cp")
-    >>> lens
+    >>> LrpLens()
+    LrpLens()
+    >>> LrpLens(epsilon=1e-6, softmax="cp")
     LrpLens(epsilon=1e-06, softmax='cp')
-    >>> LrpLens(conv_rule="gamma", gamma=0.25, gamma_layers=["inputconv"])
-    LrpLens(epsilon=1e-06, softmax='attnlrp', conv_rule='gamma', gamma=0.25, gamma_layers=('inputconv',))
+    >>> LrpLens(**EPSILON)
+    LrpLens(epsilon=1e-06, softmax='attnlrp', bias='absorb', se_shift='propagate', layer_rules=())
     """
 
     method_name = "LRP relevance"
 
     def __init__(
         self,
-        epsilon: float = 1e-6,
-        softmax: str = "attnlrp",
+        epsilon: float | None = None,
+        softmax: str | None = None,
         composite: Composite | None = None,
         *,
-        conv_rule: str = "epsilon",
-        gamma: float = 0.25,
+        bias: str | None = None,
+        se_shift: str | None = None,
+        layer_rules: Sequence[tuple[str, Any]] | None = None,
+        conv_rule: str | None = None,
+        gamma: float | None = None,
         gamma_layers: Sequence[str] | None = None,
     ) -> None:
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
+        bad_epsilon = isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0
+        if epsilon is not None and bad_epsilon:
             raise LensError(f"epsilon={epsilon!r} must be a positive number (e.g. 1e-6)")
-        if conv_rule not in CONV_RULES:
+        if softmax is not None and softmax not in SOFTMAX_MODES:
+            raise LensError(f"softmax={softmax!r} is not a softmax mode; use one of {SOFTMAX_MODES}")
+        if conv_rule is not None and conv_rule not in CONV_RULES:
             raise LensError(f"conv_rule={conv_rule!r} is not a convolution rule; use one of {CONV_RULES}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0:
+        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0):
             raise LensError(f"gamma={gamma!r} must be a number >= 0 (e.g. 0.25)")
+        if bias is not None and bias not in BIAS_MODES:
+            raise LensError(f"bias={bias!r} is not a bias treatment; use one of {BIAS_MODES}")
+        if se_shift is not None and se_shift not in SE_SHIFT_MODES:
+            raise LensError(f"se_shift={se_shift!r} is not a treatment of the SE shift; use one of {SE_SHIFT_MODES}")
         if gamma_layers is not None:
             if isinstance(gamma_layers, str) or not all(isinstance(p, str) for p in gamma_layers):
                 raise LensError(
                     f"gamma_layers={gamma_layers!r} must be a sequence of module-name patterns, e.g. ['inputconv']"
                 )
             gamma_layers = tuple(gamma_layers)
-        self.epsilon = float(epsilon)
+        if layer_rules is not None:
+            if conv_rule == "gamma":
+                raise LensError("give either layer_rules or conv_rule='gamma', not both")
+            layer_rules = _parse_layer_rules(layer_rules)
+        self.epsilon = None if epsilon is None else float(epsilon)
         self.softmax = softmax
+        self.bias = bias
+        self.se_shift = se_shift
+        self.layer_rules = layer_rules
         self.conv_rule = conv_rule
-        self.gamma = float(gamma)
+        self.gamma = None if gamma is None else float(gamma)
         self.gamma_layers = gamma_layers
-        self._gamma_factory = lambda op: GammaConv2d(op, self.gamma, self.epsilon)
-        default = make_composite(self.epsilon, softmax)
-        self.composite: dict[type, Callable[[nn.Module], nn.Module]] = (
-            default if composite is None else dict(composite)
-        )
+        self.composite = None if composite is None else dict(composite)
         # The explaining tree of each network this lens has seen (weakly keyed by the network).
         self._trees = ShadowCache(self._build_tree)
 
+    _OPTIONS = ("epsilon", "softmax", "bias", "se_shift", "layer_rules", "conv_rule", "gamma", "gamma_layers")
+
     def __repr__(self) -> str:
-        text = f"LrpLens(epsilon={self.epsilon!r}, softmax={self.softmax!r}"
-        if self.conv_rule != "epsilon":
-            text += f", conv_rule={self.conv_rule!r}, gamma={self.gamma!r}, gamma_layers={self.gamma_layers!r}"
-        return text + ")"
+        shown = [(k, getattr(self, k)) for k in self._OPTIONS if getattr(self, k) is not None]
+        if self.layer_rules is not None:
+            shown = [(k, _layer_rules_repr(v) if k == "layer_rules" else v) for k, v in shown]
+        return "LrpLens(" + ", ".join(f"{k}={v!r}" if k != "layer_rules" else f"{k}={v}" for k, v in shown) + ")"
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_trees", None)
-        state.pop("_gamma_factory", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._gamma_factory = lambda op: GammaConv2d(op, self.gamma, self.epsilon)
         self._trees = ShadowCache(self._build_tree)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Options resolved for one network
+
+    def settings(self, network: nn.Module) -> dict[str, Any]:
+        """The options this lens applies to ``network``: its own, and its family preset's where it left ``None``.
+
+        Example
+        -------
+        >>> LrpLens(bias="absorb").settings(model)["bias"]  # doctest: +SKIP
+        'absorb'
+        """
+        family = network_family(network)
+        preset = RESIDUAL_DEFAULT if family == "residual" else ATTENTION_DEFAULT
+        out: dict[str, Any] = {"family": family}
+        if self.conv_rule is not None:
+            preset = {**preset, **EPSILON}  # the options of earlier releases keep their meaning: biases absorb
+        for key in ("epsilon", "softmax", "bias", "se_shift"):
+            value = getattr(self, key)
+            out[key] = preset[key] if value is None else value
+        if self.layer_rules is not None:
+            out["layer_rules"], out["strict"] = self.layer_rules, True
+        elif self.conv_rule is not None:
+            gamma = 0.25 if self.gamma is None else self.gamma
+            rules = () if self.conv_rule == "epsilon" else tuple(
+                (p, LayerRule("gamma", bias=out["bias"], gamma=gamma)) for p in (self.gamma_layers or ("*",))
+            )
+            out["layer_rules"], out["strict"] = rules, self.gamma_layers is not None
+            out["conv_gamma"] = self.conv_rule == "gamma"
+        else:
+            out["layer_rules"], out["strict"] = _parse_layer_rules(preset["layer_rules"]), False
+        out["layer_rules"] = tuple(
+            (p, LayerRule(r.rule, bias=out["bias"] if r.bias is None else r.bias, gamma=r.gamma, alpha=r.alpha,
+                          beta=r.beta) if isinstance(r, _PartialRule) else r)
+            for p, r in out["layer_rules"]
+        )
+        return out
 
     # ----------------------------------------------------------------------------------------------------------
     # The explaining tree
 
-    def _factory(self, module: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
+    @staticmethod
+    def _factory(composite: Mapping[type, Callable], module: nn.Module) -> Callable[[nn.Module], nn.Module] | None:
         for cls in type(module).__mro__:
-            if cls in self.composite:
-                return self.composite[cls]
+            if cls in composite:
+                return composite[cls]
         return None
 
     def check(self, network: nn.Module) -> None:
@@ -293,7 +417,7 @@ class LrpLens(AttributionLens):
         """
         self._plan(network_of(network))
 
-    def _check_module(self, path: str, module: nn.Module) -> None:
+    def _check_module(self, path: str, module: nn.Module, composite: Mapping[type, Callable]) -> None:
         where = path or "<root>"
         if isinstance(module, torch.fx.GraphModule):
             for node in module.graph.nodes:
@@ -304,7 +428,7 @@ class LrpLens(AttributionLens):
                             f"module {where!r} calls the nonlinear function {name!r} inline (fx node "
                             f"{node.name!r}); a loader must express it as an lczerolens.model.ops module"
                         )
-        if self._factory(module) is not None or getattr(module, "lrp_rule", False) is True:
+        if self._factory(composite, module) is not None or getattr(module, "lrp_rule", False) is True:
             return
         if next(iter(module.children()), None) is not None:
             return  # a container: its leaves are checked
@@ -326,44 +450,81 @@ class LrpLens(AttributionLens):
 
     def _plan(self, network: nn.Module) -> list[tuple[str, str, nn.Module, Callable]]:
         """Check every module and list the swaps (parent path, child name, op, factory)."""
+        settings = self.settings(network)
+        epsilon = settings["epsilon"]
+        composite = self.composite if self.composite is not None else make_composite(epsilon, settings["softmax"])
+        rules, strict = settings["layer_rules"], settings["strict"]
+        conv_gamma = settings.get("conv_gamma", False)
         swaps = []
-        gamma = self.conv_rule == "gamma"
         used: set[str] = set()
-        convs = 0
+        layers = convs = 0
         for path, module in network.named_modules():
-            self._check_module(path, module)
+            self._check_module(path, module, composite)
             for name, child in module._modules.items():
                 if child is None:
                     continue
-                factory = self._factory(child)
-                if factory is None and gamma and isinstance(child, nn.Conv2d):
-                    convs += 1
-                    if self._gamma_selects(f"{path}.{name}" if path else name, used):
-                        factory = self._gamma_factory
+                factory = self._factory(composite, child)
+                full = f"{path}.{name}" if path else name
+                if factory is None and isinstance(child, (nn.Conv2d, nn.Linear)):
+                    convs += isinstance(child, nn.Conv2d)
+                    layers += 1
+                    factory = self._layer_factory(full, child, settings, used, conv_gamma)
                 if factory is not None:
                     swaps.append((path, name, child, factory))
-        if gamma and convs == 0:
+        if conv_gamma and convs == 0:
             raise LensError(
                 "conv_rule='gamma' needs convolutions (nn.Conv2d), and this network has none (an attention-body "
                 "net?); use the default LrpLens() for it"
             )
-        if gamma and self.gamma_layers is not None:
-            unused = [p for p in self.gamma_layers if p not in used]
+        if strict:
+            unused = [p for p, _ in rules if p not in used]
             if unused:
-                names = [n for n, m in network.named_modules() if isinstance(m, nn.Conv2d)]
+                kinds = (nn.Conv2d,) if conv_gamma else (nn.Conv2d, nn.Linear)
+                names = [n for n, m in network.named_modules() if isinstance(m, kinds)]
+                what = "nn.Conv2d" if conv_gamma else "nn.Conv2d or nn.Linear"
+                label = "gamma_layers" if conv_gamma else "layer_rules"
                 raise LensError(
-                    f"gamma_layers patterns {unused} match no nn.Conv2d of the network; its convolutions are "
+                    f"{label} patterns {unused} match no {what} of the network; its layers are "
                     f"{names[:12]}{' ...' if len(names) > 12 else ''}"
                 )
         return swaps
 
-    def _gamma_selects(self, name: str, used: set[str]) -> bool:
-        """Whether the convolution ``name`` takes the gamma rule (recording the patterns that matched)."""
-        if self.gamma_layers is None:
-            return True
-        hits = [p for p in self.gamma_layers if fnmatch.fnmatchcase(name, p)]
-        used.update(hits)
-        return bool(hits)
+    def _layer_factory(
+        self, name: str, layer: nn.Module, settings: Mapping[str, Any], used: set[str], conv_gamma: bool
+    ) -> Callable[[nn.Module], nn.Module] | None:
+        """The factory of the rule module for one ``nn.Conv2d`` / ``nn.Linear``, or ``None`` for its plain gradient."""
+        epsilon = settings["epsilon"]
+        rule = None
+        # A pattern matches the full path or the last dotted part (lc0's node name in a wrapped network).
+        local = name.rsplit(".", 1)[-1]
+        for pattern, candidate in settings["layer_rules"]:
+            if conv_gamma and not isinstance(layer, nn.Conv2d):
+                break
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(local, pattern):
+                used.add(pattern)
+                if rule is None:
+                    rule = candidate
+        if rule is None:
+            rule = LayerRule("epsilon", bias=settings["bias"])
+        held = (
+            settings["se_shift"] == "absorb"
+            and isinstance(layer, nn.Linear)
+            and fnmatch.fnmatchcase(local, SE_SHIFT_LAYERS)
+            and layer.out_features % 2 == 0
+        )
+        if rule.is_plain and not held:
+            return None
+        if conv_gamma and rule.rule == "gamma" and rule.bias == "absorb" and isinstance(layer, nn.Conv2d):
+            inner = lambda op, g=rule.gamma: GammaConv2d(op, g, epsilon)  # noqa: E731 - the rule of earlier releases
+        elif rule.is_plain:
+            inner = lambda op: op  # noqa: E731
+        elif isinstance(layer, nn.Conv2d):
+            inner = lambda op, r=rule: Conv2dRule(op, r, epsilon)  # noqa: E731
+        else:
+            inner = lambda op, r=rule: LinearRule(op, r, epsilon)  # noqa: E731
+        if held:
+            return lambda op: HeldShift(inner(op), op.out_features // 2)
+        return inner
 
     def _build_tree(self, network: nn.Module) -> nn.Module:
         """A shadow of ``network`` with every rule-bearing op replaced by its rule module.
@@ -684,3 +845,122 @@ def _condition_seeds(grad_y: torch.Tensor, parsed: list[tuple[list[int] | None, 
         else:
             masks.append((keep_c[:, None] * keep_t[None, :]).reshape(shape[1:]).expand(shape))
     return torch.stack(masks) * grad_y[None]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-layer rules as data
+
+
+class _PartialRule:
+    """A layer rule given as a dict without ``bias``: the lens's ``bias`` fills it in."""
+
+    __slots__ = ("rule", "bias", "gamma", "alpha", "beta")
+
+    def __init__(self, rule: str = "epsilon", gamma: float = 0.25, alpha: float = 1.0, beta: float = 0.0) -> None:
+        LayerRule(rule, "absorb" if rule != "alphabeta" else "ignore", gamma, alpha, beta)  # validates
+        self.rule, self.bias, self.gamma, self.alpha, self.beta = rule, None, float(gamma), float(alpha), float(beta)
+
+    def __repr__(self) -> str:
+        text = f"{{'rule': {self.rule!r}"
+        if self.rule == "gamma":
+            text += f", 'gamma': {self.gamma!r}"
+        elif self.rule == "alphabeta":
+            text += f", 'alpha': {self.alpha!r}, 'beta': {self.beta!r}"
+        return text + "}"
+
+
+def _parse_layer_rules(layer_rules: Any) -> tuple[tuple[str, Any], ...]:
+    """``((pattern, LayerRule or _PartialRule), ...)`` from the ``layer_rules`` option, checked."""
+    if isinstance(layer_rules, (str, Mapping)) or not isinstance(layer_rules, Sequence):
+        raise LensError(f"layer_rules={layer_rules!r} must be a sequence of (pattern, rule) pairs")
+    out = []
+    for item in layer_rules:
+        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2 or not isinstance(item[0], str):
+            raise LensError(f"each layer rule must be a (pattern, rule) pair, e.g. ('inputconv', {{'rule': 'gamma'}}); "
+                            f"got {item!r}")
+        pattern, rule = item
+        try:
+            if isinstance(rule, LayerRule):
+                parsed = rule
+            elif isinstance(rule, Mapping):
+                extra = set(rule) - {"rule", "bias", "gamma", "alpha", "beta"}
+                if extra:
+                    raise ValueError(f"unknown keys {sorted(extra)}")
+                parsed = LayerRule(**rule) if "bias" in rule else _PartialRule(**rule)
+            else:
+                raise ValueError(f"a rule must be a LayerRule or a dict, not {type(rule).__name__}")
+        except (TypeError, ValueError) as error:
+            raise LensError(f"layer rule for {pattern!r}: {error}") from None
+        out.append((pattern, parsed))
+    return tuple(out)
+
+
+def _layer_rules_repr(rules: tuple[tuple[str, Any], ...]) -> str:
+    return "(" + "".join(f"({p!r}, {r!r}), " for p, r in rules).rstrip(", ") + ("," if len(rules) == 1 else "") + ")"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets chosen by the search (benchmarks/search_composites.py; the README's benchmark section has the figures)
+
+#: The default for residual nets (networks with convolutions): the most faithful one-backward composite of the
+#: search on maia-1900 (``benchmarks/search_composites.py``: 71 settings scored on 100 self-play positions of
+#: seed 1, none of them reported):
+#:
+#: - ``inputconv``: generalized gamma, ``gamma=1``, its bias left out (the input conv conserves);
+#: - both convolutions of every residual block: generalized gamma, ``gamma=0.1`` (the search's best also put it on
+#:   the squeeze-excitation dense layers, score 0.986 against 0.984; those layers are no ``nn.Linear`` in a net
+#:   loaded from lc0's ONNX export, so the default leaves them out and gives the same maps from both loaders);
+#: - the policy head's convolutions: generalized gamma, ``gamma=0.1``;
+#: - everything else (value head): the epsilon rule; every bias but the input conv's keeps its share;
+#:   the squeeze-excitation shift propagates; ``epsilon=1e-6``.
+#:
+#: It does not conserve: on held-out positions its maps sum to a fraction of the explained number, because
+#: leaving the biases of the blocks or of the value head out of the propagation made the value's maps far less
+#: faithful in the search (value ABPC 9.53 -> 0.12 with the biases of blocks 0-2 left out). :data:`RESIDUAL_CONSERVING`
+#: conserves instead; the README's benchmark section gives both.
+RESIDUAL_DEFAULT: dict[str, Any] = {
+    "epsilon": 1e-6,
+    "softmax": "attnlrp",
+    "bias": "absorb",
+    "se_shift": "propagate",
+    "layer_rules": (
+        ("inputconv", {"rule": "gamma", "gamma": 1.0, "bias": "ignore"}),
+        ("block*/conv1", {"rule": "gamma", "gamma": 0.1}),
+        ("block*/conv2", {"rule": "gamma", "gamma": 0.1}),
+        ("policy/conv*", {"rule": "gamma", "gamma": 0.1}),
+    ),
+}
+
+#: The conserving counterpart of :data:`RESIDUAL_DEFAULT`: the same rules, a sign-aware rule (generalized gamma,
+#: ``gamma=0.1``) on every other convolution and dense layer (the value head), and every bias left out of the
+#: propagation, so that each map sums to the explained number up to the stabiliser (on 200 maia-1900 self-play
+#: positions, float32, ``epsilon=1e-6``: median relative error 4e-6 for the top move, 3e-5 for the value, worst
+#: 1e-4 and 1e-2). Biases that an ONNX graph adds as separate ops (not ``nn.Linear``) keep their share. With
+#: plain epsilon rules a bias left out divides by ``z - b``, which nears zero where contributions cancel, and relevance
+#: explodes; the sign-aware rules keep the denominators away from zero. Less faithful than the default on the
+#: value (see the README).
+RESIDUAL_CONSERVING: dict[str, Any] = {
+    **RESIDUAL_DEFAULT,
+    "bias": "ignore",
+    "layer_rules": tuple(RESIDUAL_DEFAULT["layer_rules"]) + (("*", {"rule": "gamma", "gamma": 0.1}),),
+}
+
+#: The default for attention-body nets (no convolutions): AttnLRP with epsilon rules, biases absorbing their
+#: share (the composite of earlier releases). No real attention-body weights are available offline, so no
+#: search chose it: the benchmark's random-weight attention net only tests the harness.
+ATTENTION_DEFAULT: dict[str, Any] = {
+    "epsilon": 1e-6,
+    "softmax": "attnlrp",
+    "bias": "absorb",
+    "se_shift": "propagate",
+    "layer_rules": (),
+}
+
+#: Every named preset: ``LrpLens(**PRESETS[name])``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "epsilon": EPSILON,
+    "gamma": GAMMA_COMPOSITE,
+    "residual_default": RESIDUAL_DEFAULT,
+    "residual_conserving": RESIDUAL_CONSERVING,
+    "attention_default": ATTENTION_DEFAULT,
+}

@@ -57,6 +57,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -88,6 +89,14 @@ __all__ = [
     "CPMatMul",
     "GammaConvFunction",
     "GammaConv2d",
+    "BIAS_MODES",
+    "LAYER_RULES",
+    "LayerRule",
+    "layer_rule_signal",
+    "LayerRuleFunction",
+    "Conv2dRule",
+    "LinearRule",
+    "HeldShift",
 ]
 
 
@@ -588,3 +597,291 @@ class GammaConv2d(_EpsilonRule):
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, epsilon={self.epsilon}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layers with parameters (nn.Conv2d, nn.Linear): bias treatments and contribution-favouring rules
+#
+# For ``z = W x + b`` each output's relevance ``R_z = z * g_z`` is split over the contributions ``x_i W_ij``.
+# What happens to the bias's share is the *bias treatment*:
+#
+# - ``"absorb"``: the bias is one more contribution and keeps its share (``R_z b / z`` leaves the map);
+# - ``"ignore"``: the bias is left out, the denominator is ``z - b``, so ``sum_i R_x[i] = R_z`` (conservation);
+# - ``"flat"``: the bias's share ``R_z b / z`` is spread evenly over the inputs of that output that are not zero
+#   (Bach et al. 2015 spread it over all inputs; here a zero input cannot hold relevance, ``R = x * g``).
+#
+# The contributions themselves are weighted by the *rule*: ``"epsilon"`` (as they are), ``"gamma"`` (each output
+# favours the contributions of its own sign, ``x_i W_ij + gamma (x_i W_ij)^{sign z_j}``, the generalized gamma
+# rule for inputs of both signs; ``gamma=inf`` is the z+ rule, favoured contributions alone) or ``"alphabeta"``
+# (``alpha`` times the positive contributions over their sum minus ``beta`` times the negative ones over theirs).
+
+#: Bias treatments of :class:`LayerRule`.
+BIAS_MODES = ("absorb", "ignore", "flat")
+#: Rules of :class:`LayerRule`.
+LAYER_RULES = ("epsilon", "gamma", "alphabeta")
+
+
+class _ConvOp:
+    """``conv2d`` with fixed stride, padding, dilation and groups: forward and transposed (input-gradient) map."""
+
+    def __init__(self, stride, padding, dilation, groups) -> None:
+        self.settings = (stride, padding, dilation, groups)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        return F.conv2d(x, w, b, *self.settings)
+
+    def transpose(self, cotangent: torch.Tensor, w: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(x_shape, w, cotangent, *self.settings)
+
+    @staticmethod
+    def bias_view(bias: torch.Tensor) -> torch.Tensor:
+        """The bias shaped to broadcast against the output ``[N, C, H, W]``."""
+        return bias.reshape(1, -1, 1, 1)
+
+
+class _DenseOp:
+    """``x @ W^T + b`` (``nn.Linear``'s layout) and its transposed map."""
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, w, b)
+
+    def transpose(self, cotangent: torch.Tensor, w: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+        return torch.matmul(cotangent, w)
+
+    @staticmethod
+    def bias_view(bias: torch.Tensor) -> torch.Tensor:
+        """The bias as it broadcasts against the output ``[..., out]`` (features last)."""
+        return bias
+
+
+class LayerRule:
+    """How one layer with parameters redistributes relevance: a rule and a bias treatment (immutable data).
+
+    Parameters
+    ----------
+    rule : str
+        ``"epsilon"``, ``"gamma"`` or ``"alphabeta"`` (see the section comment above).
+    bias : str
+        ``"absorb"``, ``"ignore"`` or ``"flat"`` (:data:`BIAS_MODES`).
+    gamma : float
+        ``>= 0`` or ``inf`` (the z+ rule), for ``rule="gamma"``.
+    alpha, beta : float
+        For ``rule="alphabeta"``; ``alpha - beta = 1`` conserves (with ``bias="ignore"``).
+
+    Example
+    -------
+    >>> LayerRule("gamma", bias="ignore", gamma=0.25)
+    LayerRule('gamma', bias='ignore', gamma=0.25)
+    """
+
+    __slots__ = ("rule", "bias", "gamma", "alpha", "beta")
+
+    def __init__(
+        self, rule: str = "epsilon", bias: str = "absorb", gamma: float = 0.25, alpha: float = 1.0, beta: float = 0.0
+    ) -> None:
+        if rule not in LAYER_RULES:
+            raise ValueError(f"rule={rule!r} is not a layer rule; use one of {LAYER_RULES}")
+        if bias not in BIAS_MODES:
+            raise ValueError(f"bias={bias!r} is not a bias treatment; use one of {BIAS_MODES}")
+        for name, value in (("gamma", gamma), ("alpha", alpha), ("beta", beta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
+        if rule == "alphabeta" and bias == "flat":
+            raise ValueError("the alpha-beta rule splits the bias by sign; use bias='absorb' or 'ignore' with it")
+        self.rule, self.bias = rule, bias
+        self.gamma, self.alpha, self.beta = float(gamma), float(alpha), float(beta)
+
+    def _key(self) -> tuple:
+        return (self.rule, self.bias, self.gamma, self.alpha, self.beta)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerRule) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    @property
+    def is_plain(self) -> bool:
+        """True where the rule is the layer's plain gradient (epsilon rule, bias absorbed): no module needed."""
+        return self.rule == "epsilon" and self.bias == "absorb"
+
+    def __repr__(self) -> str:
+        text = f"LayerRule({self.rule!r}, bias={self.bias!r}"
+        if self.rule == "gamma":
+            text += f", gamma={self.gamma!r}"
+        elif self.rule == "alphabeta":
+            text += f", alpha={self.alpha!r}, beta={self.beta!r}"
+        return text + ")"
+
+
+def _ratio(numerator: torch.Tensor, z: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``numerator / stab(z)`` like :func:`_stabilized_ratio`, without ``out=`` (so it runs under ``vmap``, as in
+    the batched backward of concept-conditional relevance)."""
+    epsilon = _at_least_tiny(epsilon, z.dtype)
+    return numerator / (z.abs() + epsilon).copysign(z)
+
+
+def _split_contributions(op, x, weight):
+    """``(P, N)``: the sums of the positive and of the negative contributions ``x_i W_ij`` of each output."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    x_pos, x_neg = x.clamp(min=0), x.clamp(max=0)
+    positive = op(x_pos, w_pos)
+    negative = op(x_pos, w_neg)
+    if (x < 0).any():
+        positive = positive + op(x_neg, w_neg)
+        negative = negative + op(x_neg, w_pos)
+    return positive, negative
+
+
+def _signed_transpose(op, x, weight, c_pos, c_neg):
+    """``g[i] = sum_j (x_i W_ij)^+ / x_i * c_pos[j] + (x_i W_ij)^- / x_i * c_neg[j]`` (the favoured parts' map)."""
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
+    shape = x.shape
+    g = torch.where(x > 0, op.transpose(c_pos, w_pos, shape) + op.transpose(c_neg, w_neg, shape), 0.0)
+    if (x < 0).any():
+        g = g + torch.where(x < 0, op.transpose(c_pos, w_neg, shape) + op.transpose(c_neg, w_pos, shape), 0.0)
+    return g
+
+
+def _flat_signal(op, x, weight, share):
+    """Signal that gives each nonzero input of output ``j`` the relevance ``share[j] / n_j`` (``n_j`` such inputs)."""
+    active = (x != 0).to(x.dtype)
+    ones = torch.ones_like(weight)
+    count = op(active, ones)
+    per_input = torch.where(count > 0, share / count.clamp(min=1.0), 0.0)
+    spread = op.transpose(per_input, ones, x.shape)
+    safe = torch.where(active > 0, x, 1.0)
+    return torch.where(active > 0, spread / safe, 0.0)
+
+
+def layer_rule_signal(op, x, weight, bias, z, grad, rule: LayerRule, epsilon: float) -> torch.Tensor:
+    """The input signal ``g_x`` of ``z = op(x, weight) + bias`` under ``rule``, given the output signal ``grad``.
+
+    Works in relevance form: ``R_z = z * grad`` is split over the contributions (see :class:`LayerRule`), and
+    the result is returned as a signal (``R_x = x * g_x``).
+    """
+    r_z = z * grad
+    b = None if bias is None else op.bias_view(bias)
+    contributions = z if b is None else z - b
+    absorbed = rule.bias != "ignore" and b is not None
+    shape = x.shape
+    if rule.rule == "alphabeta":
+        positive, negative = _split_contributions(op, x, weight)
+        if absorbed:
+            positive = positive + b.clamp(min=0)
+            negative = negative + b.clamp(max=0)
+        c_pos = rule.alpha * _ratio(r_z, positive, epsilon)
+        c_neg = -rule.beta * _ratio(r_z, negative, epsilon)
+        return _signed_transpose(op, x, weight, c_pos, c_neg)
+    denominator = z if absorbed else contributions
+    if rule.rule == "epsilon":
+        c = _ratio(r_z, denominator, epsilon)
+        signal = op.transpose(c, weight, shape)
+    else:
+        # Each output favours the contributions of the sign of its contributions' sum (``z`` when absorbing).
+        positive, negative = _split_contributions(op, x, weight)
+        own = (denominator >= 0)
+        favoured = torch.where(own, positive, negative)
+        plain = 0.0 if math.isinf(rule.gamma) else 1.0
+        scale = 1.0 if math.isinf(rule.gamma) else rule.gamma
+        base = (b if absorbed else 0.0) + (plain * contributions if plain else 0.0)
+        c = _ratio(r_z, base + scale * favoured, epsilon)
+        signal = scale * _signed_transpose(op, x, weight, torch.where(own, c, 0.0), torch.where(own, 0.0, c))
+        if plain:
+            signal = signal + op.transpose(c, weight, shape)
+    if rule.bias == "flat" and b is not None:
+        signal = signal + _flat_signal(op, x, weight, c * b)
+    return signal
+
+
+class LayerRuleFunction(Function):
+    """``z = op(x, weight) + bias`` whose backward is :func:`layer_rule_signal` (forward: the plain op).
+
+    ``LayerRuleFunction.apply(x, weight, bias, op, rule, epsilon)``; weight and bias get no signal.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, op, rule: LayerRule, epsilon: float = 1e-6):
+        z = op(x, weight, bias)
+        ctx.save_for_backward(x, weight, bias, z)
+        ctx.settings = (op, rule, epsilon)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, bias, z = ctx.saved_tensors
+        op, rule, epsilon = ctx.settings
+        gx = None
+        if ctx.needs_input_grad[0]:
+            b = None if bias is None else bias.detach()
+            gx = layer_rule_signal(op, x.detach(), weight.detach(), b, z.detach(), grad, rule, epsilon)
+        return gx, None, None, None, None, None
+
+
+class _LayerRuleModule(_EpsilonRule):
+    """Base of :class:`Conv2dRule` and :class:`LinearRule`: shares the layer's weight and bias (no copy)."""
+
+    def __init__(self, layer: nn.Module, rule: LayerRule, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon)
+        if not isinstance(rule, LayerRule):
+            raise ValueError(f"rule must be a LayerRule, not {type(rule).__name__}")
+        self.rule = rule
+        # Plain attributes, not registered parameters: the layer keeps owning them.
+        self._weight = layer.weight
+        self._bias = layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return LayerRuleFunction.apply(x, self._weight, self._bias, self._op, self.rule, self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"{self.rule!r}, epsilon={self.epsilon}"
+
+
+class Conv2dRule(_LayerRuleModule):
+    """An ``nn.Conv2d`` (zero padding) under a :class:`LayerRule`; forward is the convolution's own, bit for bit.
+
+    Example
+    -------
+    >>> conv = nn.Conv2d(3, 4, 3, padding=1)
+    >>> rule = Conv2dRule(conv, LayerRule("epsilon", bias="ignore"))
+    >>> x = torch.rand(1, 3, 8, 8)
+    >>> torch.equal(rule(x), conv(x))
+    True
+    """
+
+    def __init__(self, conv: nn.Conv2d, rule: LayerRule, epsilon: float = 1e-6) -> None:
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"layer rules support zero padding only, not padding_mode={conv.padding_mode!r}")
+        if isinstance(conv.padding, str):
+            raise ValueError(f"layer rules need numeric padding, not padding={conv.padding!r}")
+        super().__init__(conv, rule, epsilon)
+        self._op = _ConvOp(conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class LinearRule(_LayerRuleModule):
+    """An ``nn.Linear`` under a :class:`LayerRule`; forward is ``F.linear``, bit for bit."""
+
+    def __init__(self, linear: nn.Linear, rule: LayerRule, epsilon: float = 1e-6) -> None:
+        super().__init__(linear, rule, epsilon)
+        self._op = _DenseOp()
+
+
+class HeldShift(_Rule):
+    """A layer whose outputs ``[start:]`` along the last axis are additive shifts held constant.
+
+    Wraps the squeeze-excitation block's second dense layer (``se/matmul2``, whose outputs are the gate logits
+    ``s1`` and the shift ``s2`` of ``sigmoid(s1) * x + s2``): with the shift held constant it keeps its share of
+    relevance as a bias does and passes nothing back into the block's pooled features.
+    """
+
+    def __init__(self, inner: nn.Module, start: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.start = int(start)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return torch.cat([out[..., : self.start], out[..., self.start :].detach()], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"held from output {self.start}"
