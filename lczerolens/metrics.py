@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from lczerolens.errors import InputShapeError, LensError
-from lczerolens.lenses.lrp.lens import GAMMA_COMPOSITE
+from lczerolens.lenses.lrp.lens import EPSILON, GAMMA_COMPOSITE
 
 TARGETS = ("move", "value")
 #: Seeds of the random baseline; its metrics are the mean over these orders.
@@ -581,11 +581,17 @@ def occlusion_attribution(model: Any, task: Task, batch_size: int | None = None)
 
 
 def lrp_attribution(
-    model: Any, task: Task, softmax: str = "attnlrp", epsilon: float = 1e-6, batch_size: int = 64, **lens_options: Any
+    model: Any,
+    task: Task,
+    softmax: str | None = "attnlrp",
+    epsilon: float | None = 1e-6,
+    batch_size: int = 64,
+    **lens_options: Any,
 ) -> torch.Tensor:
     """Relevance per square from :class:`lczerolens.lenses.LrpLens` (summed over planes, board orientation).
 
-    ``lens_options`` go to the lens (e.g. ``conv_rule="gamma", gamma=0.25, gamma_layers=[...]``).
+    ``lens_options`` go to the lens (e.g. ``**EPSILON`` or ``conv_rule="gamma", gamma=0.25, ...``); options
+    left out take the network family's default composite (``LrpLens()``).
     """
     from lczerolens.lenses import LrpLens
 
@@ -603,8 +609,10 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "occlusion": occlusion_attribution,
     "integrated_gradients": integrated_gradients_attribution,
     "smoothgrad": smoothgrad_attribution,
-    "lrp_attnlrp": lambda model, task: lrp_attribution(model, task, softmax="attnlrp"),
-    "lrp_cp": lambda model, task: lrp_attribution(model, task, softmax="cp"),
+    # Epsilon-LRP in either softmax mode (the EPSILON preset); "lrp_default" is what LrpLens() applies.
+    "lrp_attnlrp": lambda model, task: lrp_attribution(model, task, **{**EPSILON, "softmax": "attnlrp"}),
+    "lrp_cp": lambda model, task: lrp_attribution(model, task, **{**EPSILON, "softmax": "cp"}),
+    "lrp_default": lambda model, task: lrp_attribution(model, task, epsilon=None, softmax=None),
     # Gamma rule on the convolutions that feed a ReLU directly (residual nets; elsewhere plain epsilon-LRP).
     "lrp_gamma": lambda model, task: lrp_attribution(model, task, **GAMMA_LENS_OPTIONS),
 }

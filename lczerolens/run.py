@@ -146,12 +146,9 @@ def _lens_spec(lens: Any) -> dict[str, Any]:
     """A picklable recipe of the lens (rebuilt in workers), checked to give the same repr."""
     from lczerolens.lenses import LrpLens
 
-    if type(lens) is LrpLens:
-        kwargs = {"epsilon": lens.epsilon, "softmax": lens.softmax}
-        if lens.conv_rule != "epsilon":
-            kwargs.update(conv_rule=lens.conv_rule, gamma=lens.gamma, gamma_layers=lens.gamma_layers)
-        rebuilt = LrpLens(**kwargs)
-        if repr(rebuilt) == repr(lens) and lens.composite.keys() == rebuilt.composite.keys():
+    if type(lens) is LrpLens and not lens._custom_composite:
+        kwargs = lens.options()
+        if repr(LrpLens(**kwargs)) == repr(lens):
             return {"kind": "lrp", "kwargs": kwargs}
     import pickle
 

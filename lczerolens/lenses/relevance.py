@@ -380,6 +380,8 @@ class Relevance:
         total = pieces + empty + sum(groups.values())
         parts = {"pieces": pieces, "empty": empty, **groups,
                  "unexplained": self.target.to(total.dtype) - total}
+        from tensordict import TensorDict  # imported on use: it takes a second to import
+
         return TensorDict(parts, batch_size=[n])
 
     def accounting_text(self, i: int = 0) -> str:

@@ -309,6 +309,11 @@ class LrpLens(AttributionLens):
         gamma: float | None = None,
         gamma_layers: Sequence[str] | None = None,
     ) -> None:
+        # The options as given (rebuilding the lens elsewhere, e.g. in a worker process, starts from these).
+        given = {"epsilon": epsilon, "softmax": softmax, "bias": bias, "se_shift": se_shift,
+                 "layer_rules": layer_rules, "conv_rule": conv_rule, "gamma": gamma, "gamma_layers": gamma_layers}
+        self._given = {k: v for k, v in given.items() if v is not None}
+        self._custom_composite = composite is not None
         bad_epsilon = isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0
         if epsilon is not None and bad_epsilon:
             raise LensError(f"epsilon={epsilon!r} must be a positive number (e.g. 1e-6)")
@@ -345,6 +350,15 @@ class LrpLens(AttributionLens):
         self._trees = ShadowCache(self._build_tree)
 
     _OPTIONS = ("epsilon", "softmax", "bias", "se_shift", "layer_rules", "conv_rule", "gamma", "gamma_layers")
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options this lens was given (``LrpLens(**lens.options())`` is the same lens).
+
+        Raises :class:`LensError` for a lens built with a custom ``composite`` (functions, not options).
+        """
+        if self._custom_composite:
+            raise LensError("this LrpLens has a custom composite: it cannot be rebuilt from its options")
+        return dict(self._given)
 
     def __repr__(self) -> str:
         shown = [(k, getattr(self, k)) for k in self._OPTIONS if getattr(self, k) is not None]
