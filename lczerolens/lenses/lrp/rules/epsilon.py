@@ -777,6 +777,22 @@ def layer_rule_signal(op, x, weight, bias, z, grad, rule: LayerRule, epsilon: fl
     if rule.rule == "epsilon":
         c = _ratio(r_z, denominator, epsilon)
         signal = op.transpose(c, weight, shape)
+    elif not (x < 0).any():
+        # Inputs >= 0 (after a ReLU, or lc0's planes): the positive contributions are op(x, W+), the negative
+        # ones the rest, and W- = W - W+ merges the transposes: 1 + 2 ops instead of 2 + 3. The signal then
+        # differs from the general form's only at inputs that are exactly 0, whose relevance x * g is 0 in both.
+        w_pos = weight.clamp(min=0)
+        positive = op(x, w_pos)
+        own = denominator >= 0
+        favoured = torch.where(own, positive, contributions - positive)
+        plain = 0.0 if math.isinf(rule.gamma) else 1.0
+        scale = 1.0 if math.isinf(rule.gamma) else rule.gamma
+        base = (b if absorbed else 0.0) + (plain * contributions if plain else 0.0)
+        c = _ratio(r_z, base + scale * favoured, epsilon)
+        c_own = torch.where(own, c, 0.0)
+        c_other = c - c_own
+        signal = op.transpose(scale * (c_own - c_other), w_pos, shape) + op.transpose(scale * c_other + plain * c,
+                                                                                        weight, shape)
     else:
         # Each output favours the contributions of the sign of its contributions' sum (``z`` when absorbing).
         positive, negative = _split_contributions(op, x, weight)
