@@ -209,8 +209,8 @@ def _add_collection_commands(sub: Any) -> None:
     run.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes or Ray Data")
     run.add_argument(
         "--rule",
-        choices=("epsilon", "gamma"),
-        default="epsilon",
+        choices=("default", "epsilon", "gamma"),
+        default="default",
         help="LRP rules, as for `explain` (default: %(default)s)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -463,7 +463,7 @@ def _sample_value(value: float | None) -> int | float | None:
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     from lczerolens.data import read_pgn, read_positions, source_kind
     from lczerolens.lenses import LrpLens
-    from lczerolens.lenses.lrp.lens import GAMMA_COMPOSITE
+    from lczerolens.lenses.lrp.lens import EPSILON, GAMMA_COMPOSITE
     from lczerolens.run import explain_dataset, load_manifest
 
     selection: dict[str, Any] = {"every": args.every, "sample": _sample_value(args.sample), "seed": args.seed}
@@ -473,7 +473,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.min_ply or args.max_ply is not None:
             raise LensError("--min-ply and --max-ply apply to PGN games; an EPD file's positions have no plies")
         reader = read_positions(args.source, **selection)
-    lens = LrpLens(**(GAMMA_COMPOSITE if args.rule == "gamma" else {}))
+    lens = LrpLens(**{"default": {}, "epsilon": EPSILON, "gamma": GAMMA_COMPOSITE}[args.rule])
     path = explain_dataset(
         args.weights,
         reader,

@@ -356,6 +356,12 @@ class Relevance:
         >>> acc = rel.accounting()  # doctest: +SKIP
         >>> float(acc["unexplained"][0] / rel.target[0])  # share absorbed by biases  # doctest: +SKIP
         """
+        from tensordict import TensorDict  # imported on use: it takes a second to import
+
+        return TensorDict(self._accounting_parts(), batch_size=[len(self)])
+
+    def _accounting_parts(self) -> dict[str, torch.Tensor]:
+        """:meth:`accounting` as a plain dict of ``[N]`` tensors."""
         n = len(self)
         occupied = torch.zeros(n, 64, dtype=torch.bool, device=self.squares.device)
         for i, board in enumerate(self.boards):
@@ -378,11 +384,7 @@ class Relevance:
         pieces = torch.where(occupied, board_part, 0).sum(dim=(1, 2))
         empty = torch.where(occupied, 0, board_part).sum(dim=(1, 2))
         total = pieces + empty + sum(groups.values())
-        parts = {"pieces": pieces, "empty": empty, **groups,
-                 "unexplained": self.target.to(total.dtype) - total}
-        from tensordict import TensorDict  # imported on use: it takes a second to import
-
-        return TensorDict(parts, batch_size=[n])
+        return {"pieces": pieces, "empty": empty, **groups, "unexplained": self.target.to(total.dtype) - total}
 
     def accounting_text(self, i: int = 0) -> str:
         """:meth:`accounting` of board ``i`` in one line, as shares of the explained number where it is not 0.
@@ -391,7 +393,7 @@ class Relevance:
         'pieces 61%, empty squares 4%, castling 0%, side to move 0%, rule-50 1%, constant plane -3%; absorbed by
         biases and stabilisers 37%'
         """
-        acc = self.accounting()[i]
+        acc = {key: value[i] for key, value in self._accounting_parts().items()}
         target = float(self.target[i])
         names = {"pieces": "pieces", "empty": "empty squares", "castling": "castling", "side_to_move": "side to move",
                  "rule50": "rule-50", "plane110": "plane 110", "constant": "constant plane"}
