@@ -10,7 +10,8 @@ with the thread count torch has (``--threads``, default 2):
 - ``grad x input ms``: one forward and one backward with no rules (planes ready, target indices known);
 - ``relevance ms``: ``LrpLens().relevance(network, boards, target)``: the whole user call, from boards (input
   encoding, target choice, patching, forward, backward, decoding onto the board) -- for ``target="value"`` and
-  for ``target=None`` (each board's top legal move);
+  for ``target=None`` (each board's top legal move); ``relevance EPSILON``: the same with ``LrpLens(**EPSILON)``
+  (epsilon rules: cheaper, less faithful than the default composite);
 - ratios relevance / forward and relevance / grad x input (same ``"value"`` target), and relevance maps per
   second at batch 64 (``target=None``).
 
@@ -104,11 +105,12 @@ def _gradient_x_input(network: torch.nn.Module, planes: torch.Tensor) -> torch.T
 
 def bench_network(network: torch.nn.Module, batch: int, rounds: int) -> dict[str, Any]:
     from lczerolens.board import encode_boards
-    from lczerolens.lenses import LrpLens
+    from lczerolens.lenses import EPSILON, LrpLens
 
     boards = random_boards(batch, seed=batch)
     planes = encode_boards(boards, network.input_format)
     lens = LrpLens()
+    epsilon_lens = LrpLens(**EPSILON)
 
     def forward() -> Any:
         with torch.inference_mode():
@@ -120,6 +122,7 @@ def bench_network(network: torch.nn.Module, batch: int, rounds: int) -> dict[str
             "grad x input": lambda: _gradient_x_input(network, planes),
             "relevance (value)": lambda: lens.relevance(network, boards, "value"),
             "relevance (top move)": lambda: lens.relevance(network, boards, None),
+            "relevance EPSILON (value)": lambda: epsilon_lens.relevance(network, boards, "value"),
             "encode boards": lambda: encode_boards(boards, network.input_format),
         },
         rounds,
@@ -132,6 +135,9 @@ def bench_network(network: torch.nn.Module, batch: int, rounds: int) -> dict[str
         value = result[f"relevance (value) {key}"]
         result[f"relevance / forward ({basis})"] = value / result[f"forward {key}"]
         result[f"relevance / grad x input ({basis})"] = value / result[f"grad x input {key}"]
+        result[f"relevance EPSILON / forward ({basis})"] = result[f"relevance EPSILON (value) {key}"] / result[
+            f"forward {key}"
+        ]
     result["maps/s (top move, wall)"] = 1e3 * batch / result["relevance (top move) ms"]
     # What the same work gives when its threads are not kept waiting by other processes (an estimate).
     result["maps/s (top move, cpu / threads)"] = (
