@@ -424,7 +424,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     caption = [
         f"{path.name} \u00b7 explaining {title_target}",
         f"{kind} {target_value:+.3f} \u00b7 LRP \u03b5={_short(args.epsilon)}"
-        + {"default": "", "epsilon": ", epsilon composite", "gamma": ", gamma composite"}[args.rule]
+        + {"default": ", default composite", "epsilon": ", epsilon composite", "gamma": ", gamma composite"}[args.rule]
         + (f" \u00b7 map sums to {share:.0%} of it" if math.isfinite(share) else "")
         + (f", softmax={args.softmax}" if _has_attention(model) else "")
         + (
