@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.bench_relevance import interleaved_times
+from benchmarks.bench_relevance import _print, interleaved_times
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "assets" / "cache"
@@ -158,17 +158,6 @@ def run(quick: bool = False, threads: int | None = 2, tune_malloc: bool = True) 
         return results
     finally:
         torch.set_num_threads(previous)
-
-
-def _print(result: dict[str, Any], indent: str = "") -> None:
-    for key, value in result.items():
-        if isinstance(value, dict):
-            print(f"{indent}{key}:")
-            _print(value, indent + "  ")
-        elif isinstance(value, float):
-            print(f"{indent}{key}: {value:.3f}")
-        else:
-            print(f"{indent}{key}: {value}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from lczerolens.lenses.base import (
     param_like,
     select_output,
 )
+from lczerolens.lenses.inside import Record
 from lczerolens.lenses.lrp.rules.epsilon import (
     BIAS_MODES,
     BilinearMatMulEpsilon,
@@ -198,23 +199,10 @@ def make_composite(epsilon: float = 1e-6, softmax: str = "attnlrp") -> dict[type
 ConditionLike = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 
 
-class _Tap(nn.Module):
-    """Wraps one module of an explaining tree for one call: its output goes into the call's store."""
+class _Tap(Record):
+    """:class:`~lczerolens.lenses.inside.Record`, marked so that the lens's checks pass over it."""
 
     lrp_rule = True
-
-    def __init__(self, inner: nn.Module, name: str, store: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.tap_name = name
-        self.store = store
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.inner(*args, **kwargs)
-        if not isinstance(out, torch.Tensor):
-            raise LensError(f"module {self.tap_name!r} returns {type(out).__name__}, not a tensor; choose another")
-        self.store[self.tap_name] = out
-        return out
 
 
 #: Families of networks, each with its own default composite: residual (convolutions) or attention bodies.
@@ -708,7 +696,9 @@ class LrpLens(AttributionLens):
             output, seed, values, indices = select_output(outputs, target.kind, target.indices, legal)
             missing = [t for t in taps if t not in store]
             if missing:
-                raise LensError(f"modules {missing} did not run in the forward pass; record another module")
+                raise LensError(
+                    f"modules {missing} gave no tensor output in the forward pass; record or condition on another"
+                )
             if layer is None:
                 grads = torch.autograd.grad(output, [x] + [store[t] for t in recorded], seed)
                 layer_rel: dict[str, torch.Tensor] = {
