@@ -1,4 +1,4 @@
-"""The tutorial notebook runs end to end, and the committed copy carries its outputs."""
+"""The notebooks run end to end, and the committed copies carry their outputs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "notebooks" / "tutorial.ipynb"
 INSIDE = ROOT / "notebooks" / "inside.ipynb"
 COLLECTIONS = ROOT / "notebooks" / "collections.ipynb"
+
+
+def _run(path: Path, timeout: int) -> None:
+    """Execute the notebook at ``path`` from the repository root and fail on any error output."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(path, as_version=4)
+    # From the repository root (nbmake runs it from notebooks/): the notebooks find their assets either way.
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
 
 
 def test_committed_tutorial_has_its_outputs() -> None:
@@ -26,16 +40,7 @@ def test_committed_tutorial_has_its_outputs() -> None:
 
 @pytest.mark.slow
 def test_tutorial_runs_from_the_repository_root(maia_pb_path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(TUTORIAL, as_version=4)
-    # From the repository root (nbmake runs it from notebooks/): the notebook finds maia-1900 either way.
-    client = nbclient.NotebookClient(
-        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    )
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    _run(TUTORIAL, timeout=120)
 
 
 def test_committed_inside_notebook_has_its_outputs() -> None:
@@ -50,15 +55,7 @@ def test_committed_inside_notebook_has_its_outputs() -> None:
 
 @pytest.mark.slow
 def test_inside_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(INSIDE, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    )
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    _run(INSIDE, timeout=600)
 
 
 def test_committed_collections_notebook_has_its_outputs() -> None:
@@ -75,15 +72,7 @@ def test_committed_collections_notebook_has_its_outputs() -> None:
 
 @pytest.mark.slow
 def test_collections_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("pandas")
     if not (ROOT / "assets" / "cache" / "chess-data" / "pgn" / "kasparov-deep-blue-1997.pgn").exists():
         pytest.skip("python-chess's PGN files are missing: run `make assets`")
-    nb = nbformat.read(COLLECTIONS, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    )
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    _run(COLLECTIONS, timeout=300)
