@@ -233,7 +233,8 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
 
     start = time.perf_counter()
     model = _load_for_explorer(args)
-    path = write_report(model, args.pgn, args.out, game=args.game, targets=args.target or ["top", "value"], lens=args.lens)
+    targets = args.target or ["top", "value"]
+    path = write_report(model, args.pgn, args.out, game=args.game, targets=targets, lens=args.lens)
     size = path.stat().st_size
     print(f"wrote {path} ({size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s", file=out)
     return 0

@@ -74,9 +74,11 @@ const data = JSON.parse(document.getElementById("lczerolens-data").textContent);
 mount(document.getElementById("lczerolens-app"), {
   meta: data.meta,
   request: async (s) => {
-    if (s.moves.length) return { error: "this report holds the game's own positions; use lczerolens serve to play moves" };
+    if (s.moves.length) {
+      return { error: "this report holds the game's own positions; lczerolens serve plays moves" };
+    }
     const v = data.views[`${s.index}|${s.target}|${s.lens}`];
-    return v || { error: `target ${s.target} with lens ${s.lens} is not in this report (lczerolens report --target ${s.target})` };
+    return v || { error: `${s.target} with lens ${s.lens} is not in this report (lczerolens report --target ...)` };
   },
 });
 </script>"""

@@ -47,7 +47,7 @@ def write_report(
     for target in dict.fromkeys(targets):
         for start in range(0, len(states), batch_size):
             chunk = states[start : start + batch_size]
-            for (index, _), view in zip(chunk, session.views(chunk, target, lens)):
+            for (index, _), view in zip(chunk, session.views(chunk, target, lens), strict=True):
                 views[f"{index}|{target}|{lens}"] = view
     meta["targets"] = list(dict.fromkeys(["top", "value", "win", "draw", "loss"]))
     path = Path(out)

@@ -224,7 +224,7 @@ class ExplorerSession:
         return {
             "title": self.title,
             "count": len(self.boards),
-            "line": [{"uci": u, "san": s} for u, s in zip(self.line, sans)],
+            "line": [{"uci": u, "san": s} for u, s in zip(self.line, sans, strict=True)],
             "fens": [b.fen() for b in self.boards],
             "lenses": self.lens_names(),
             "targets": list(HEAD_TARGETS),
@@ -239,7 +239,7 @@ class ExplorerSession:
         with self._lock:
             if self._evals is None:
                 evals = self.model.evaluate(self.boards, top_k=5)
-                self._evals = [self._evaluation(b, e) for b, e in zip(self.boards, evals)]
+                self._evals = [self._evaluation(b, e) for b, e in zip(self.boards, evals, strict=True)]
             return self._evals
 
     @staticmethod
@@ -274,13 +274,15 @@ class ExplorerSession:
     def views(self, states: Sequence[tuple[int, Sequence[str]]], target: str, lens: str) -> list[dict[str, Any]]:
         """:meth:`view` for several positions with one target and lens: the missing ones in one batched call."""
         self._check(target, lens)
-        boards = [self.position(i, tuple(m)) for i, m in states]
+        for i, m in states:
+            self.position(i, tuple(m))  # a bad position or move fails before any work
         keys = [(i, tuple(m), target, lens) for i, m in states]
         with self._lock:
             missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
             if missing:
                 todo = [self.position(k[0], k[1]) for k in missing]
-                for key, out in zip(missing, self._compute(todo, [k[0] for k in missing], target, lens)):
+                computed = self._compute(todo, [k[0] for k in missing], target, lens)
+                for key, out in zip(missing, computed, strict=True):
                     out["index"], out["moves"] = key[0], list(key[1])
                     out["ply"] = key[0] + len(key[1])
                     self._cache[key] = out

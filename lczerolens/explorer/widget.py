@@ -50,7 +50,11 @@ class ExplorerWidget(anywidget.AnyWidget):  # type: ignore[misc]
         self.view = view
 
     def show(
-        self, index: int = 0, moves: tuple[str, ...] | list[str] = (), target: str | None = None, lens: str | None = None
+        self,
+        index: int = 0,
+        moves: tuple[str, ...] | list[str] = (),
+        target: str | None = None,
+        lens: str | None = None,
     ) -> dict[str, Any]:
         """Compute and show a view from Python; returns it (``{"error": ...}`` if the request was bad)."""
         self.request = {
