@@ -53,7 +53,6 @@ def driver() -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
-    options.binary_location = found[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,720"):
         options.add_argument(arg)
     drv = webdriver.Chrome(options=options, service=Service(found[1]))
