@@ -260,7 +260,9 @@ class ExplorerSession:
         if not isinstance(target, str) or not target:
             raise InvalidOptionError("target must be top, value, win, draw, loss or a legal move in UCI")
 
-    def view(self, index: int, moves: Sequence[str] = (), target: str = "top", lens: str = DEFAULT_LENS) -> dict:
+    def view(
+        self, index: int, moves: Sequence[str] = (), target: str = "top", lens: str = DEFAULT_LENS
+    ) -> dict[str, Any]:
         """Everything the explorer shows for one position, target and lens, as a JSON-able dict.
 
         Keys: ``index``, ``moves``, ``ply``, ``fen``, ``turn``, ``lastmove``, ``legal`` (``[{uci, san}]``),

@@ -12,7 +12,7 @@ from lczerolens.explorer.page import asset
 from lczerolens.explorer.session import ExplorerSession
 
 
-class ExplorerWidget(anywidget.AnyWidget):  # type: ignore[misc]
+class ExplorerWidget(anywidget.AnyWidget):
     """The explorer in a notebook. Python computes every view; the front end draws it.
 
     Traits: ``meta`` (the source's moves, lenses, values per ply), ``request`` (what the front end asks for:
