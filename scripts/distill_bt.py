@@ -34,10 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-import chess
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -372,8 +370,10 @@ def export(work: Path, seed: int) -> None:
     saved = LczeroModel.from_path(OUT_NET)
     held = Split(work / "heldout.npz", torch.device("cpu"))
     metrics = evaluate(saved.network, held)
-    metrics.update({"steps": int(state["step"]), "train_seconds": round(float(state["seconds"]), 1),
-                    "bytes": OUT_NET.stat().st_size, "parameters": sum(p.numel() for p in saved.parameters())})  # fmt: skip
+    metrics["steps"] = int(state["step"])
+    metrics["train_seconds"] = round(float(state["seconds"]), 1)
+    metrics["bytes"] = OUT_NET.stat().st_size
+    metrics["parameters"] = sum(p.numel() for p in saved.parameters())
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2), flush=True)
     plot_curves(work / "log.csv", ROOT / "assets/nets/bt-distilled-curves.svg")
@@ -396,7 +396,8 @@ def plot_curves(log: Path, out: Path) -> None:
     def px(s: int, y: float) -> str:
         return f"{pad + (w - 2 * pad) * s / xmax:.1f},{h - pad - (h - 2 * pad) * y / ymax:.1f}"
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+    svg = 'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11"'
+    parts = [f'<svg {svg} width="{w}" height="{h}">',
              f'<rect width="{w}" height="{h}" fill="white"/>',
              f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="black"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="black"/>',
@@ -404,12 +405,13 @@ def plot_curves(log: Path, out: Path) -> None:
              f'<text x="{pad}" y="{pad - 10}">loss (nats)</text>']  # fmt: skip
     for i in range(5):
         y = ymax * i / 4
-        parts.append(f'<text x="{pad - 6}" y="{h - pad - (h - 2 * pad) * i / 4 + 4:.1f}" text-anchor="end">{y:.2f}</text>')
+        yy = h - pad - (h - 2 * pad) * i / 4 + 4
+        parts.append(f'<text x="{pad - 6}" y="{yy:.1f}" text-anchor="end">{y:.2f}</text>')
     for i in range(5):
         s = int(xmax * i / 4)
         parts.append(f'<text x="{pad + (w - 2 * pad) * i / 4:.1f}" y="{h - pad + 14}" text-anchor="middle">{s}</text>')
     for k, (name, (values, color)) in enumerate(series.items()):
-        pts = " ".join(px(s, v) for s, v in zip(steps, values))
+        pts = " ".join(px(s, v) for s, v in zip(steps, values, strict=True))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         parts.append(f'<text x="{w - pad - 110}" y="{pad + 14 * k}" fill="{color}">{name}</text>')
     parts.append("</svg>")

@@ -30,7 +30,9 @@ def _same_parameters(a: LczeroModel, b: LczeroModel) -> float:
 
 def _nets(tmp_path: Path) -> dict[str, Path]:
     return {
-        "residual-conv-mlh": write_net(random_net(blocks=2, filters=16, moves_left=True, seed=1), tmp_path / "r1.pb.gz"),
+        "residual-conv-mlh": write_net(
+            random_net(blocks=2, filters=16, moves_left=True, seed=1), tmp_path / "r1.pb.gz"
+        ),
         "residual-classical-value": write_net(
             random_net(blocks=1, filters=8, policy="classical", value="value", se=False, seed=2), tmp_path / "r2.pb.gz"
         ),

@@ -52,8 +52,8 @@ from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
 from lczerolens.model.policy_map import attention_policy_map
-from lczerolens.model.weights import decode_layer
 from lczerolens.model.save import Binding, bind, keep_net
+from lczerolens.model.weights import decode_layer
 
 __all__ = ["AttentionNetwork", "build_attention_network", "position_encoding_map"]
 
