@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from lczerolens._testing_attention import AttentionNetSpec, make_attention_net, write_attention_net
+from lczerolens.testing import AttentionNetSpec, make_attention_net, write_attention_net
 from lczerolens.model.native import load_pb
 from lczerolens.testing import lc0_input_planes
 
