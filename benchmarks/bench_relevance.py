@@ -78,7 +78,7 @@ def _networks(quick: bool) -> dict[str, torch.nn.Module]:
     if maia.exists():
         nets["maia-1900"] = load_pb(maia).eval()
     try:
-        from lczerolens._testing_attention import REALISTIC_ATTENTION_SPEC, AttentionNetSpec, write_attention_net
+        from lczerolens.testing import REALISTIC_ATTENTION_SPEC, AttentionNetSpec, write_attention_net
     except ImportError:
         return nets
     spec = REALISTIC_ATTENTION_SPEC if not quick else AttentionNetSpec(embedding_size=64, encoder_layers=2, heads=4)

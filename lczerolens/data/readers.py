@@ -257,6 +257,42 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"cannot read {str(path)!r} (permission denied); check its permissions")
 
 
+_MAGIC = {b"\x1f\x8b": ("gzip", ".gz"), b"\x28\xb5\x2f\xfd": ("zstandard", ".zst")}
+
+
+def _check_text(path: Path, kind: str) -> None:
+    """Refuse, naming the file, a source that is empty or not text (e.g. a network file given as the games)."""
+    what = "PGN games" if kind == "pgn" else "EPD/FEN positions"
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
+    for magic, (name, suffix) in _MAGIC.items():
+        if head.startswith(magic) and not path.name.lower().endswith(suffix):
+            raise DataError(
+                f"{str(path)!r} is {name}-compressed data, not {what} as text (is it a network file?); give a "
+                f"{kind.upper()} file, or name a compressed one with {suffix} at the end"
+            )
+    text = ""
+    try:
+        with open_text(path) as handle:
+            # The first non-blank line (and at most 4 KiB more) tells text from binary; a stream that breaks later
+            # is the readers' business (the rest is skipped and reported).
+            while not text.strip():
+                line = handle.readline(1 << 12)
+                if not line:
+                    break
+                text += line
+    except _stream_errors() as exc:
+        if not text.strip():
+            raise DataError(f"cannot read {str(path)!r} ({type(exc).__name__}: {exc}); the file is damaged") from exc
+    if "\x00" in text:
+        raise DataError(f"{str(path)!r} is binary data, not {what} as text; check the file")
+    if not text.strip():
+        raise DataError(f"{str(path)!r} is empty: it holds no {what}")
+
+
 def open_text(path: str | Path) -> TextIO:
     """Open a text file for streaming, decompressing ``.gz`` and ``.zst`` on the fly.
 
@@ -378,6 +414,7 @@ class PositionReader:
         self.kind = kind
         self.selection = selection
         _check_readable(self.path)
+        _check_text(self.path, kind)
         self.skipped: list[Skipped] = []
         self.n_skipped = 0
         self._threshold: int | None = None
@@ -507,6 +544,12 @@ class PositionReader:
             return None
         if type(root) is not chess.Board:
             self._skip(visitor.line, index, f"variant {visitor.headers.get('Variant', '?')!r}: lc0 plays only chess")
+            return None
+        if root.chess960:
+            # python-chess reads [Variant "chess960"] / "fischerandom" as chess with Chess960 castling; the readers
+            # skip it like every other variant (not checked against lc0's own Chess960 encoding).
+            self._skip(visitor.line, index, f"variant {visitor.headers.get('Variant', 'chess960')!r} (Chess960): "
+                       "lczerolens explains standard chess only")
             return None
         fen = None if root.fen() == chess.STARTING_FEN and not root.chess960 else root.fen(en_passant="fen")
         return GameRecord(self.source, index, visitor.line, fen, root.chess960, visitor.moves, [], visitor.headers)
