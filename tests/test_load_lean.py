@@ -59,3 +59,25 @@ def test_non_finite_values_are_named():
     values[2] = -np.inf
     with pytest.raises(ModelLoadError, match="value 2 is -inf"):
         decode_layer(Layer(params=values.tobytes(), encoding=Layer.Encoding.FLOAT32), "w")
+
+
+def test_large_networks_are_probed_without_the_random_planes(monkeypatch):
+    from lczerolens.model import safety
+    from lczerolens.model.native import load_pb
+    from lczerolens.model.proto import serialize_net
+    from lczerolens.testing import random_net
+
+    data = serialize_net(random_net("attention", encoder_layers=1))
+    seen: list[int] = []
+    original = safety.probe_planes
+
+    def spy(fmt, random_planes=3):
+        planes = original(fmt, random_planes)
+        seen.append(planes.shape[0])
+        return planes
+
+    monkeypatch.setattr(safety, "probe_planes", spy)
+    load_pb(data)
+    monkeypatch.setattr(safety, "LARGE_NETWORK_PARAMETERS", 1000)
+    load_pb(data)
+    assert seen == [6, 3]
