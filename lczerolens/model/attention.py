@@ -169,11 +169,12 @@ class _Weights:
                 f"weights layer {w_name} has {w.size} values where {out_size} x {in_size} = "
                 f"{in_size * out_size} are expected; the file is corrupted or its layers do not fit together."
             )
-        linear = nn.Linear(in_size, out_size, bias=b_layer is not None)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w.reshape(out_size, in_size)))
-            if b_layer is not None:
-                linear.bias.copy_(torch.from_numpy(b))
+        # Built on the meta device (no random init, no allocation), then handed the decoded arrays themselves:
+        # a 1024-wide net loads without initialising and copying every weight once more.
+        linear = nn.Linear(in_size, out_size, bias=b_layer is not None, device="meta")
+        linear.weight = nn.Parameter(torch.from_numpy(w.reshape(out_size, in_size)))
+        if b_layer is not None:
+            linear.bias = nn.Parameter(torch.from_numpy(b))
         bind(self.bindings, w_layer, linear, "weight", w_name)
         if b_layer is not None:
             bind(self.bindings, b_layer, linear, "bias", f"{name}_b")

@@ -137,5 +137,7 @@ def load_pb(path_or_bytes: str | Path | bytes | bytearray | memoryview, *, max_b
                 f"{source}: the weights cannot be built into a network ({type(exc).__name__}: {exc}); the file is "
                 "corrupted"
             ) from exc
-        check_network(network, source)
+        # An attention net's parameters are the decoded layers themselves, each checked finite by decode_layer;
+        # a residual net's convolutions were computed (batch norm folded in), so they are checked again.
+        check_network(network, source, check_parameters=not is_attention_body(net))
     return network
