@@ -826,16 +826,16 @@ def layer_rule_signal(
         # 1.0 where the favoured sign is >= 0, else 0.0: float masks, because boolean kernels (comparisons,
         # where) cost several times a float op on the CPU backend.
         own = denominator.sign().add_(1.0).clamp_(max=1.0)
-        favoured = (positive - negative).mul_(own).add_(negative)
+        favoured = torch.addcmul(negative, own, positive.sub_(negative))
         if plain:
             # base + gamma * favoured, base = z (bias absorbed) or z - b (bias left out): the denominator itself.
-            z_g = favoured.mul_(scale).add_(denominator)
+            z_g = torch.add(denominator, favoured, alpha=scale)
         else:
             z_g = favoured if b is None or not absorbed else favoured.add_(b)
         c = _ratio(r_z, z_g, epsilon)
         c_own = c * own
         c_other = c - c_own
-        if not _is_batched(c_other) and not bool(c_other.abs().amax() > 0):
+        if not _is_batched(c_other) and not bool(c_other.amax() > 0) and not bool(c_other.amin() < 0):
             # No relevance at the outputs below 0 (a convolution feeding a ReLU): half the transposed op.
             signal = op.transpose(c_own, stacked.narrow(0, 0, weight.shape[0]), shape)
         else:
