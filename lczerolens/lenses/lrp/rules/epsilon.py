@@ -760,9 +760,15 @@ def _flat_signal(op, x, weight, share):
     return torch.where(active > 0, spread / safe, 0.0)
 
 
-def _is_batched(tensor: torch.Tensor) -> bool:
-    """True inside ``vmap`` (the batched backward of conditional relevance), where no value may steer the code."""
-    return bool(torch._C._functorch.is_batchedtensor(tensor))
+def _known_zero(tensor: torch.Tensor) -> bool:
+    """True where ``tensor`` is all zeros and can be looked at: inside ``vmap`` (the batched backward of
+    conditional relevance) no value may steer the code, and the answer is False."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+        return False
+    try:
+        return not bool(tensor.amax() > 0) and not bool(tensor.amin() < 0)
+    except RuntimeError:  # a batched tensor under another wrapper
+        return False
 
 
 def _gamma_weights(
@@ -835,7 +841,7 @@ def layer_rule_signal(
         c = _ratio(r_z, z_g, epsilon)
         c_own = c * own
         c_other = c - c_own
-        if not _is_batched(c_other) and not bool(c_other.amax() > 0) and not bool(c_other.amin() < 0):
+        if _known_zero(c_other):
             # No relevance at the outputs below 0 (a convolution feeding a ReLU): half the transposed op.
             signal = op.transpose(c_own, stacked.narrow(0, 0, weight.shape[0]), shape)
         else:
