@@ -297,7 +297,9 @@ def test_grid_shares_one_scale_and_one_colour_bar() -> None:
     rng = np.random.default_rng(2)
     values = rng.normal(size=(3, 8, 8))
     values[1, 4, 4] = 10.0  # e5 of the second board: the largest value of all
-    grid = render_grid(board, values, titles=["a", "b", "c"], move=["f1b5", None, "e1g1"], caption="three", contrast="max")
+    grid = render_grid(
+        board, values, titles=["a", "b", "c"], move=["f1b5", None, "e1g1"], caption="three", contrast="max"
+    )
     assert isinstance(grid, Heatmap)
     root = ET.fromstring(grid.svg)
     assert len([el for el in root.iter() if el.get("class") == "board"]) == 3
