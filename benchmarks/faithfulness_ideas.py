@@ -11,7 +11,10 @@ Each variant changes one thing of ``LrpLens()`` (``RESIDUAL_DEFAULT``) and costs
   gradient with respect to the three logits) instead of the win-minus-loss logit;
 - ``input=z+``: the z+ rule (``gamma=inf``) on the input convolution instead of ``gamma=1``;
 - ``se=absorb``: the squeeze-excitation shift held constant;
-- ``blocks=gamma 0.25`` / ``blocks=gamma 0.05``: the block convolutions' gamma.
+- ``blocks=gamma 0.25`` / ``blocks=gamma 0.05``: the block convolutions' gamma;
+- ``gate=uniform``: the squeeze-excitation gate ``sigmoid(s1) * x`` split half/half between the gate and ``x``
+  (uniform rule), the gate's half going on through ``sigmoid`` (identity rule, its value at 0 held as a bias) to
+  the block's pooled features, instead of the gate held constant (``x`` takes all).
 
 Seed 1 is the set the default was chosen on; other seeds are held out. The piece-removal metric always
 measures the explained output of the protocol (top move's logit, win-minus-loss logit).
@@ -24,9 +27,13 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 
 from lczerolens import metrics
 from lczerolens.lenses import RESIDUAL_DEFAULT, LrpLens
+from lczerolens.lenses.lrp.lens import make_composite
+from lczerolens.lenses.lrp.rules.epsilon import IdentityRuleFunction, MulUniformFunction
+from lczerolens.model import ops
 from lczerolens.positions import DEFAULT_NET, load_positions
 
 #: Classical input: 8 history steps x (12 piece planes + 1 repetition plane), then 8 auxiliary planes.
@@ -45,10 +52,26 @@ def _blocks(gamma: float) -> dict[str, Any]:
     return {**RESIDUAL_DEFAULT, "layer_rules": rules}
 
 
+class GateUniform(nn.Module):
+    """``sigmoid(s) * x`` with the uniform rule between the gate and ``x`` (the ``gate=uniform`` variant)."""
+
+    lrp_rule = True
+
+    def forward(self, gate_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        gate = IdentityRuleFunction.apply(gate_logits, torch.sigmoid, 1e-6, 0.5)
+        return MulUniformFunction.apply(gate, x)
+
+
+def _gate_uniform_composite() -> dict:
+    composite = make_composite(1e-6, "attnlrp")
+    composite[ops.Gate] = lambda op: GateUniform()
+    return composite
+
+
 def scores(model: Any, task: metrics.Task, options: dict[str, Any], fold: str = "all",
-           value: str = "logit") -> torch.Tensor:
+           value: str = "logit", composite: Any = None) -> torch.Tensor:
     """``[N, 64]`` square scores (board orientation) of the lens with ``options``, one forward and one backward."""
-    lens = LrpLens(**options)
+    lens = LrpLens(**options, composite=composite)
     network = metrics.network_of(model)
     fmt = metrics.input_format_of(model)
     tree = lens.explaining_network(model)
@@ -90,6 +113,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "se=absorb": {"options": {**RESIDUAL_DEFAULT, "se_shift": "absorb"}},
     "blocks=gamma 0.25": {"options": _blocks(0.25)},
     "blocks=gamma 0.05": {"options": _blocks(0.05)},
+    "gate=uniform": {"composite": True},
 }
 
 
@@ -113,7 +137,9 @@ def run(positions: int, seeds: list[int], names: list[str]) -> None:
                     continue
                 t0 = time.perf_counter()
                 options = spec.get("options", RESIDUAL_DEFAULT)
-                fn = lambda m, t, o=options, s=spec: scores(m, t, o, s.get("fold", "all"), s.get("value", "logit"))  # noqa: E731
+                composite = _gate_uniform_composite() if spec.get("composite") else None
+                fn = lambda m, t, o=options, s=spec, c=composite: scores(  # noqa: E731
+                    m, t, o, s.get("fold", "all"), s.get("value", "logit"), c)
                 result = metrics.evaluate_method(model, task, fn, name=name, warmup=False)
                 if name == "default":
                     base = result.abpc
