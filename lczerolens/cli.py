@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="colour map: RdBu_r (default), coolwarm, PiYG, PuOr (diverging); Reds, Blues, Greys, viridis",
     )
     add_input_format_argument(ex)
+    ex.add_argument("--contrast", default=None, choices=("robust", "max", "power"),
+                    help="colour limit: robust (default; the top squares saturate, marked), max, power (sqrt)")
     _add_collection_commands(sub)
     return parser
 
@@ -266,6 +268,8 @@ def _add_collection_commands(sub: Any) -> None:
         help="where to write the picture, .svg or .png (default: %(default)s in the current folder, not in DIR)",
     )
     summ.add_argument("--cmap", default=None, metavar="NAME", help="colour map (default: RdBu_r)")
+    summ.add_argument("--contrast", default=None, choices=("robust", "max", "power"),
+                      help="colour limit per target: robust (default), max, power")
 
 
 def _fail(message: str, err: TextIO) -> int:
@@ -484,6 +488,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         orientation=args.orientation,
         cmap=args.cmap,
         norm="symmetric",
+        contrast=args.contrast,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = heatmap.save(out_path)
@@ -555,11 +560,15 @@ def _summarize(args: argparse.Namespace, out: TextIO) -> int:
         raise LensError(f"the run in {args.run_dir!r} has no rows to summarize")
     names = {"all": "all squares", "P": "pawn", "N": "knight", "B": "bishop", "R": "rook", "Q": "queen",
              "K": "king", "empty": "empty"}  # fmt: skip
-    values, titles = [], []
+    values, titles, keys = [], [], []
+    counts = {row["target"]: row["rows"] for row in summary["rows"]}
     for target, maps in summary["maps"].items():
         for group in SUMMARY_GROUPS:
             values.append(maps[group])
-            titles.append(f"{target}: {names[group]}")
+            # The first panel of each target says how many rows its means are over.
+            rows = f" ({counts.get(target, 0)} rows)" if group == SUMMARY_GROUPS[0] else ""
+            titles.append(f"{target}: {names[group]}{rows}")
+            keys.append(target)
     empty = chess.Board(None)
     grid = render_grid(
         empty,
@@ -568,6 +577,8 @@ def _summarize(args: argparse.Namespace, out: TextIO) -> int:
         ncols=len(SUMMARY_GROUPS),
         cmap=args.cmap,
         norm="symmetric",
+        shared_scale=keys,  # one scale per target: a value map and a move map differ in size
+        contrast=args.contrast,
         label="mean relevance",
         caption=f"mean relevance per square, {Path(args.run_dir).name}: by target (rows) and piece on the square",
     )
