@@ -196,7 +196,86 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--contrast", default=None, choices=("robust", "max", "power"),
                     help="colour limit: robust (default; the top squares saturate, marked), max, power (sqrt)")
     _add_collection_commands(sub)
+    _add_explorer_commands(sub)
     return parser
+
+
+def _add_explorer_commands(sub: Any) -> None:
+    """``serve`` (the explorer as a local page) and ``report`` (a game as one self-contained HTML file)."""
+    serve = sub.add_parser(
+        "serve",
+        help="the explorer as a local web page: step through a game, switch targets and lenses",
+        description="Serve the explorer for WEIGHTS on SOURCE (a PGN file, a FEN or nothing for the start) at "
+        "http://HOST:PORT/. Binds the loopback address unless told otherwise.",
+    )
+    serve.add_argument("weights", metavar="WEIGHTS", help="an lc0 network: .pb.gz/.pb weights or an .onnx export")
+    serve.add_argument("source", metavar="SOURCE", nargs="?", default=None, help="a PGN file or a FEN")
+    serve.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    serve.add_argument("--input-format", default=None, metavar="F", help="input format of an .onnx export")
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML file exploring a game, every ply's maps precomputed",
+        description="Explain every position of a game and write the explorer as one HTML file (scripts, styles "
+        "and data inline) that opens from disk.",
+    )
+    report.add_argument("weights", metavar="WEIGHTS", help="an lc0 network: .pb.gz/.pb weights or an .onnx export")
+    report.add_argument("pgn", metavar="GAME.pgn", help="the game(s)")
+    report.add_argument("--out", default="game.html", metavar="PATH", help="the HTML file (default: game.html)")
+    report.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
+    report.add_argument(
+        "--target", action="append", default=None, choices=["top", "value", "win", "draw", "loss"],
+        help="a target to precompute (repeat; default: top and value)",
+    )
+    report.add_argument("--lens", default="lrp", metavar="L", help="lrp (default), a preset, gradient, occlusion, ...")
+    report.add_argument("--input-format", default=None, metavar="F", help="input format of an .onnx export")
+
+
+def _load_for_explorer(args: argparse.Namespace) -> Any:
+    from lczerolens.board import InputFormat
+    from lczerolens.model import LczeroModel
+
+    fmt = None
+    if args.input_format is not None:
+        text = str(args.input_format)
+        try:
+            fmt = InputFormat(int(text)) if text.isdigit() else InputFormat[text.upper()]
+        except (KeyError, ValueError):
+            from lczerolens.errors import InvalidOptionError
+
+            names = ", ".join(f.name.lower() for f in InputFormat)
+            raise InvalidOptionError(f"unknown --input-format {text!r}; use one of {names}") from None
+    return LczeroModel.from_path(args.weights, input_format=fmt)
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    from lczerolens.explorer import ExplorerSession
+    from lczerolens.explorer.server import make_server
+
+    model = _load_for_explorer(args)
+    session = ExplorerSession(model, args.source, game=args.game)
+    server = make_server(session, args.host, args.port)
+    print(f"lczerolens explorer on {server.url} (Ctrl-C stops it)", file=out, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    import time
+
+    from lczerolens.explorer.report import write_report
+
+    start = time.perf_counter()
+    model = _load_for_explorer(args)
+    targets = args.target or ["top", "value"]
+    path = write_report(model, args.pgn, args.out, game=args.game, targets=targets, lens=args.lens)
+    size = path.stat().st_size
+    print(f"wrote {path} ({size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s", file=out)
+    return 0
 
 
 def _add_collection_commands(sub: Any) -> None:
@@ -596,7 +675,7 @@ def _summarize(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"explain": _explain, "run": _run, "summarize": _summarize}
+_COMMANDS = {"explain": _explain, "run": _run, "summarize": _summarize, "serve": _serve, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1256,3 +1256,46 @@ def render_attention(
         titles = list(titles) if titles is not None else [f"head {h}" for h in range(heads)]
         heatmap = render_grid(board, arr[:, square, :], titles=titles, caption=caption, **options)
     return _mark_squares(heatmap, square)
+
+
+def square_colors(
+    values: ValuesLike,
+    *,
+    cmap: str | Callable[[float], ColorLike] | None = None,
+    norm: str | None = None,
+    vmax: float | None = None,
+    stops: int = 33,
+) -> dict[str, Any]:
+    """The colours :func:`render_heatmap` gives each square, and its colour bar, as plain data (for web pages).
+
+    Parameters
+    ----------
+    values : array-like
+        ``[8, 8]`` (board orientation) or ``[64]`` by square.
+    cmap, norm, vmax
+        As in :func:`render_heatmap` (the same scale and colour map, so a page matches the SVG).
+    stops : int
+        How many evenly spaced colours of the colour bar to return (bottom = ``vmin`` first).
+
+    Returns
+    -------
+    dict
+        ``colors``: 64 ``"#rrggbb"`` strings by python-chess square; ``vmin``, ``vmax``: the ends of the scale;
+        ``stops``: the colour bar's colours from ``vmin`` to ``vmax``.
+
+    Example
+    -------
+    >>> out = square_colors([0.0] * 63 + [1.0])
+    >>> out["colors"][63], out["vmin"], out["vmax"], len(out["stops"])
+    ('#a50f15', 0.0, 1.0, 33)
+    """
+    squares = _as_square_values(values)
+    scale = _make_scale([squares], norm, vmax)
+    colormap = _resolve_cmap(cmap, scale)
+    n = max(int(stops), 2)
+    return {
+        "colors": [colormap(scale.t(float(v))) for v in squares],
+        "vmin": float(scale.vmin),
+        "vmax": float(scale.vmax),
+        "stops": [colormap(i / (n - 1)) for i in range(n)],
+    }
