@@ -233,7 +233,8 @@ class GameRecord:
 
 
 def source_kind(path: str | Path) -> str:
-    """``"pgn"`` or ``"epd"`` from the file name (``.pgn``, ``.pgn.gz``, ``.pgn.zst``; ``.epd``, ``.fen``, ``.txt``)."""
+    """``"pgn"``, ``"epd"`` or ``"puzzle"`` from the file name (``.pgn``; ``.epd``, ``.fen``, ``.txt``; ``.csv``: a
+    Lichess puzzle file), each optionally ``.gz`` or ``.zst``."""
     name = Path(path).name.lower()
     for compressed in (".gz", ".zst"):
         if name.endswith(compressed):
@@ -242,9 +243,11 @@ def source_kind(path: str | Path) -> str:
         return "pgn"
     if name.endswith(_EPD_SUFFIXES):
         return "epd"
+    if name.endswith(".csv"):
+        return "puzzle"
     raise DataError(
         f"cannot tell the format of {str(path)!r}: name a PGN file .pgn, .pgn.gz or .pgn.zst, or an EPD/FEN "
-        "list .epd, .fen or .txt (optionally .gz or .zst)"
+        "list .epd, .fen or .txt, or a Lichess puzzle file .csv (optionally .gz or .zst)"
     )
 
 
@@ -409,8 +412,8 @@ class PositionReader:
 
     def __init__(self, path: str | Path, kind: str, selection: Selection) -> None:
         self.path = Path(path)
-        if kind not in ("pgn", "epd"):
-            raise DataError(f"kind={kind!r}: use 'pgn' or 'epd'")
+        if kind not in ("pgn", "epd", "puzzle"):
+            raise DataError(f"kind={kind!r}: use 'pgn', 'epd' or 'puzzle'")
         self.kind = kind
         self.selection = selection
         _check_readable(self.path)
@@ -418,6 +421,9 @@ class PositionReader:
         self.skipped: list[Skipped] = []
         self.n_skipped = 0
         self._threshold: int | None = None
+
+    #: The ply of a record's one position for EPD (0) and puzzles (1: after the opponent's move).
+    _record_ply = 0
 
     @property
     def source(self) -> str:
@@ -443,7 +449,7 @@ class PositionReader:
         """The skipped games or lines of the last pass, one per line (empty when nothing was skipped)."""
         if not self.n_skipped:
             return ""
-        what = "games" if self.kind == "pgn" else "lines"
+        what = {"pgn": "games", "epd": "lines", "puzzle": "rows"}[self.kind]
         lines = [f"skipped {self.n_skipped} {what} of {self.source}:"]
         lines += [f"  {s}" for s in self.skipped]
         if self.n_skipped > len(self.skipped):
@@ -467,8 +473,9 @@ class PositionReader:
             threshold = int(sel.sample * 2**64)
         for record, n_plies in self._raw_games():
             plies = [p for p in range(n_plies + 1) if sel.eligible(p if self.kind == "pgn" else record.game)]
-            if self.kind == "epd":
-                plies = [0] if plies else []
+            if self.kind != "pgn":
+                # one position per record: an EPD line's, or a puzzle's after the opponent's move (ply 1)
+                plies = [self._record_ply] if plies else []
             if threshold is not None:
                 if isinstance(sel.sample, int):
                     plies = [p for p in plies if sel.draw(record.source, record.game, p) <= threshold]
@@ -487,7 +494,7 @@ class PositionReader:
         heap: list[int] = []  # negated draws: a max-heap of the k smallest
         sel = self.selection
         for record, n_plies in self._raw_games():
-            for p in range(n_plies + 1) if self.kind == "pgn" else [0]:
+            for p in range(n_plies + 1) if self.kind == "pgn" else [self._record_ply]:
                 if not sel.eligible(p if self.kind == "pgn" else record.game):
                     continue
                 d = sel.draw(record.source, record.game, p)
@@ -670,6 +677,10 @@ def read_positions(path: str | Path, **selection: Any) -> PositionReader:
     kind = source_kind(path)
     if kind == "pgn":
         return read_pgn(path, **selection)
+    if kind == "puzzle":
+        from lczerolens.data.puzzles import read_puzzles
+
+        return read_puzzles(path, **selection)
     unknown = set(selection) - {"every", "sample", "seed"}
     if unknown:
         raise DataError(f"{', '.join(sorted(unknown))} apply to PGN games only, not to the EPD file {path}")
