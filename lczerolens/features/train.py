@@ -116,6 +116,14 @@ class _JumpReLU(torch.autograd.Function):
 
 def _rows(model: Any, source: Any, module: str, board_batch: int, epochs: int | None) -> Iterator[torch.Tensor]:
     """``[n*64, C]`` chunks of rows, epoch after epoch (``None``: until the caller stops)."""
+    if isinstance(source, torch.Tensor):
+        # Precomputed rows (e.g. from module_tokens): no forward pass, read epoch after epoch.
+        rows = as_tokens(source).flatten(0, 1) if source.dim() != 2 else source
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            yield from rows.to(torch.float32).split(board_batch * 64)
+            epoch += 1
+        return
     repeatable = isinstance(source, (str, Path)) or isinstance(source, (list, tuple))
     epoch = 0
     while epochs is None or epoch < epochs:
@@ -181,8 +189,10 @@ def train_sae(
     Parameters
     ----------
     model : LczeroModel or network
-    source : board, sequence of boards or ``Position``s, or a PGN / EPD path
-        The positions (with their history). A path or a list can be read for several epochs.
+    source : board, sequence of boards or ``Position``s, a PGN / EPD path, or a tensor
+        The positions (with their history). A path or a list can be read for several epochs. A tensor is taken
+        as the module's activations already computed (``[M, C]`` rows, or any layout :func:`module_tokens`
+        reads), so several epochs cost no forward pass.
     module : str
         A module name as :class:`~lczerolens.lenses.ActivationLens` names it (e.g. ``"block3/conv2/relu"``).
     features : int
