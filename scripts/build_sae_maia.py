@@ -32,7 +32,7 @@ def fens(path: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--features", type=int, default=1024)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -64,7 +64,7 @@ def main() -> None:
         features=args.features,
         k=args.k,
         steps=args.steps,
-        batch_size=4096,
+        batch_size=2048,
         lr=2e-3,
         seed=args.seed,
         buffer_tokens=1 << 16,
