@@ -52,7 +52,7 @@ def sae_metrics(model: Any, sae: SAE, module: str, boards: Any, *, batch_size: i
         x = encode_boards(part, input_format)
         seen: dict[str, torch.Tensor] = {}
 
-        def splice(out: torch.Tensor, n: int = len(part)) -> torch.Tensor:
+        def splice(out: torch.Tensor, n: int = len(part), seen: dict[str, torch.Tensor] = seen) -> torch.Tensor:
             tokens = as_tokens(out, n).to(torch.float32)
             f = sae.encode(tokens)
             seen["x"], seen["f"] = tokens, f

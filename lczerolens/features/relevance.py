@@ -161,7 +161,8 @@ def feature_relevance(
     Example
     -------
     >>> rel = feature_relevance(model, board, sae, "block3/conv2/relu", [17])  # doctest: +SKIP
-    >>> both = feature_relevance(model, board, sae, "block3/conv2/relu", [list(range(sae.d_sae)), "error"])  # doctest: +SKIP
+    >>> groups = [list(range(sae.d_sae)), "error"]  # doctest: +SKIP
+    >>> both = feature_relevance(model, board, sae, "block3/conv2/relu", groups)  # doctest: +SKIP
     """
     from lczerolens.lenses import LrpLens
 
