@@ -10,7 +10,7 @@
 Example
 -------
 >>> from lczerolens.features import load_sae
->>> load_sae("assets/saes/maia-1900-block3").architecture
+>>> load_sae("assets/saes/maia-1900-block3").architecture  # doctest: +SKIP
 'topk'
 """
 

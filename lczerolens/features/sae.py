@@ -212,8 +212,8 @@ def load_sae(path: str | Path) -> SAE:
 
     Example
     -------
-    >>> sae = load_sae("assets/saes/maia-1900-block3")
-    >>> sae.d_in, sae.d_sae
+    >>> sae = load_sae("assets/saes/maia-1900-block3")  # doctest: +SKIP
+    >>> sae.d_in, sae.d_sae  # doctest: +SKIP
     (64, 1024)
     """
     from safetensors import safe_open
