@@ -74,7 +74,9 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
 
 
 def test_train_and_metrics_small(model: LczeroModel, boards: list[LczeroBoard]) -> None:
-    sae = train_sae(model, boards, MODULE, features=64, k=4, steps=20, batch_size=128, progress=False, seed=0)
+    sae = train_sae(
+        model, boards, MODULE, features=64, k=4, steps=20, batch_size=128, buffer_tokens=512, progress=False, seed=0
+    )
     x = module_tokens(model, boards, MODULE)
     f = sae.encode(x)
     assert f.shape == (4, 64, 64) and int((f > 0).sum(-1).max()) <= 4
@@ -82,12 +84,16 @@ def test_train_and_metrics_small(model: LczeroModel, boards: list[LczeroBoard]) 
     assert set(m) >= {"fve", "l0", "dead", "kl", "value_error"}
     assert m["l0"] <= 4 and 0 <= m["dead"] <= 1 and m["kl"] >= 0
     # Same seed, same SAE.
-    again = train_sae(model, boards, MODULE, features=64, k=4, steps=20, batch_size=128, progress=False, seed=0)
+    again = train_sae(
+        model, boards, MODULE, features=64, k=4, steps=20, batch_size=128, buffer_tokens=512, progress=False, seed=0
+    )
     assert torch.equal(again.W_dec, sae.W_dec)
 
 
 def test_feature_relevance_sums_to_lrp(model: LczeroModel, boards: list[LczeroBoard]) -> None:
-    sae = train_sae(model, boards, MODULE, features=64, k=4, steps=10, batch_size=128, progress=False, seed=0)
+    sae = train_sae(
+        model, boards, MODULE, features=64, k=4, steps=10, batch_size=128, buffer_tokens=512, progress=False, seed=0
+    )
     half = list(range(32))
     rel = feature_relevance(model, boards, sae, MODULE, [half, list(range(32, 64)), "error"])
     plain = LrpLens().relevance(model, boards)
@@ -95,10 +101,10 @@ def test_feature_relevance_sums_to_lrp(model: LczeroModel, boards: list[LczeroBo
     total = parts.sum(1)
     assert (total - plain.planes).abs().max() <= 1e-3 * plain.planes.abs().max()
     # The network's output is untouched, and one feature group's map is not empty.
-    assert torch.allclose(rel.outputs["policy"][::3], model(boards)["policy"], atol=1e-5)
+    assert torch.allclose(rel.outputs["policy"][::3], model(boards)["policy"], atol=1e-4)
     assert parts[:, 0].abs().sum() > 0
     single = feature_relevance(model, boards[:1], sae, MODULE, "error")
-    assert torch.allclose(single.planes, parts[:1, 2], atol=1e-6)
+    assert (single.planes - parts[:1, 2]).abs().max() <= 1e-4 * parts[:1, 2].abs().max()
 
 
 def test_shipped_sae_on_held_out_positions(model: LczeroModel) -> None:
