@@ -52,6 +52,7 @@ from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
 from lczerolens.model.policy_map import attention_policy_map
+from lczerolens.model.save import Binding, bind, keep_net
 from lczerolens.model.weights import decode_layer
 
 __all__ = ["AttentionNetwork", "build_attention_network", "position_encoding_map"]
@@ -120,6 +121,8 @@ class _Weights:
 
     def __init__(self, net: Any) -> None:
         self.encoding = int(net.format.weights_encoding) or _LINEAR16
+        # What each weight layer became, for LczeroModel.save (see lczerolens.model.save).
+        self.bindings: list[Binding] = []
 
     def get(self, layer: Any, name: str) -> np.ndarray:
         """The layer's values (empty when absent)."""
@@ -170,6 +173,9 @@ class _Weights:
             linear.weight.copy_(torch.from_numpy(w.reshape(out_size, in_size)))
             if b_layer is not None:
                 linear.bias.copy_(torch.from_numpy(b))
+        bind(self.bindings, w_layer, linear, "weight", w_name)
+        if b_layer is not None:
+            bind(self.bindings, b_layer, linear, "bias", f"{name}_b")
         return linear
 
     def layer_norm(self, gammas: Any, betas: Any, name: str, size: int, eps: float) -> ops.LayerNorm:
@@ -177,6 +183,8 @@ class _Weights:
         with torch.no_grad():
             ln.weight.copy_(torch.from_numpy(self.need(gammas, f"{name}_gammas", size)))
             ln.bias.copy_(torch.from_numpy(self.need(betas, f"{name}_betas", size)))
+        bind(self.bindings, gammas, ln, "weight", f"{name}_gammas")
+        bind(self.bindings, betas, ln, "bias", f"{name}_betas")
         return ln
 
 
@@ -562,8 +570,10 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     network.gates = (mult.size > 0, addg.size > 0)
     if mult.size:
         network.ip_mul_gate = nn.Parameter(torch.from_numpy(mult.reshape(embedding, 64).T.copy()))
+        bind(rd.bindings, w.ip_mult_gate, network, "ip_mul_gate", "ip_mult_gate", transpose=True)
     if addg.size:
         network.ip_add_gate = nn.Parameter(torch.from_numpy(addg.reshape(embedding, 64).T.copy()))
+        bind(rd.bindings, w.ip_add_gate, network, "ip_add_gate", "ip_add_gate", transpose=True)
     if embedding_kind == "PE_DENSE":
         ffn = w.ip_emb_ffn
         dense1 = rd.linear(ffn.dense1_w, ffn.dense1_b, "ip_emb_ffn.dense1", in_size=embedding)
@@ -648,5 +658,6 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     if network.mlh:
         parts.append("moves left")
     network.description = ", ".join(parts) + "; native lc0 weights"
+    keep_net(network, net, rd.bindings)
     network.eval()
     return network
