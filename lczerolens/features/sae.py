@@ -244,6 +244,8 @@ def load_sae(path: str | Path) -> SAE:
     d_in, d_sae, k = cfg.get("d_in"), cfg.get("d_sae"), cfg.get("k")
     if not isinstance(d_in, int) or not isinstance(d_sae, int):
         raise DataError(f"{cfg_path}: d_in and d_sae must be integers, got {d_in!r}, {d_sae!r}")
+    if arch == "topk" and (not isinstance(k, int) or isinstance(k, bool)):
+        raise DataError(f"{cfg_path}: a topk SAE needs an integer k, got {k!r}")
     metadata = cfg.get("metadata", {})
     if not isinstance(metadata, dict):
         raise DataError(f"{cfg_path}: metadata must be an object")
