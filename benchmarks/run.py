@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda: onnx_yardstick(repeats=3 if args.quick else 20),
             dict_table,
         ),
+        _section("BT4-shaped attention net vs onnxruntime", _module_run("bench_bt4", **quick, **threads), dict_table),
         # Last: its final measurement changes glibc's malloc settings for the rest of the process.
         _section("Lenses beside LRP", _module_run("bench_lenses", **quick, **threads), dict_table),
     ]

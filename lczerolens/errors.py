@@ -61,5 +61,9 @@ class InvalidOptionError(LczeroLensError, ValueError):
     """An option (a device, a dtype, a limit) that lczerolens cannot honour."""
 
 
+class SaveError(LczeroLensError, OSError):
+    """Weights that cannot be written: a missing folder, an unwritable path, a full disk."""
+
+
 class InputFormatWarning(UserWarning):
     """A network loaded with an assumed input format (an ONNX export records none): pass ``input_format=``."""

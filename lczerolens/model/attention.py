@@ -51,7 +51,9 @@ from torch import nn
 from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
+from lczerolens.model.netformat import resolve_network_format
 from lczerolens.model.policy_map import attention_policy_map
+from lczerolens.model.save import Binding, bind, keep_net
 from lczerolens.model.weights import decode_layer
 
 __all__ = ["AttentionNetwork", "build_attention_network", "position_encoding_map"]
@@ -120,6 +122,8 @@ class _Weights:
 
     def __init__(self, net: Any) -> None:
         self.encoding = int(net.format.weights_encoding) or _LINEAR16
+        # What each weight layer became, for LczeroModel.save (see lczerolens.model.save).
+        self.bindings: list[Binding] = []
 
     def get(self, layer: Any, name: str) -> np.ndarray:
         """The layer's values (empty when absent)."""
@@ -165,11 +169,15 @@ class _Weights:
                 f"weights layer {w_name} has {w.size} values where {out_size} x {in_size} = "
                 f"{in_size * out_size} are expected; the file is corrupted or its layers do not fit together."
             )
-        linear = nn.Linear(in_size, out_size, bias=b_layer is not None)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w.reshape(out_size, in_size)))
-            if b_layer is not None:
-                linear.bias.copy_(torch.from_numpy(b))
+        # Built on the meta device (no random init, no allocation), then handed the decoded arrays themselves:
+        # a 1024-wide net loads without initialising and copying every weight once more.
+        linear = nn.Linear(in_size, out_size, bias=b_layer is not None, device="meta")
+        linear.weight = nn.Parameter(torch.from_numpy(w.reshape(out_size, in_size)))
+        if b_layer is not None:
+            linear.bias = nn.Parameter(torch.from_numpy(b))
+        bind(self.bindings, w_layer, linear, "weight", w_name)
+        if b_layer is not None:
+            bind(self.bindings, b_layer, linear, "bias", f"{name}_b")
         return linear
 
     def layer_norm(self, gammas: Any, betas: Any, name: str, size: int, eps: float) -> ops.LayerNorm:
@@ -177,6 +185,8 @@ class _Weights:
         with torch.no_grad():
             ln.weight.copy_(torch.from_numpy(self.need(gammas, f"{name}_gammas", size)))
             ln.bias.copy_(torch.from_numpy(self.need(betas, f"{name}_betas", size)))
+        bind(self.bindings, gammas, ln, "weight", f"{name}_gammas")
+        bind(self.bindings, betas, ln, "bias", f"{name}_betas")
         return ln
 
 
@@ -466,8 +476,6 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     ('policy', 'wdl', 'mlh')
     """
     # What lc0 makes of the file's format (older files leave fields out; lc0 fills them in on loading).
-    from lczerolens.model.native import resolve_network_format
-
     nf = resolve_network_format(net)
     structure = int(nf.network)
     if structure not in (_NETWORK_ATTENTIONBODY, _NETWORK_ATTENTIONBODY_MULTIHEAD):
@@ -562,8 +570,10 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     network.gates = (mult.size > 0, addg.size > 0)
     if mult.size:
         network.ip_mul_gate = nn.Parameter(torch.from_numpy(mult.reshape(embedding, 64).T.copy()))
+        bind(rd.bindings, w.ip_mult_gate, network, "ip_mul_gate", "ip_mult_gate", transpose=True)
     if addg.size:
         network.ip_add_gate = nn.Parameter(torch.from_numpy(addg.reshape(embedding, 64).T.copy()))
+        bind(rd.bindings, w.ip_add_gate, network, "ip_add_gate", "ip_add_gate", transpose=True)
     if embedding_kind == "PE_DENSE":
         ffn = w.ip_emb_ffn
         dense1 = rd.linear(ffn.dense1_w, ffn.dense1_b, "ip_emb_ffn.dense1", in_size=embedding)
@@ -648,5 +658,6 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     if network.mlh:
         parts.append("moves left")
     network.description = ", ".join(parts) + "; native lc0 weights"
+    keep_net(network, net, rd.bindings)
     network.eval()
     return network

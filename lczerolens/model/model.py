@@ -275,6 +275,51 @@ class LczeroModel(nn.Module):
             )
         return model
 
+    def save(self, path: str | Path, *, encoding: str = "LINEAR16") -> Path:
+        """Write the network as lc0 weights (``.pb.gz``; ``.pb`` uncompressed), as it is now.
+
+        The model must come from lc0 weights (``.pb.gz``/``.pb``, or a net of :mod:`lczerolens.testing`): every
+        weight layer of the original file is written from the module's current tensor, so parameters edited in
+        place (a zeroed head, an ablated channel, a trained net) are saved; the file's format and other fields
+        are kept. Convolutions are written with their batch norm folded in (lc0 reads both). The file is written
+        atomically (a temporary file renamed into place).
+
+        Parameters
+        ----------
+        path
+            Where to write; the folder must exist.
+        encoding
+            ``"LINEAR16"`` (default: what lc0 0.32 reads; each layer quantised to 65536 levels between its min
+            and max, error at most ``(max - min) / 131070``), ``"FLOAT32"`` (lossless: load -> save -> load is
+            exact; such files ask for lc0 0.33, which reads them), ``"FLOAT16"`` or ``"BFLOAT16"``.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        UnsupportedModelError
+            The model was loaded from an ``.onnx`` export (or is a module of your own): there are no lc0 weights
+            to write.
+        InvalidOptionError
+            A non-finite parameter, an unknown encoding, or values beyond FLOAT16's range.
+        SaveError
+            The path cannot be written.
+
+        Examples
+        --------
+        >>> model = LczeroModel.from_path("assets/cache/maia-1900.pb.gz")  # doctest: +SKIP
+        >>> with torch.no_grad():  # doctest: +SKIP
+        ...     model.network._modules["block3/conv2"].weight[17].zero_()  # ablate channel 17
+        >>> model.save("maia-ablated.pb.gz")  # doctest: +SKIP
+        PosixPath('maia-ablated.pb.gz')
+        """
+        from lczerolens.model.save import save_network
+
+        return save_network(self.network, path, encoding=encoding)
+
     # ------------------------------------------------------------------ properties
 
     @property

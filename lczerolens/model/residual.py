@@ -44,6 +44,7 @@ from lczerolens.errors import InputShapeError, ModelLoadError, UnsupportedModelE
 from lczerolens.model import ops
 from lczerolens.model.policy_map import CONV_POLICY_PLANES, attention_policy_map, conv_policy_map
 from lczerolens.model.proto import ConvBlock, Layer, Net, NetworkFormat
+from lczerolens.model.save import Binding, bind, keep_net
 from lczerolens.model.weights import decode_layer
 
 __all__ = ["ResidualNetwork", "build_residual_network"]
@@ -57,6 +58,24 @@ class _Decoder:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        # What each weight layer became, for LczeroModel.save (see lczerolens.model.save).
+        self.bindings: list[Binding] = []
+        self.folded: list[tuple[ConvBlock, int]] = []
+
+    def conv_module(self, block: ConvBlock, path: str, out_ch: int, in_ch: int, k: int) -> nn.Conv2d:
+        """The folded convolution of ``block``, bound to its layers."""
+        m = _conv(*self.conv(block, path, out_ch, in_ch, k))
+        bind(self.bindings, block.weights, m, "weight", f"{path}.weights")
+        bind(self.bindings, block.biases, m, "bias", f"{path}.biases")
+        self.folded.append((block, out_ch))
+        return m
+
+    def dense_module(self, w: Layer, b: Layer, path_w: str, path_b: str, out: int, inp: int) -> nn.Linear:
+        """A dense layer from ``w`` ``[out, inp]`` and ``b`` ``[out]``, bound to them."""
+        m = _linear(*self.dense(w, b, path_w, path_b, out, inp))
+        bind(self.bindings, w, m, "weight", path_w)
+        bind(self.bindings, b, m, "bias", path_b)
+        return m
 
     def layer(self, layer: Layer, path: str, size: int | None = None, required: bool = True) -> np.ndarray:
         values = decode_layer(layer, f"{self.source}: {path}")
@@ -300,54 +319,57 @@ def build_residual_network(net: Net, nf: NetworkFormat, source: str = "lc0 weigh
     )
     add = network.add_module
 
-    add("inputconv", _conv(*dec.conv(w.input, "weights.input", filters, 112, 3)))
+    add("inputconv", dec.conv_module(w.input, "weights.input", filters, 112, 3))
     add(f"inputconv/{act}", ops.Activation(act))
     for i, res in enumerate(w.residual):
         p, path = f"block{i}", f"weights.residual[{i}]"
-        add(f"{p}/conv1", _conv(*dec.conv(res.conv1, f"{path}.conv1", filters, filters, 3)))
+        add(f"{p}/conv1", dec.conv_module(res.conv1, f"{path}.conv1", filters, filters, 3))
         add(f"{p}/conv1/{act}", ops.Activation(act))
-        add(f"{p}/conv2", _conv(*dec.conv(res.conv2, f"{path}.conv2", filters, filters, 3)))
+        add(f"{p}/conv2", dec.conv_module(res.conv2, f"{path}.conv2", filters, filters, 3))
         if res.has("se"):
             b1 = dec.layer(res.se.b1, f"{path}.se.b1")
             se_ch = b1.size
-            add(f"{p}/conv2/se/matmul1", _linear(*dec.dense(res.se.w1, res.se.b1, f"{path}.se.w1",
-                                                             f"{path}.se.b1", se_ch, filters)))
+            add(f"{p}/conv2/se/matmul1", dec.dense_module(res.se.w1, res.se.b1, f"{path}.se.w1",
+                                                             f"{path}.se.b1", se_ch, filters))
             add(f"{p}/conv2/se/{act}", ops.Activation(act))
-            add(f"{p}/conv2/se/matmul2", _linear(*dec.dense(res.se.w2, res.se.b2, f"{path}.se.w2",
-                                                             f"{path}.se.b2", 2 * filters, se_ch)))
+            add(f"{p}/conv2/se/matmul2", dec.dense_module(res.se.w2, res.se.b2, f"{path}.se.w2",
+                                                             f"{path}.se.b2", 2 * filters, se_ch))
             add(f"{p}/conv2/se/mul", ops.Gate())
         add(f"{p}/conv2/{act}", ops.Activation(act))
 
     if policy == "conv":
-        add("policy/conv1", _conv(*dec.conv(w.policy1, "weights.policy1", filters, filters, 3)))
+        add("policy/conv1", dec.conv_module(w.policy1, "weights.policy1", filters, filters, 3))
         add(f"policy/conv1/{act}", ops.Activation(act))
-        add("policy/conv2", _conv(*dec.conv(w.policy, "weights.policy", CONV_POLICY_PLANES, filters, 3)))
+        add("policy/conv2", dec.conv_module(w.policy, "weights.policy", CONV_POLICY_PLANES, filters, 3))
     elif policy == "attention":
         emb = dec.layer(w.ip_pol_b, "weights.ip_pol_b").size
         d_model = dec.layer(w.ip2_pol_b, "weights.ip2_pol_b").size
-        add("policy/dense1", _linear(*dec.dense(w.ip_pol_w, w.ip_pol_b, "weights.ip_pol_w", "weights.ip_pol_b",
-                                                emb, filters)))
+        add("policy/dense1", dec.dense_module(w.ip_pol_w, w.ip_pol_b, "weights.ip_pol_w", "weights.ip_pol_b",
+                                                emb, filters))
         # lc0 uses SELU here for every residual-body net (the default activation only for attention bodies).
         add("policy/dense1/selu", ops.Activation("selu"))
-        add("policy/Q", _linear(*dec.dense(w.ip2_pol_w, w.ip2_pol_b, "weights.ip2_pol_w", "weights.ip2_pol_b",
-                                           d_model, emb)))
-        add("policy/K", _linear(*dec.dense(w.ip3_pol_w, w.ip3_pol_b, "weights.ip3_pol_w", "weights.ip3_pol_b",
-                                           d_model, emb)))
+        add("policy/Q", dec.dense_module(w.ip2_pol_w, w.ip2_pol_b, "weights.ip2_pol_w", "weights.ip2_pol_b",
+                                           d_model, emb))
+        add("policy/K", dec.dense_module(w.ip3_pol_w, w.ip3_pol_b, "weights.ip3_pol_w", "weights.ip3_pol_b",
+                                           d_model, emb))
         add("policy/matmul", ops.MatMul())
         promo = dec.layer(w.ip4_pol_w, "weights.ip4_pol_w", 4 * d_model).reshape(4, d_model)
-        add("policy/promotion/matmul", _linear(promo, None))
+        promotion = _linear(promo, None)
+        bind(dec.bindings, w.ip4_pol_w, promotion, "weight", "weights.ip4_pol_w")
+        add("policy/promotion/matmul", promotion)
         network.policy_scale = float(np.float32(1.0) / np.sqrt(np.float32(d_model)))
     else:
         pol_ch = _channels(dec, w.policy, "weights.policy", filters)
-        add("policy/conv", _conv(*dec.conv(w.policy, "weights.policy", pol_ch, filters, 1)))
+        add("policy/conv", dec.conv_module(w.policy, "weights.policy", pol_ch, filters, 1))
         add(f"policy/conv/{act}", ops.Activation(act))
-        add("policy/dense", _linear(*dec.dense(w.ip_pol_w, w.ip_pol_b, "weights.ip_pol_w", "weights.ip_pol_b",
-                                               1858, pol_ch * 64)))
+        add("policy/dense", dec.dense_module(w.ip_pol_w, w.ip_pol_b, "weights.ip_pol_w", "weights.ip_pol_b",
+                                               1858, pol_ch * 64))
 
     _add_scalar_head(add, dec, w, act, filters, "value", "value", "val", 3 if wdl else 1)
     if mlh:
         _add_scalar_head(add, dec, w, act, filters, "mlh", "moves_left", "mov", 1)
         add("output/mlh", ops.Activation("relu"))
+    keep_net(network, net, dec.bindings, tuple(dec.folded))
     network.eval()
     return network
 
@@ -369,15 +391,15 @@ def _add_scalar_head(
     ``dense_tag`` its dense layers' infix (``ip1_val_w``, ``ip2_mov_b``, ...).
     """
     channels = _channels(dec, getattr(w, conv_field), f"weights.{conv_field}", filters)
-    add(f"{name}/conv", _conv(*dec.conv(getattr(w, conv_field), f"weights.{conv_field}", channels, filters, 1)))
+    add(f"{name}/conv", dec.conv_module(getattr(w, conv_field), f"weights.{conv_field}", channels, filters, 1))
     add(f"{name}/conv/{act}", ops.Activation(act))
     w1, b1, w2, b2 = (f"ip{i}_{dense_tag}_{k}" for i in (1, 2) for k in ("w", "b"))
     hidden = dec.layer(getattr(w, b1), f"weights.{b1}").size
-    add(f"{name}/dense1", _linear(*dec.dense(getattr(w, w1), getattr(w, b1), f"weights.{w1}", f"weights.{b1}",
-                                             hidden, channels * 64)))
+    add(f"{name}/dense1", dec.dense_module(getattr(w, w1), getattr(w, b1), f"weights.{w1}", f"weights.{b1}",
+                                             hidden, channels * 64))
     add(f"{name}/dense1/{act}", ops.Activation(act))
-    add(f"{name}/dense2", _linear(*dec.dense(getattr(w, w2), getattr(w, b2), f"weights.{w2}", f"weights.{b2}",
-                                             outputs, hidden)))
+    add(f"{name}/dense2", dec.dense_module(getattr(w, w2), getattr(w, b2), f"weights.{w2}", f"weights.{b2}",
+                                             outputs, hidden))
 
 
 def _channels(dec: _Decoder, block: ConvBlock, path: str, filters: int) -> int:

@@ -5,14 +5,15 @@
   2 GiB is protobuf's own limit for one serialized message (2**31 - 1 bytes), which both an lc0 weights file
   (one ``Net`` message) and an ONNX file without external data already have to respect; lc0's published nets
   are far smaller (maia-1900 is 1.7 MB decompressed).
-- :func:`check_network` runs a probe batch (the start position, another position, all-ones and random planes)
-  through a freshly built network and refuses it (:class:`~lczerolens.errors.ModelLoadError`, naming the first
-  module whose output is not finite or absurdly large) when the forward fails or any parameter is not finite,
-  so that a bad file fails at load, never later.
+- :func:`check_network` runs a probe batch (the start position, another position, all-ones planes and, below
+  :data:`LARGE_NETWORK_PARAMETERS`, random planes) through a freshly built network and refuses it
+  (:class:`~lczerolens.errors.ModelLoadError`, naming the first module whose output is not finite or absurdly
+  large) when the forward fails or any parameter is not finite, so that a bad file fails at load, never later.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,8 @@ if TYPE_CHECKING:  # torch is imported by the functions that need it: the weight
     from torch import nn
 
 __all__ = [
-    "ACTIVATION_LIMIT", "DEFAULT_MAX_BYTES", "MAX_RATIO", "RATIO_FLOOR_BYTES", "check_network", "max_bytes_limit",
-    "probe_planes",
+    "ACTIVATION_LIMIT", "DEFAULT_MAX_BYTES", "LARGE_NETWORK_PARAMETERS", "MAX_RATIO", "RATIO_FLOOR_BYTES",
+    "check_network", "max_bytes_limit", "probe_planes",
 ]
 
 #: Default cap on the bytes a loader reads or decompresses.
@@ -56,10 +57,18 @@ def max_bytes_limit(max_bytes: int | None = None) -> int:
     return max_bytes
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    import torch
+def _extremes(t: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a non-empty float tensor in one pass without a temporary (NaN when it holds one)."""
+    lo, hi = t.detach().aminmax()
+    return float(lo), float(hi)
 
-    return not t.is_floating_point() or bool(torch.isfinite(t).all())
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # min and max propagate NaN and show an infinity: far cheaper than torch.isfinite(t).all() on a large net.
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    lo, hi = _extremes(t)
+    return math.isfinite(lo) and math.isfinite(hi)
 
 
 #: Largest activation magnitude accepted on the probe inputs. Real networks stay in the hundreds there
@@ -70,10 +79,16 @@ ACTIVATION_LIMIT = 1e12
 _PROBE_FENS = ("r3k2r/p1ppqpb1/bn2pnp1/3PN3/1p2P3/2N2Q1p/PPPBBPPP/R3K2R b KQkq - 10 20",)
 
 
-def probe_planes(input_format) -> torch.Tensor:
-    """The sanity check's inputs ``[6, 112, 8, 8]``: the start position and another real one (encoded in
-    ``input_format``), all planes set to one (every input weight takes part), and three seeded random binary
-    planes."""
+#: Networks with more parameters than this are probed without the random planes: three positions instead of
+#: six halve the probe, the largest part of loading a BT4-sized net (160M parameters), while every input weight
+#: still takes part (the all-ones planes).
+LARGE_NETWORK_PARAMETERS = 20_000_000
+
+
+def probe_planes(input_format, random_planes: int = 3) -> torch.Tensor:
+    """The sanity check's inputs ``[3 + random_planes, 112, 8, 8]``: the start position and another real one
+    (encoded in ``input_format``), all planes set to one (every input weight takes part), and
+    ``random_planes`` seeded random binary planes."""
     import torch
 
     from lczerolens.board import LczeroBoard
@@ -81,7 +96,7 @@ def probe_planes(input_format) -> torch.Tensor:
     boards = [LczeroBoard()] + [LczeroBoard(fen) for fen in _PROBE_FENS]
     real = [b.to_input_tensor(input_format) for b in boards]
     gen = torch.Generator().manual_seed(0)
-    noise = [torch.bernoulli(torch.full((112, 8, 8), 0.3), generator=gen) for _ in range(3)]
+    noise = [torch.bernoulli(torch.full((112, 8, 8), 0.3), generator=gen) for _ in range(random_planes)]
     return torch.stack(real + [torch.ones(112, 8, 8)] + noise)
 
 
@@ -89,8 +104,9 @@ def _magnitude(t: torch.Tensor) -> float:
     """Largest |value| of a float tensor (inf when it holds NaN or inf)."""
     if not t.is_floating_point() or t.numel() == 0:
         return 0.0
-    m = t.detach().abs().amax().item()
-    return m if m == m else float("inf")
+    lo, hi = _extremes(t)
+    m = max(-lo, hi)
+    return m if lo == lo and hi == hi else float("inf")
 
 
 def _run_probe(network: nn.Module, planes: torch.Tensor, limit: float):
@@ -126,13 +142,17 @@ def _run_probe(network: nn.Module, planes: torch.Tensor, limit: float):
     return out, (found[0] if found else None)
 
 
-def check_network(network: nn.Module, source: str) -> None:
+def check_network(network: nn.Module, source: str, *, check_parameters: bool = True) -> None:
     """Refuse ``network`` unless its parameters are finite and it computes sane outputs on a probe batch.
 
-    The probe (:func:`probe_planes`: the start position, another position, all-ones planes and seeded random
-    planes) runs under ``torch.no_grad`` (never inference mode: a module caching a tensor on its first call must
-    not keep an inference tensor). Every module's output must be finite and, in float32 or wider, below
+    The probe (:func:`probe_planes`: the start position, another position, all-ones planes and, for networks
+    up to :data:`LARGE_NETWORK_PARAMETERS` parameters, three seeded random planes) runs under
+    ``torch.no_grad`` (never inference mode: a module caching a tensor on its first call must not keep an
+    inference tensor). Every module's output must be finite and, in float32 or wider, below
     :data:`ACTIVATION_LIMIT` in magnitude; every head must have one row per input.
+
+    ``check_parameters=False`` skips the parameters' finiteness check, for a loader that already checked every
+    value it put into them (the native attention builder: its parameters are the decoded layers themselves).
 
     Raises
     ------
@@ -149,6 +169,8 @@ def check_network(network: nn.Module, source: str) -> None:
     from lczerolens.board import InputFormat
 
     for kind, named in (("parameter", network.named_parameters()), ("buffer", network.named_buffers())):
+        if kind == "parameter" and not check_parameters:
+            continue
         for name, tensor in named:
             if not _all_finite(tensor):
                 raise ModelLoadError(
@@ -159,7 +181,8 @@ def check_network(network: nn.Module, source: str) -> None:
     param = next(network.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
-    planes = probe_planes(fmt).to(device=device, dtype=dtype)
+    size = sum(p.numel() for p in network.parameters())
+    planes = probe_planes(fmt, 0 if size > LARGE_NETWORK_PARAMETERS else 3).to(device=device, dtype=dtype)
     limit = ACTIVATION_LIMIT if torch.finfo(dtype).bits >= 32 else float(torch.finfo(dtype).max)
     try:
         out, bad = _run_probe(network, planes, limit)

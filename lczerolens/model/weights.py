@@ -89,16 +89,19 @@ def decode_layer(layer: Layer, name: str = "layer", default_encoding: int = Enco
                 f"{name}: LINEAR16 range min_val={layer.min_val!r}, max_val={layer.max_val!r} is not finite; the "
                 "file is corrupted."
             )
-        q = np.frombuffer(params, dtype="<u2").astype(np.float32)
-        # Same float32 operation order as lc0: q / 65535 * range + min.
-        values = q / np.float32(65535.0) * span + lo
+        values = np.frombuffer(params, dtype="<u2").astype(np.float32)
+        # Same float32 operation order as lc0: q / 65535 * range + min (in place: one array, not three).
+        values /= np.float32(65535.0)
+        values *= span
+        values += lo
     elif enc == Encoding.FLOAT16:
         values = np.frombuffer(params, dtype="<f2").astype(np.float32)
     elif enc == Encoding.BFLOAT16:
         values = (np.frombuffer(params, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
     else:
         values = np.frombuffer(params, dtype="<f4").astype(np.float32)
-    if not np.isfinite(values).all():
+    # max and min propagate NaN: two passes without a temporary array; the slow search only on failure.
+    if values.size and not (np.isfinite(values.max()) and np.isfinite(values.min())):
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise ModelLoadError(
             f"{name}: value {bad} is {values[bad]} ({enc.name}); weights must be finite, the file is corrupted."
