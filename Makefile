@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_FEN ?= r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3
 
-.PHONY: install assets test lint typecheck docs bench fuzz demo clean
+.PHONY: install assets test lint typecheck docs bench fuzz demo notebook clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ fuzz: assets
 demo: assets
 	mkdir -p demo
 	$(BIN)/lczerolens explain assets/cache/maia-1900.pb.gz "$(DEMO_FEN)" --out demo/heatmap.svg
+
+# Opens notebooks/ in JupyterLab (installed into the venv on first use; not part of `make install`).
+notebook: assets
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet jupyterlab
+	$(BIN)/jupyter lab notebooks/
 
 clean:
 	rm -rf $(VENV) assets/cache demo bench-results site

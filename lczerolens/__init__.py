@@ -49,6 +49,7 @@ _LAZY = {
     "Heatmap": "lczerolens.visual",
     "Evaluation": "lczerolens.model",
     "encode_boards": "lczerolens.board",
+    "explore": "lczerolens.explorer",
 }
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "Evaluation",
     "Heatmap",
     "encode_boards",
+    "explore",
     "render_grid",
     "InputFormat",
     "InputFormatError",

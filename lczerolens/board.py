@@ -43,7 +43,7 @@ import chess
 import numpy as np
 import torch
 
-from lczerolens.errors import InputFormatError, InputShapeError, InvalidBoardError, InvalidMoveError
+from lczerolens.errors import InputFormatError, InputShapeError, InvalidBoardError, InvalidMoveError, LensError
 from lczerolens.policy_index import POLICY_INDEX, POLICY_MOVES
 
 __all__ = [
@@ -54,6 +54,11 @@ __all__ = [
     "FLIP_TRANSFORM",
     "MIRROR_TRANSFORM",
     "TRANSPOSE_TRANSFORM",
+    "en_passant_holds",
+    "move_indices",
+    "policy_index",
+    "removable_squares",
+    "remove_pieces",
 ]
 
 
@@ -960,3 +965,77 @@ def encode_boards(boards: Sequence[chess.Board] | chess.Board,
         r50 /= np.float32(100.0)  # float32 division, as lc0 does
     planes[:, 109] = r50[:, None]
     return torch.from_numpy(planes).reshape(n, 112, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Removing pieces and naming moves: the board edits of the occlusion and patching lenses and of the faithfulness
+# metrics (lczerolens.metrics re-exports these names, where they lived first).
+
+
+def removable_squares(board: chess.Board) -> list[int]:
+    """Squares holding a piece other than a king, ascending."""
+    return list(chess.SquareSet(board.occupied & ~board.kings))
+
+
+def remove_pieces(board: chess.Board, squares: Sequence[int]) -> chess.Board:
+    """A copy of ``board`` (same class, no move history) with the pieces on ``squares`` removed.
+
+    Castling rights whose rook is gone are cleared, and so is the en-passant square once it no longer holds
+    (:func:`en_passant_holds`). Side to move, rule-50 counter and move number are kept. Kings are never removed.
+
+    Example
+    -------
+    >>> b = remove_pieces(chess.Board(), [chess.H1])
+    >>> b.castling_xfen()
+    'Qkq'
+    """
+    out = board.copy(stack=False)
+    out.clear_stack()
+    for square in squares:
+        piece = out.piece_type_at(square)
+        if piece is None:
+            raise LensError(f"no piece to remove on {chess.square_name(square)} in {board.fen()}")
+        if piece == chess.KING:
+            raise LensError(f"the king on {chess.square_name(square)} is never removed ({board.fen()})")
+        out.remove_piece_at(square)
+    out.castling_rights = out.clean_castling_rights()
+    if out.ep_square is not None and not en_passant_holds(out):
+        out.ep_square = None
+    return out
+
+
+def en_passant_holds(board: chess.Board) -> bool:
+    """Whether ``board.ep_square`` still stands: the double-pushed pawn is there and a pawn can take it."""
+    if board.ep_square is None:
+        return False
+    pushed = board.ep_square - 8 if board.turn == chess.WHITE else board.ep_square + 8
+    pawn = board.piece_at(pushed)
+    if pawn is None or pawn.piece_type != chess.PAWN or pawn.color == board.turn:
+        return False
+    return board.has_pseudo_legal_en_passant()
+
+
+def policy_index(board: chess.Board, move: chess.Move, fmt: InputFormat | int) -> int:
+    """The index of ``move`` in lc0's policy vector as the network sees ``board``; ``move`` need not be legal.
+
+    A legal move goes through ``LczeroBoard.encode_move`` (black's mirror, and lc0 0.32.1's own square mapping
+    of moves in canonical formats). A move made illegal by a removal (its piece gone) gets the index the same
+    mapping gives, without the legality check.
+    """
+    lb = board if isinstance(board, LczeroBoard) else LczeroBoard.from_board(board)
+    return int(lb.encode_move(move, fmt, strict=False))
+
+
+def _lc0_move(board: chess.Board, move: chess.Move) -> chess.Move:
+    """lc0 writes castling as king-takes-rook."""
+    if board.is_castling(move) and not board.chess960:
+        rook_file = 7 if chess.square_file(move.to_square) == 6 else 0
+        return chess.Move(move.from_square, chess.square(rook_file, chess.square_rank(move.from_square)))
+    return move
+
+
+def move_indices(boards: Sequence[chess.Board], moves: Sequence[chess.Move], fmt: InputFormat | int) -> torch.Tensor:
+    """Policy index of ``moves[i]`` as the network sees ``boards[i]``, ``[N]`` long."""
+    return torch.tensor(
+        [policy_index(b, _lc0_move(b, m), fmt) for b, m in zip(boards, moves, strict=True)], dtype=torch.long
+    )

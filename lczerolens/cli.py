@@ -30,7 +30,7 @@ import chess
 
 from lczerolens.errors import InvalidBoardError, InvalidMoveError, LczeroLensError, LensError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "add_input_format_argument", "load_model"]
 
 PROG = "lczerolens"
 HEAD_TARGETS = ("value", "win", "draw", "loss", "mlh")
@@ -52,6 +52,41 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _input_format(text: str) -> Any:
+    from lczerolens.board import _as_format
+
+    try:
+        return _as_format(int(text) if text.strip().lstrip("-").isdigit() else text.strip().upper())
+    except LczeroLensError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_input_format_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--input-format`` to a sub-command that loads a network (``explain``, ``run``, ...).
+
+    Read it back with :func:`load_model`, which passes it to ``LczeroModel.from_path``.
+    """
+    from lczerolens.board import InputFormat
+
+    parser.add_argument(
+        "--input-format",
+        type=_input_format,
+        default=None,
+        metavar="F",
+        help="the network's input format, a number or a name: "
+        + ", ".join(f"{f.value} ({f.name})" for f in InputFormat)
+        + ". Needed for .onnx exports, which do not record it (classical 1 is assumed, with a warning); "
+        ".pb.gz weights record their own",
+    )
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """``LczeroModel.from_path(args.weights, input_format=args.input_format)`` for a sub-command's arguments."""
+    from lczerolens.model import LczeroModel
+
+    return LczeroModel.from_path(Path(args.weights), input_format=getattr(args, "input_format", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,8 +192,90 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="colour map: RdBu_r (default), coolwarm, PiYG, PuOr (diverging); Reds, Blues, Greys, viridis",
     )
+    add_input_format_argument(ex)
+    ex.add_argument("--contrast", default=None, choices=("robust", "max", "power"),
+                    help="colour limit: robust (default; the top squares saturate, marked), max, power (sqrt)")
     _add_collection_commands(sub)
+    _add_explorer_commands(sub)
     return parser
+
+
+def _add_explorer_commands(sub: Any) -> None:
+    """``serve`` (the explorer as a local page) and ``report`` (a game as one self-contained HTML file)."""
+    serve = sub.add_parser(
+        "serve",
+        help="the explorer as a local web page: step through a game, switch targets and lenses",
+        description="Serve the explorer for WEIGHTS on SOURCE (a PGN file, a FEN or nothing for the start) at "
+        "http://HOST:PORT/. Binds the loopback address unless told otherwise.",
+    )
+    serve.add_argument("weights", metavar="WEIGHTS", help="an lc0 network: .pb.gz/.pb weights or an .onnx export")
+    serve.add_argument("source", metavar="SOURCE", nargs="?", default=None, help="a PGN file or a FEN")
+    serve.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    serve.add_argument("--input-format", default=None, metavar="F", help="input format of an .onnx export")
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML file exploring a game, every ply's maps precomputed",
+        description="Explain every position of a game and write the explorer as one HTML file (scripts, styles "
+        "and data inline) that opens from disk.",
+    )
+    report.add_argument("weights", metavar="WEIGHTS", help="an lc0 network: .pb.gz/.pb weights or an .onnx export")
+    report.add_argument("pgn", metavar="GAME.pgn", help="the game(s)")
+    report.add_argument("--out", default="game.html", metavar="PATH", help="the HTML file (default: game.html)")
+    report.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
+    report.add_argument(
+        "--target", action="append", default=None, choices=["top", "value", "win", "draw", "loss"],
+        help="a target to precompute (repeat; default: top and value)",
+    )
+    report.add_argument("--lens", default="lrp", metavar="L", help="lrp (default), a preset, gradient, occlusion, ...")
+    report.add_argument("--input-format", default=None, metavar="F", help="input format of an .onnx export")
+
+
+def _load_for_explorer(args: argparse.Namespace) -> Any:
+    from lczerolens.board import InputFormat
+    from lczerolens.model import LczeroModel
+
+    fmt = None
+    if args.input_format is not None:
+        text = str(args.input_format)
+        try:
+            fmt = InputFormat(int(text)) if text.isdigit() else InputFormat[text.upper()]
+        except (KeyError, ValueError):
+            from lczerolens.errors import InvalidOptionError
+
+            names = ", ".join(f.name.lower() for f in InputFormat)
+            raise InvalidOptionError(f"unknown --input-format {text!r}; use one of {names}") from None
+    return LczeroModel.from_path(args.weights, input_format=fmt)
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
+    from lczerolens.explorer import ExplorerSession
+    from lczerolens.explorer.server import make_server
+
+    model = _load_for_explorer(args)
+    session = ExplorerSession(model, args.source, game=args.game)
+    server = make_server(session, args.host, args.port)
+    print(f"lczerolens explorer on {server.url} (Ctrl-C stops it)", file=out, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    import time
+
+    from lczerolens.explorer.report import write_report
+
+    start = time.perf_counter()
+    model = _load_for_explorer(args)
+    targets = args.target or ["top", "value"]
+    path = write_report(model, args.pgn, args.out, game=args.game, targets=targets, lens=args.lens)
+    size = path.stat().st_size
+    print(f"wrote {path} ({size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s", file=out)
+    return 0
 
 
 def _add_collection_commands(sub: Any) -> None:
@@ -214,6 +331,7 @@ def _add_collection_commands(sub: Any) -> None:
         help="LRP rules, as for `explain` (default: %(default)s)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    add_input_format_argument(run)
 
     summ = sub.add_parser(
         "summarize",
@@ -222,8 +340,15 @@ def _add_collection_commands(sub: Any) -> None:
         "rows where the square holds a pawn, knight, ... or nothing. Draws them as one grid and prints a table.",
     )
     summ.add_argument("run_dir", metavar="DIR", help="a folder written by `lczerolens run`")
-    summ.add_argument("--out", default="summary.svg", metavar="PATH", help="the picture: .svg or .png")
+    summ.add_argument(
+        "--out",
+        default="summary.svg",
+        metavar="PATH",
+        help="where to write the picture, .svg or .png (default: %(default)s in the current folder, not in DIR)",
+    )
     summ.add_argument("--cmap", default=None, metavar="NAME", help="colour map (default: RdBu_r)")
+    summ.add_argument("--contrast", default=None, choices=("robust", "max", "power"),
+                      help="colour limit per target: robust (default), max, power")
 
 
 def _fail(message: str, err: TextIO) -> int:
@@ -345,11 +470,10 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
 
     from lczerolens.lenses import LrpLens
     from lczerolens.lenses.lrp.lens import EPSILON, GAMMA_COMPOSITE
-    from lczerolens.model import LczeroModel
     from lczerolens.visual import render_heatmap
 
     path = Path(args.weights)
-    model = LczeroModel.from_path(path)
+    model = load_model(args)
     heads = tuple(getattr(model, "heads", ()) or ())
     if args.target is not None and heads:
         need = {"value": ("wdl", "value"), "win": ("wdl",), "draw": ("wdl",), "loss": ("wdl",), "mlh": ("mlh",)}
@@ -443,6 +567,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
         orientation=args.orientation,
         cmap=args.cmap,
         norm="symmetric",
+        contrast=args.contrast,
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     written = heatmap.save(out_path)
@@ -484,11 +609,17 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         workers=args.workers,
         engine=args.engine,
         progress=not args.no_progress,
+        input_format=args.input_format,
     )
     manifest = load_manifest(path)
     rows = sum(v["rows"] for v in manifest["shards"].values())
     print(f"wrote {rows} rows for {manifest['positions']} positions in {len(manifest['shards'])} shards to {path}",
           file=out)  # fmt: skip
+    no_row = manifest.get("no_row") or {}
+    if no_row.get("top"):
+        print(f"{no_row['top']} positions have no legal move (checkmate or stalemate), so no 'top' row", file=out)
+    if no_row.get("played"):
+        print(f"{no_row['played']} positions end their game, so no 'played' row", file=out)
     if manifest.get("n_skipped") and args.no_progress:  # with the progress bar, the run printed the list itself
         print(f"skipped {manifest['n_skipped']} games or lines:", file=out)
         for line in manifest["skipped"]:
@@ -508,11 +639,15 @@ def _summarize(args: argparse.Namespace, out: TextIO) -> int:
         raise LensError(f"the run in {args.run_dir!r} has no rows to summarize")
     names = {"all": "all squares", "P": "pawn", "N": "knight", "B": "bishop", "R": "rook", "Q": "queen",
              "K": "king", "empty": "empty"}  # fmt: skip
-    values, titles = [], []
+    values, titles, keys = [], [], []
+    counts = {row["target"]: row["rows"] for row in summary["rows"]}
     for target, maps in summary["maps"].items():
         for group in SUMMARY_GROUPS:
             values.append(maps[group])
-            titles.append(f"{target}: {names[group]}")
+            # The first panel of each target says how many rows its means are over.
+            rows = f" ({counts.get(target, 0)} rows)" if group == SUMMARY_GROUPS[0] else ""
+            titles.append(f"{target}: {names[group]}{rows}")
+            keys.append(target)
     empty = chess.Board(None)
     grid = render_grid(
         empty,
@@ -521,6 +656,8 @@ def _summarize(args: argparse.Namespace, out: TextIO) -> int:
         ncols=len(SUMMARY_GROUPS),
         cmap=args.cmap,
         norm="symmetric",
+        shared_scale=keys,  # one scale per target: a value map and a move map differ in size
+        contrast=args.contrast,
         label="mean relevance",
         caption=f"mean relevance per square, {Path(args.run_dir).name}: by target (rows) and piece on the square",
     )
@@ -538,7 +675,7 @@ def _summarize(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-_COMMANDS = {"explain": _explain, "run": _run, "summarize": _summarize}
+_COMMANDS = {"explain": _explain, "run": _run, "summarize": _summarize, "serve": _serve, "report": _report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -561,6 +698,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(out)
         return 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = functools.partial(_show_warning, err=err)
+        return _dispatch(args, out, err)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None, *, err: TextIO) -> None:  # fmt: skip
+    """A warning on the command line: one plain line (no Python source line), saying what to do here."""
+    from lczerolens.errors import InputFormatWarning
+
+    text = " ".join(str(message).split())
+    if issubclass(category, InputFormatWarning):
+        # The library's advice names from_path(input_format=...); on the command line it is --input-format.
+        text = text.split(" pass it, e.g.")[0].rstrip(":;, ") + (
+            ": pass --input-format (see --help), e.g. --input-format 5 for a CANONICALIZATION_V2 net"
+        )
+    print(f"{PROG}: warning: {text}", file=err)
+
+
+def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         return _COMMANDS[args.command](args, out)
     except LczeroLensError as exc:

@@ -184,12 +184,16 @@ class _Explainer:
         self.batch_size = batch_size
         self.metadata = metadata
         self.input_format = model.input_format
+        #: Positions of the last table that gave no row for a target (``top``: no legal move, checkmate or
+        #: stalemate; ``played``: a game's last position).
+        self.no_row: dict[str, int] = {}
 
     def table(self, records: list[Any]) -> Any:
         """The rows of a shard (a list of GameRecord) as a pyarrow Table, by position then target."""
         import pyarrow as pa
 
         positions = [p for record in records for p in record.positions()]
+        self.no_row = {}
         columns: dict[str, list] = {name: [] for name in _COLUMNS}
         for start in range(0, len(positions), self.batch_size):
             self._batch(positions[start : start + self.batch_size], start, columns)
@@ -238,6 +242,8 @@ class _Explainer:
             else:
                 rows = list(range(n))
                 arg = target
+            if len(rows) < n:
+                self.no_row[target] = self.no_row.get(target, 0) + n - len(rows)
             if not rows:
                 continue
             rel = self.lens.relevance(self.model, [boards[i] for i in rows], arg, planes=planes[rows])
@@ -363,7 +369,8 @@ _WORKER: dict[str, Any] = {}
 
 
 def _make_explainer(
-    model_path: str, lens_spec: dict, targets: tuple, batch_size: int, metadata: dict, threads: int | None
+    model_path: str, lens_spec: dict, targets: tuple, batch_size: int, metadata: dict, threads: int | None,
+    input_format: int | None = None,
 ) -> _Explainer:
     import torch
 
@@ -371,7 +378,8 @@ def _make_explainer(
 
     if threads:
         torch.set_num_threads(threads)
-    model = LczeroModel.from_path(model_path)
+    # The parent's input format, stated: a worker reads the network as the parent did, and does not warn again.
+    model = LczeroModel.from_path(model_path, input_format=input_format)
     model.eval()
     return _Explainer(model, _build_lens(lens_spec), tuple(targets), batch_size, metadata)
 
@@ -387,6 +395,7 @@ def _worker_shard(out: str, index: int, payload: list[dict]) -> dict[str, Any]:
     table = explainer.table([GameRecord.from_json(r) for r in payload])
     info = _write_shard(Path(out), index, table)
     info["positions"] = sum(len(r["plies"]) for r in payload)
+    info["no_row"] = dict(explainer.no_row)
     return info
 
 
@@ -398,18 +407,19 @@ class RayShardExplainer:
     """
 
     def __init__(self, out: str, model_path: str, lens_spec: dict, targets: tuple, batch_size: int,
-                 metadata: dict, threads: int | None = 1) -> None:  # fmt: skip
+                 metadata: dict, threads: int | None = 1, input_format: int | None = None) -> None:  # fmt: skip
         self.out = out
-        self.explainer = _make_explainer(model_path, lens_spec, targets, batch_size, metadata, threads)
+        self.explainer = _make_explainer(model_path, lens_spec, targets, batch_size, metadata, threads, input_format)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         from lczerolens.data import GameRecord
 
-        result: dict[str, list] = {"shard": [], "file": [], "rows": [], "positions": [], "sha256": []}
+        result: dict[str, list] = {"shard": [], "file": [], "rows": [], "positions": [], "sha256": [], "no_row": []}
         for index, payload in zip(batch["shard"], batch["payload"], strict=True):
             records = [GameRecord.from_json(r) for r in json.loads(str(payload))]
             info = _write_shard(Path(self.out), int(index), self.explainer.table(records))
             info["positions"] = sum(len(r.plies) for r in records)
+            info["no_row"] = json.dumps(self.explainer.no_row, sort_keys=True)
             for key in result:
                 result[key].append(info[key])
         return result
@@ -509,6 +519,7 @@ def explain_dataset(
     engine: str = "local",
     progress: bool = True,
     shard_size: int = SHARD_SIZE,
+    input_format: Any = None,
 ) -> Path:
     """Explain every selected position of a collection and write the rows as Parquet shards under ``out``.
 
@@ -536,18 +547,25 @@ def explain_dataset(
         A tqdm progress bar and the skipped-games report on stderr.
     shard_size : int
         Positions per shard (the unit of resume; part of the run's identity).
+    input_format : InputFormat, int or str, optional
+        The network's input format when ``model`` is a file (``LczeroModel.from_path(model, input_format=...)``);
+        an ONNX export records none, and classical is assumed (with an ``InputFormatWarning``) without it.
 
     Returns
     -------
     Path
-        ``out``; read it with :func:`load_results`. Its ``manifest.json`` lists shards and skipped games.
+        ``out``; read it with :func:`load_results`. Its ``manifest.json`` lists shards and skipped games, and
+        counts the positions that gave no row for a target (``no_row``: ``top`` has none where there is no legal
+        move, checkmate or stalemate; ``played`` none at a game's last position).
 
     Raises
     ------
     RunError
-        Bad arguments, an unwritable ``out``, or ``out`` holding a run with other settings.
+        Bad arguments, an unwritable ``out``, ``out`` holding a run with other settings, or ``workers > 1`` called
+        from a script without an ``if __name__ == "__main__":`` guard (the workers are spawned and import the
+        script again).
     DataError
-        The source cannot be read.
+        The source cannot be read, or holds no game or position at all (an empty or non-PGN file).
 
     Example
     -------
@@ -563,9 +581,13 @@ def explain_dataset(
             raise RunError(f"{name}={value!r}: give a whole number >= {low}")
     if engine not in ("local", "ray"):
         raise RunError(f"engine={engine!r}: use 'local' or 'ray'")
+    if engine == "local":
+        from lczerolens._mainguard import check_main_guard
+
+        check_main_guard(workers)
     reader = source if isinstance(source, PositionReader) else read_positions(source)
 
-    loaded, model_path = _resolve_model(model)
+    loaded, model_path = _resolve_model(model, input_format)
     heads = tuple(getattr(_network_of(loaded), "heads", ()) or ())
     for t in targets:
         if t in _HEAD_NEEDS and heads and not any(h in heads for h in _HEAD_NEEDS[t]):
@@ -610,25 +632,34 @@ def explain_dataset(
 
     def record(info: dict[str, Any]) -> None:
         manifest["shards"][str(info["shard"])] = {k: info[k] for k in ("file", "rows", "positions", "sha256")}
+        manifest["shards"][str(info["shard"])]["no_row"] = info.get("no_row") or {}
         _write_manifest(out, manifest)
         bar.update(info["positions"])
 
     try:
         payloads = _shard_payloads(reader, shard_size, done)
         if engine == "ray":
-            _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record)
+            _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record,
+                     int(loaded.input_format))
         elif workers == 1:
             explainer = _Explainer(loaded, lens, targets, batch_size, metadata)
             for index, records in payloads:
                 info = _write_shard(out, index, explainer.table(records))
                 info["positions"] = sum(len(r.plies) for r in records)
+                info["no_row"] = dict(explainer.no_row)
                 record(info)
         else:
-            _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record)
+            _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record,
+                       int(loaded.input_format))
     finally:
         bar.close()
     manifest["skipped"] = [str(s) for s in reader.skipped]
     manifest["n_skipped"] = reader.n_skipped
+    no_row: dict[str, int] = {}
+    for shard in manifest["shards"].values():
+        for target, k in (shard.get("no_row") or {}).items():
+            no_row[target] = no_row.get(target, 0) + int(k)
+    manifest["no_row"] = no_row
     manifest["complete"] = len(manifest["shards"]) == n_shards
     _write_manifest(out, manifest)
     if progress and reader.n_skipped:
@@ -636,14 +667,17 @@ def explain_dataset(
     return out
 
 
-def _resolve_model(model: Any) -> tuple[Any, Path | None]:
+def _resolve_model(model: Any, input_format: Any = None) -> tuple[Any, Path | None]:
     from lczerolens.model import LczeroModel
 
     if isinstance(model, (str, Path)):
         path = Path(model)
-        return LczeroModel.from_path(path), path.resolve()
+        return LczeroModel.from_path(path, input_format=input_format), path.resolve()
     if not hasattr(model, "input_format"):
         raise RunError(f"model must be an LczeroModel or a network file, not {type(model).__name__}")
+    if input_format is not None:
+        raise RunError("input_format= is for a network file; a loaded model has its own (LczeroModel.from_path(path, "
+                       "input_format=...))")
     source = getattr(model, "source", None)
     path = Path(source).resolve() if source and Path(source).is_file() else None
     return model, path
@@ -665,12 +699,28 @@ class _NoBar:
         pass
 
 
-def _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record) -> None:
+def _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record,
+               input_format=None) -> None:  # fmt: skip
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    args = (str(model_path), lens_spec, targets, batch_size, metadata, threads)
+    args = (str(model_path), lens_spec, targets, batch_size, metadata, threads, input_format)
     context = multiprocessing.get_context("spawn")  # fork after torch started its threads can deadlock
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        _pool_loop(payloads, out, args, workers, record, context)
+    except BrokenProcessPool as exc:
+        from lczerolens._mainguard import guard_hint
+
+        raise RunError(
+            f"a worker process died ({exc}); if the run was started from a script, the likely cause: "
+            f"{guard_hint(workers)}; otherwise the workers ran out of memory (use fewer workers or a smaller "
+            "batch_size). The shards written so far are kept: run again to resume"
+        ) from exc
+
+
+def _pool_loop(payloads, out, args, workers, record, context) -> None:
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=args) as pool:
         pending: set = set()
         for index, records in payloads:
@@ -683,7 +733,8 @@ def _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metada
             record(future.result())
 
 
-def _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record) -> None:
+def _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record,
+             input_format=None) -> None:  # fmt: skip
     try:
         import ray
     except ImportError as exc:
@@ -699,6 +750,7 @@ def _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata
         "batch_size": batch_size,
         "metadata": metadata,
         "threads": 1,
+        "input_format": input_format,
     }
     batch: list[dict[str, Any]] = []
 
@@ -717,7 +769,9 @@ def _run_ray(payloads, out, model_path, lens_spec, targets, batch_size, metadata
             num_cpus=1,
         )
         for row in ds.iter_rows():
-            record({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            info = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            info["no_row"] = json.loads(str(info.get("no_row") or "{}"))
+            record(info)
         batch.clear()
 
     for index, records in payloads:

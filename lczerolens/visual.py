@@ -56,7 +56,10 @@ __all__ = [
     "Heatmap",
     "MissingDependencyError",
     "RenderError",
+    "CONTRASTS",
+    "DEFAULT_CONTRAST",
     "get_cmap",
+    "robust_limit",
     "render_grid",
     "render_heatmap",
 ]
@@ -74,6 +77,8 @@ TEXT_COLOR = "#262626"
 MUTED_COLOR = "#5f5f5f"
 ARROW_COLOR = "#1f7a3a"
 ARROW_OPACITY = 0.8
+#: Colour of the corner triangle that marks a square whose value lies beyond the colour scale.
+CLIP_MARK_COLOR = "#111111"
 # chess.svg's coordinate margin, a light frame so that the heat colours stand out.
 BOARD_COLORS = {"margin": "#e8e8e8", "coord": "#4a4a4a"}
 
@@ -296,35 +301,102 @@ def _as_batch_values(values: Any, n: int | None) -> list[np.ndarray]:
     return batch
 
 
+#: Contrasts of a colour scale (``contrast=`` of :func:`render_heatmap`, :func:`render_grid` and the CLI):
+#:
+#: - ``"robust"`` (default): the limit is the :data:`ROBUST_PERCENTILE` th percentile of ``|value|`` over the
+#:   squares that are not zero, so the few largest squares (often the moving piece) do not wash out the rest;
+#:   squares beyond the limit are drawn saturated and marked with a corner triangle, and the colour bar's ends read
+#:   ``>=`` / ``<=``;
+#: - ``"max"``: the limit is the largest ``|value|`` (nothing is clipped; one square can set the whole scale);
+#: - ``"power"``: the limit is the largest ``|value|`` and colours follow ``sign(v) |v / limit| ** 0.5``
+#:   (:data:`POWER`), so small values show without clipping; the colour bar's ticks keep real values.
+CONTRASTS = ("robust", "max", "power")
+#: The percentile of ``|value|`` (over nonzero squares) that sets the ``"robust"`` limit.
+ROBUST_PERCENTILE = 98.0
+#: The exponent of the ``"power"`` contrast.
+POWER = 0.5
+
+
 @dataclass(frozen=True)
 class _Scale:
-    """Maps a value to ``t`` in [0, 1]: ``[-vmax, vmax]`` (diverging) or ``[0, vmax]`` (sequential)."""
+    """Maps a value to ``t`` in [0, 1]: ``[-vmax, vmax]`` (diverging) or ``[0, vmax]`` (sequential).
+
+    ``power`` < 1 stretches small values (``t`` follows ``|v / vmax| ** power``); ``peak`` is the largest
+    ``|value|`` drawn (above ``vmax`` when the scale clips).
+    """
 
     vmax: float
     diverging: bool
     absolute: bool
+    power: float = 1.0
+    peak: float = 0.0
+    low: float = 0.0
 
     @property
     def vmin(self) -> float:
         return -self.vmax if self.diverging else 0.0
 
+    @property
+    def clips_high(self) -> bool:
+        """Some value lies above the top of the scale (drawn saturated)."""
+        return self.peak > self.vmax * (1 + 1e-9) and self.vmax > 0
+
+    @property
+    def clips_low(self) -> bool:
+        """Some value lies below the bottom of a diverging scale."""
+        return self.diverging and -self.low > self.vmax * (1 + 1e-9) and self.vmax > 0
+
+    def clipped(self, value: float) -> bool:
+        """True where ``value`` lies beyond the scale (drawn saturated, marked)."""
+        v = abs(value) if (self.absolute or self.diverging) else value
+        return self.vmax > 0 and v > self.vmax * (1 + 1e-9)
+
     def t(self, value: float) -> float:
         v = abs(value) if self.absolute else value
         if self.vmax <= 0:
             return 0.5 if self.diverging else 0.0
+        r = v / self.vmax
+        if self.power != 1.0:
+            r = math.copysign(min(abs(r), 1.0) ** self.power, r)
         if self.diverging:
-            return min(max(0.5 + 0.5 * v / self.vmax, 0.0), 1.0)
-        return min(max(v / self.vmax, 0.0), 1.0)
+            return min(max(0.5 + 0.5 * r, 0.0), 1.0)
+        return min(max(r, 0.0), 1.0)
 
 
-def _make_scale(arrays: Sequence[np.ndarray], norm: str | None, vmax: float | None) -> _Scale:
+def robust_limit(arrays: Sequence[Any], percentile: float | None = None) -> float:
+    """The ``"robust"`` colour limit: the ``percentile`` th percentile of ``|value|`` over the nonzero values.
+
+    Example
+    -------
+    >>> robust_limit([np.array([0.0, 0.1, -0.2, 0.3, 5.0])], 50.0)
+    0.25
+    """
+    values = np.abs(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]))
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0:
+        return 0.0
+    return float(np.percentile(values, ROBUST_PERCENTILE if percentile is None else percentile))
+
+
+def _make_scale(
+    arrays: Sequence[np.ndarray], norm: str | None, vmax: float | None, contrast: str | None = None
+) -> _Scale:
     if norm is not None and norm not in ("symmetric", "absolute"):
         raise RenderError(f"unknown norm {norm!r}; use 'symmetric', 'absolute' or leave it out")
+    contrast = DEFAULT_CONTRAST if contrast is None else contrast
+    if contrast not in CONTRASTS:
+        raise RenderError(f"unknown contrast {contrast!r}; use one of {CONTRASTS}")
     signed = any(bool((a < 0).any()) for a in arrays)
     absolute = norm == "absolute"
     diverging = norm == "symmetric" or (norm is None and signed)
+    peak = max(float(np.abs(a).max()) for a in arrays) if (absolute or diverging) else max(
+        float(a.max()) for a in arrays)
+    low = min(float(a.min()) for a in arrays)
     if vmax is None:
         top = max(float(np.abs(a).max()) for a in arrays)
+        if contrast == "robust":
+            limit = robust_limit(arrays)
+            top = limit if limit > 0 else top
     else:
         try:
             top = float(vmax)  # also numpy and 0-d torch scalars, e.g. a batch's relevance.abs().max()
@@ -332,7 +404,11 @@ def _make_scale(arrays: Sequence[np.ndarray], norm: str | None, vmax: float | No
             top = float("nan")
         if not (math.isfinite(top) and top > 0):
             raise RenderError(f"vmax must be a positive number, not {vmax!r}")
-    return _Scale(top, diverging, absolute)
+    return _Scale(top, diverging, absolute, POWER if contrast == "power" else 1.0, peak, low)
+
+
+#: The contrast the renderers use when none is given (see :data:`CONTRASTS`).
+DEFAULT_CONTRAST = "robust"
 
 
 def _resolve_cmap(cmap: Any, scale: _Scale) -> Callable[[float], str]:
@@ -426,8 +502,12 @@ def _board_group(
     id_prefix: str,
     defs: dict[str, ET.Element],
     coordinates: bool,
+    clipped: Sequence[bool] | None = None,
 ) -> ET.Element:
-    """The board drawn by chess.svg with each square filled by its colour, as a ``<g>`` at the origin."""
+    """The board drawn by chess.svg with each square filled by its colour, as a ``<g>`` at the origin.
+
+    Squares flagged in ``clipped`` (values beyond the colour scale) get a small triangle in their top-right corner.
+    """
     arrows = []
     if move is not None and move.from_square != move.to_square:
         arrows.append(chess.svg.Arrow(move.from_square, move.to_square, color=ARROW_COLOR))
@@ -477,6 +557,20 @@ def _board_group(
     # Right after the last square rect, so the lines sit under the pieces and the arrow.
     last_square = max(i for i, el in enumerate(group) if "square" in el.get("class", "").split())
     group.insert(last_square + 1, grid)
+    if clipped is not None and any(clipped):
+        marks = ET.Element("g", {"class": "clipped-marks", "fill": CLIP_MARK_COLOR, "fill-opacity": "0.85"})
+        for square in chess.SQUARES:
+            if not clipped[square]:
+                continue
+            file, rank = chess.square_file(square), chess.square_rank(square)
+            col, row = (file, 7 - rank) if orientation else (7 - file, rank)
+            x1, y0, m = offset + (col + 1) * SQUARE, offset + row * SQUARE, SQUARE * 0.22
+            points = f"{_num(x1 - m)},{_num(y0)} {_num(x1)},{_num(y0)} {_num(x1)},{_num(y0 + m)}"
+            mark = ET.SubElement(marks, "polygon", {"class": f"clipped square-{chess.square_name(square)}",
+                                                    "points": points})
+            ET.SubElement(mark, "title").text = f"{chess.square_name(square)}: {float(values[square]):+.4g} (beyond " \
+                                                 "the colour scale)"
+        group.insert(last_square + 2, marks)
     if move is not None and move.promotion:
         group.append(_promotion_badge(move, board, orientation, offset))
     return group
@@ -570,8 +664,12 @@ def _colorbar(
         ticks = [-scale.vmax, -0.5 * scale.vmax, 0.0, 0.5 * scale.vmax, scale.vmax]
     font = 11.0
     widest = 0.0
+    if scale.power != 1.0:
+        # Ticks at real values: the one halfway up each side of a power scale is vmax * 0.5 ** (1 / power).
+        mid = scale.vmax * 0.5 ** (1.0 / scale.power)
+        ticks = [-scale.vmax, -mid, 0.0, mid, scale.vmax] if scale.diverging else [0.0, mid, scale.vmax]
     for value in ticks:
-        frac = (value - scale.vmin) / (scale.vmax - scale.vmin) if scale.vmax > scale.vmin else 0.0
+        frac = scale.t(value) if scale.vmax > 0 else 0.0
         ty = y + height * (1.0 - frac)
         ET.SubElement(
             g,
@@ -588,6 +686,11 @@ def _colorbar(
         text = _fmt(value) if scale.vmax > 0 else "0"
         if not scale.diverging:  # a sequential scale has no sign to show
             text = text.lstrip("+")
+        # The ends of a clipping scale stand for every value beyond them.
+        if value == ticks[-1] and scale.clips_high:
+            text = "\u2265" + text
+        elif value == ticks[0] and scale.clips_low:
+            text = "\u2264" + text
         t_el = ET.SubElement(
             g,
             "text",
@@ -755,6 +858,7 @@ def render_heatmap(
     coordinates: bool = True,
     colorbar: bool = True,
     size: float | None = None,
+    contrast: str | None = None,
 ) -> Heatmap:
     """Draw ``values`` on ``board``'s squares as one SVG, with a colour bar, the move's arrow and a caption.
 
@@ -775,9 +879,10 @@ def render_heatmap(
     norm : {None, "symmetric", "absolute"}
         ``None`` (default): ``"symmetric"`` if any value is negative, else a sequential ``[0, max]`` scale.
         ``"symmetric"``: a diverging ``[-m, m]`` scale, zero in the middle. ``"absolute"``: draw ``|value|``
-        on a sequential ``[0, m]`` scale. ``m`` is this board's largest ``|value|`` unless ``vmax`` is given.
+        on a sequential ``[0, m]`` scale. ``m`` is set by ``contrast`` unless ``vmax`` is given.
     vmax : float, optional
-        A fixed end of the scale, to compare several pictures on one scale (values beyond it are clipped).
+        A fixed end of the scale, to compare several pictures on one scale (values beyond it are clipped and
+        marked).
     orientation : "white", "black", "turn", chess.WHITE or chess.BLACK
         Which side is at the bottom; ``"turn"`` puts the side to move there. Default: white.
     label : str, optional
@@ -788,6 +893,11 @@ def render_heatmap(
         Draw the colour bar.
     size : float, optional
         Width in pixels of the whole picture (the drawing scales); default: its natural size.
+    contrast : {"robust", "max", "power"}, optional
+        How the end of the scale ``m`` is chosen (:data:`CONTRASTS`; default :data:`DEFAULT_CONTRAST`):
+        ``"robust"``: the 98th percentile of ``|value|`` over the nonzero squares, squares beyond it drawn
+        saturated and marked by a corner triangle; ``"max"``: the largest ``|value|``; ``"power"``: the largest
+        ``|value|`` with colours following ``sqrt(|v| / m)``. The colour bar is labelled in real values.
 
     Returns
     -------
@@ -803,7 +913,7 @@ def render_heatmap(
     (-1.0, 1.0)
     """
     squares = _as_square_values(values)
-    scale = _make_scale([squares], norm, vmax)
+    scale = _make_scale([squares], norm, vmax, contrast)
     colormap = _resolve_cmap(cmap, scale)
     bottom = _resolve_orientation(orientation, board)
     arrow = _resolve_move(move, board)
@@ -811,7 +921,8 @@ def render_heatmap(
 
     defs: dict[str, ET.Element] = {}
     colors = [colormap(scale.t(v)) for v in squares]
-    group = _board_group(board, squares, colors, bottom, arrow, "", defs, coordinates)
+    clipped = [scale.clipped(v) for v in squares]
+    group = _board_group(board, squares, colors, bottom, arrow, "", defs, coordinates, clipped)
 
     board_size = BOARD if coordinates else 8 * SQUARE
     pad = 10.0
@@ -859,7 +970,7 @@ def render_grid(
     boards: chess.BaseBoard | Sequence[chess.BaseBoard],
     values: ValuesLike | Sequence[ValuesLike],
     titles: Sequence[str] | None = None,
-    shared_scale: bool = True,
+    shared_scale: bool | Sequence[Any] = True,
     ncols: int | None = None,
     *,
     move: MoveArg | Sequence[MoveArg] = None,
@@ -871,6 +982,7 @@ def render_grid(
     label: str | None = None,
     coordinates: bool = True,
     size: float | None = None,
+    contrast: str | None = None,
 ) -> Heatmap:
     """Several heatmaps side by side in one SVG, on one shared colour scale and colour bar by default.
 
@@ -887,12 +999,13 @@ def render_grid(
         One title per picture, drawn above it.
     shared_scale : bool
         ``True`` (default): one scale for all pictures (from their largest ``|value|``, or ``vmax``) and one
-        colour bar. ``False``: each picture on its own scale, with its own colour bar.
+        colour bar. ``False``: each picture on its own scale, with its own colour bar. A sequence of ``N`` keys
+        (e.g. each picture's target): pictures with equal keys share one scale, each drawn with its colour bar.
     ncols : int, optional
         Pictures per row (default: all in one row up to 4, then rows of 4).
     move : move or list of moves, optional
         One move for every picture, or one per picture (``None`` for no arrow).
-    caption, cmap, norm, vmax, orientation, label, coordinates, size
+    caption, cmap, norm, vmax, orientation, label, coordinates, size, contrast
         As in :func:`render_heatmap`, applied to every picture (``caption`` goes under the whole grid).
 
     Returns
@@ -935,15 +1048,23 @@ def render_grid(
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
 
-    if shared_scale:
-        scales = [_make_scale(batch, norm, vmax)] * n
+    if not isinstance(shared_scale, bool):
+        keys = list(shared_scale)
+        if len(keys) != n:
+            raise InputShapeError(f"got {len(keys)} scale keys for {n} boards; give one per board")
+        group_scale = {k: _make_scale([b for b, kb in zip(batch, keys, strict=True) if kb == k], norm, vmax,
+                                      contrast) for k in dict.fromkeys(keys)}
+        scales = [group_scale[k] for k in keys]
+        shared_scale = False
+    elif shared_scale:
+        scales = [_make_scale(batch, norm, vmax, contrast)] * n
     else:
-        scales = [_make_scale([b], norm, vmax) for b in batch]
+        scales = [_make_scale([b], norm, vmax, contrast) for b in batch]
     # One colour map for the whole grid: a mix of signed and unsigned per-board scales keeps one look.
     shared_kind = _Scale(1.0, any(s.diverging for s in scales), False)
     colormap = _resolve_cmap(cmap, shared_kind)
     if not shared_scale:
-        scales = [_Scale(s.vmax, shared_kind.diverging, s.absolute) for s in scales]
+        scales = [_Scale(s.vmax, shared_kind.diverging, s.absolute, s.power, s.peak, s.low) for s in scales]
 
     defs: dict[str, ET.Element] = {}
     board_size = BOARD if coordinates else 8 * SQUARE
@@ -965,6 +1086,7 @@ def render_grid(
             f"b{i}-",
             defs,
             coordinates,
+            [scale.clipped(v) for v in vals],
         )
         g.set("data-index", str(i))
         panels.append(g)
@@ -1134,3 +1256,46 @@ def render_attention(
         titles = list(titles) if titles is not None else [f"head {h}" for h in range(heads)]
         heatmap = render_grid(board, arr[:, square, :], titles=titles, caption=caption, **options)
     return _mark_squares(heatmap, square)
+
+
+def square_colors(
+    values: ValuesLike,
+    *,
+    cmap: str | Callable[[float], ColorLike] | None = None,
+    norm: str | None = None,
+    vmax: float | None = None,
+    stops: int = 33,
+) -> dict[str, Any]:
+    """The colours :func:`render_heatmap` gives each square, and its colour bar, as plain data (for web pages).
+
+    Parameters
+    ----------
+    values : array-like
+        ``[8, 8]`` (board orientation) or ``[64]`` by square.
+    cmap, norm, vmax
+        As in :func:`render_heatmap` (the same scale and colour map, so a page matches the SVG).
+    stops : int
+        How many evenly spaced colours of the colour bar to return (bottom = ``vmin`` first).
+
+    Returns
+    -------
+    dict
+        ``colors``: 64 ``"#rrggbb"`` strings by python-chess square; ``vmin``, ``vmax``: the ends of the scale;
+        ``stops``: the colour bar's colours from ``vmin`` to ``vmax``.
+
+    Example
+    -------
+    >>> out = square_colors([0.0] * 63 + [1.0])
+    >>> out["colors"][63], out["vmin"], out["vmax"], len(out["stops"])
+    ('#a50f15', 0.0, 1.0, 33)
+    """
+    squares = _as_square_values(values)
+    scale = _make_scale([squares], norm, vmax)
+    colormap = _resolve_cmap(cmap, scale)
+    n = max(int(stops), 2)
+    return {
+        "colors": [colormap(scale.t(float(v))) for v in squares],
+        "vmin": float(scale.vmin),
+        "vmax": float(scale.vmax),
+        "stops": [colormap(i / (n - 1)) for i in range(n)],
+    }

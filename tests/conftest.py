@@ -58,3 +58,13 @@ def lc0_binary() -> Path:
 def generated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A per-session folder for generated networks and their exports."""
     return tmp_path_factory.mktemp("generated")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that load maia-1900.onnx without input_format= would each print the same InputFormatWarning; warnings
+    # that always appear teach people to ignore them. Only tests about warnings (named so) see it; pytest.warns
+    # catches it whatever the filters say.
+    for item in items:
+        if "warn" not in item.name.lower():
+            item.add_marker(pytest.mark.filterwarnings("ignore::lczerolens.errors.InputFormatWarning"))
+

@@ -500,7 +500,7 @@ def maia_network(maia_pb_path):
 
 @pytest.fixture(scope="module")
 def attention_path(tmp_path_factory):
-    testing = pytest.importorskip("lczerolens._testing_attention")
+    testing = pytest.importorskip("lczerolens.testing")
     return testing.write_attention_net(testing.AttentionNetSpec(seed=5), tmp_path_factory.mktemp("att") / "a.pb.gz")
 
 
@@ -605,7 +605,7 @@ def test_onnx_and_native_attention_agree(lc0_binary, tmp_path):
 
     from lczerolens.model import LczeroModel
 
-    testing = pytest.importorskip("lczerolens._testing_attention")
+    testing = pytest.importorskip("lczerolens.testing")
     spec = testing.AttentionNetSpec(embedding="PE_MAP", ffn_activation="mish", seed=3)
     pb = testing.write_attention_net(spec, tmp_path / "att.pb.gz")
     onnx = tmp_path / "att.onnx"

@@ -17,7 +17,7 @@ from lens_oracles import export, node_outputs, ort_nodes  # noqa: E402
 
 @pytest.fixture(scope="module")
 def attention_files(generated_dir, lc0_binary):
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding="PE_MAP", embedding_size=32, encoder_layers=2, heads=4, seed=5)
     pb = attention.write_attention_net(spec, generated_dir / "lens-attn.pb.gz")
     return pb, export(lc0_binary, pb, generated_dir / "lens-attn.onnx")

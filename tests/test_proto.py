@@ -300,3 +300,18 @@ def test_damaged_files_raise_only_model_load_error(small_raw: bytes, data: st.Da
         build_network(net)
     except (ModelLoadError, UnsupportedModelError):
         pass
+
+
+def test_copies_are_independent_and_serialise_the_same() -> None:
+    # A native network keeps its parsed Net (LczeroModel.save), so copy.deepcopy(network) copies messages.
+    import copy
+
+    from lczerolens.testing import random_net
+
+    net = random_net(blocks=1, filters=8, seed=2)
+    deep = copy.deepcopy(net)
+    assert serialize_net(deep) == serialize_net(net)
+    deep.weights.residual[0].conv1.weights.min_val = 123.0
+    assert net.weights.residual[0].conv1.weights.min_val != 123.0
+    shallow = copy.copy(net)
+    assert serialize_net(shallow) == serialize_net(net) and shallow.weights is net.weights

@@ -12,6 +12,7 @@ import torch
 from lczerolens import LczeroModel
 from lczerolens.errors import InvalidOptionError, SaveError, UnsupportedModelError
 from lczerolens.model.proto import write_net
+from lczerolens.model.save import _umask
 from lczerolens.testing import AttentionNetSpec, lc0_input_planes, make_attention_net, random_net
 
 # Positions from the start: an opening, castling, a promotion race for both sides.
@@ -49,7 +50,9 @@ def _nets(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("encoding", ["FLOAT32", "LINEAR16"])
 def test_maia_round_trip(maia_pb_path: Path, tmp_path: Path, encoding: str) -> None:
     model = LczeroModel.from_path(maia_pb_path)
-    again = LczeroModel.from_path(model.save(tmp_path / "maia.pb.gz", encoding=encoding))
+    path = model.save(tmp_path / "maia.pb.gz", encoding=encoding)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # a plain file's mode, not mkstemp's private one
+    again = LczeroModel.from_path(path)
     if encoding == "FLOAT32":
         assert _same_parameters(model, again) == 0.0
     else:

@@ -148,8 +148,8 @@ def test_write_gzipped_or_raw(tmp_path: Path) -> None:
 
 
 def test_attention_family_dispatches_to_the_attention_generator() -> None:
-    attention = pytest.importorskip("lczerolens._testing_attention")
     from lczerolens import testing
+    from lczerolens.testing import attention
 
     net = random_net("attention", encoder_layers=1, seed=1)
     assert len(net.weights.encoder) == 1
@@ -159,6 +159,17 @@ def test_attention_family_dispatches_to_the_attention_generator() -> None:
     assert testing.write_attention_net is attention.write_attention_net
     with pytest.raises(AttributeError):
         testing.no_such_name  # noqa: B018
+
+
+def test_testing_package_keeps_every_public_name() -> None:
+    # The generators moved from lczerolens/testing.py and lczerolens/_testing_attention.py into this package;
+    # every name either module exported is still importable from lczerolens.testing.
+    from lczerolens import testing
+    from lczerolens.testing import attention, residual
+
+    assert set(testing.__all__) == set(attention.__all__) | set(residual.__all__)
+    for name in testing.__all__:
+        assert getattr(testing, name) is getattr(residual if name in residual.__all__ else attention, name)
 
 
 class _FakeInput:

@@ -78,7 +78,7 @@ def _values_with_peak(peak: int, trough: int, seed: int = 0) -> np.ndarray:
 def test_extreme_colours_land_on_the_extreme_squares(fen: str, orientation: str) -> None:
     board = chess.Board(fen)
     values = _values_with_peak(chess.E4, chess.C6)
-    svg = render_heatmap(board, values, orientation=orientation).svg
+    svg = render_heatmap(board, values, orientation=orientation, contrast="max").svg
     squares = _squares(svg)
     assert len(squares) == 64
     cmap = COLORMAPS["RdBu_r"]
@@ -153,7 +153,7 @@ def _colorbar(svg: str, index: str = "") -> ET.Element:
 
 def test_colour_bar_shows_the_scale() -> None:
     values = _values_with_peak(chess.D5, chess.A1)
-    hm = render_heatmap(chess.Board(), values, label="relevance")
+    hm = render_heatmap(chess.Board(), values, label="relevance", contrast="max")
     bar = _colorbar(hm.svg)
     assert float(bar.get("data-vmin")) == -2.0 and float(bar.get("data-vmax")) == 2.0
     assert (hm.vmin, hm.vmax) == (-2.0, 2.0)
@@ -174,24 +174,24 @@ def test_colour_bar_shows_the_scale() -> None:
 
 def test_magnitudes_use_a_sequential_map_and_vmax_shares_a_scale() -> None:
     values = np.linspace(0.0, 3.0, 64)
-    hm = render_heatmap(chess.Board(), values)
+    hm = render_heatmap(chess.Board(), values, contrast="max")
     squares = _squares(hm.svg)
     assert (hm.vmin, hm.vmax) == (0.0, 3.0)
     assert squares["a1"]["fill"] == COLORMAPS["Reds"](0.0) == "#fff5f0"
     assert squares["h8"]["fill"] == COLORMAPS["Reds"](1.0)
     # A fixed vmax: values are placed on that scale and clipped beyond it.
-    shared = _squares(render_heatmap(chess.Board(), values, vmax=6.0).svg)
+    shared = _squares(render_heatmap(chess.Board(), values, vmax=6.0, contrast="max").svg)
     assert shared["h8"]["fill"] == COLORMAPS["Reds"](0.5)
     assert _squares(render_heatmap(chess.Board(), values, vmax=torch.tensor(6.0)).svg) == shared
     assert _squares(render_heatmap(chess.Board(), values, vmax=np.float32(6.0)).svg) == shared
-    clipped = _squares(render_heatmap(chess.Board(), values, vmax=1.5).svg)
+    clipped = _squares(render_heatmap(chess.Board(), values, vmax=1.5, contrast="max").svg)
     assert clipped["h8"]["fill"] == clipped["g8"]["fill"] == COLORMAPS["Reds"](1.0)
     # "absolute" draws |value|: -3 and +3 get the same colour.
     signed = np.linspace(-3.0, 3.0, 64)
-    absolute = _squares(render_heatmap(chess.Board(), signed, norm="absolute").svg)
+    absolute = _squares(render_heatmap(chess.Board(), signed, norm="absolute", contrast="max").svg)
     assert absolute["a1"]["fill"] == absolute["h8"]["fill"] == COLORMAPS["Reds"](1.0)
     # "symmetric" forces the diverging map even for non-negative values.
-    sym = render_heatmap(chess.Board(), values, norm="symmetric")
+    sym = render_heatmap(chess.Board(), values, norm="symmetric", contrast="max")
     assert (sym.vmin, sym.vmax) == (-3.0, 3.0)
     assert _squares(sym.svg)["a1"]["fill"] == COLORMAPS["RdBu_r"](0.5)
 
@@ -297,7 +297,9 @@ def test_grid_shares_one_scale_and_one_colour_bar() -> None:
     rng = np.random.default_rng(2)
     values = rng.normal(size=(3, 8, 8))
     values[1, 4, 4] = 10.0  # e5 of the second board: the largest value of all
-    grid = render_grid(board, values, titles=["a", "b", "c"], move=["f1b5", None, "e1g1"], caption="three")
+    grid = render_grid(
+        board, values, titles=["a", "b", "c"], move=["f1b5", None, "e1g1"], caption="three", contrast="max"
+    )
     assert isinstance(grid, Heatmap)
     root = ET.fromstring(grid.svg)
     assert len([el for el in root.iter() if el.get("class") == "board"]) == 3
@@ -321,7 +323,7 @@ def test_grid_shares_one_scale_and_one_colour_bar() -> None:
 def test_grid_per_board_scales_and_layout() -> None:
     boards = [chess.Board(WHITE_TO_MOVE), chess.Board(BLACK_TO_MOVE)] * 3
     values = torch.rand(6, 64) * torch.arange(1, 7).unsqueeze(1)
-    grid = render_grid(boards, values, shared_scale=False, ncols=3, orientation="turn")
+    grid = render_grid(boards, values, shared_scale=False, ncols=3, orientation="turn", contrast="max")
     root = ET.fromstring(grid.svg)
     bars = [el for el in root.iter() if el.get("class") == "colorbar"]
     assert len(bars) == 6 and grid.vmax is None
@@ -336,7 +338,7 @@ def test_grid_per_board_scales_and_layout() -> None:
     assert panels[0]["a1"]["y"] == panels[2]["a1"]["y"] and panels[3]["a8"]["y"] > panels[0]["a1"]["y"]
     assert panels[1]["a1"]["y"] < panels[1]["a8"]["y"] and panels[0]["a1"]["y"] > panels[0]["a8"]["y"]
     with pytest.raises(InputShapeError, match="2 boards but values for 6"):
-        render_grid(boards[:2], values)
+        render_grid(boards[:2], values, contrast="max")
 
 
 def test_lczeroboard_delegates_to_render_heatmap() -> None:
@@ -353,8 +355,8 @@ def test_lczeroboard_delegates_to_render_heatmap() -> None:
 def test_pictures_inlined_together_keep_their_own_colour_bars() -> None:
     # Jupyter inlines every SVG into one HTML page: a gradient id shared by two different maps would make the
     # second colour bar paint the first one's colours.
-    signed = render_heatmap(chess.Board(), np.linspace(-1, 1, 64)).svg
-    magnitude = render_heatmap(chess.Board(), np.linspace(0, 1, 64)).svg
+    signed = render_heatmap(chess.Board(), np.linspace(-1, 1, 64), contrast="max").svg
+    magnitude = render_heatmap(chess.Board(), np.linspace(0, 1, 64), contrast="max").svg
     grad_ids = [next(ET.fromstring(svg).iter(NS + "linearGradient")).get("id") for svg in (signed, magnitude)]
     assert grad_ids[0] != grad_ids[1]
     for svg, gid in zip((signed, magnitude), grad_ids, strict=True):
@@ -380,3 +382,54 @@ def test_promotion_shows_the_promoted_piece_on_its_square(uci, fen, orientation)
     square = next(el for el in root.iter() if el.get("data-square") == chess.square_name(move.to_square))
     sx, sy, size = float(square.get("x")), float(square.get("y")), float(square.get("width"))
     assert sx <= x < sx + size and sy <= y < sy + size
+
+
+def test_robust_contrast_clips_the_top_squares_marks_them_and_labels_the_ends() -> None:
+    from lczerolens.visual import robust_limit
+
+    values = np.zeros(64)
+    values[:40] = np.linspace(0.01, 0.4, 40)
+    values[chess.F1] = 4.0  # one square far above the rest, as the moving piece often is
+    values[chess.A8] = -0.3
+    limit = robust_limit([values])
+    assert limit == pytest.approx(np.percentile(np.abs(values[values != 0]), 98.0))
+    hm = render_heatmap(chess.Board(), values)  # the default contrast is "robust"
+    assert hm.vmax == pytest.approx(limit) and limit < 4.0
+    squares = _squares(hm.svg)
+    cmap = COLORMAPS["RdBu_r"]
+    assert squares["f1"]["fill"] == cmap(1.0)
+    # A square at a tenth of the limit shows a colour of its own (under "max" it would be near white).
+    c = chess.square_name(int(np.argmin(np.abs(values[:40] - 0.1 * limit))))
+    assert squares[c]["fill"] == cmap(0.5 + 0.5 * values[chess.parse_square(c)] / limit)
+    root = ET.fromstring(hm.svg)
+    marked = [el.get("class") for el in root.iter(NS + "polygon") if "clipped" in el.get("class", "")]
+    assert "clipped square-f1" in marked and len(marked) == int((np.abs(values) > limit).sum())
+    ticks = [el.text for el in _colorbar(hm.svg) if el.get("class") == "colorbar-tick"]
+    assert ticks[-1].startswith("\u2265") and not ticks[0].startswith("\u2264")
+    # "max" clips nothing and marks nothing.
+    plain = render_heatmap(chess.Board(), values, contrast="max")
+    assert plain.vmax == 4.0 and "clipped" not in plain.svg
+    with pytest.raises(RenderError, match="unknown contrast"):
+        render_heatmap(chess.Board(), values, contrast="loud")
+
+
+def test_power_contrast_keeps_real_values_on_the_colour_bar() -> None:
+    values = np.linspace(-4.0, 4.0, 64)
+    hm = render_heatmap(chess.Board(), values, contrast="power")
+    assert (hm.vmin, hm.vmax) == (-4.0, 4.0)
+    ticks = [float(el.get("data-value")) for el in _colorbar(hm.svg) if el.get("class") == "colorbar-tick"]
+    assert ticks == [-4.0, -1.0, 0.0, 1.0, 4.0]  # 1 = 4 * 0.5 ** 2 sits halfway up: colours follow sqrt(|v| / 4)
+    squares = _squares(hm.svg)
+    v = values[chess.E5]
+    assert squares["e5"]["fill"] == COLORMAPS["RdBu_r"](0.5 + 0.5 * np.sign(v) * np.sqrt(abs(v) / 4.0))
+
+
+def test_grid_scale_groups_share_a_scale_within_each_group() -> None:
+    values = np.ones((4, 64))
+    values[:2] *= np.linspace(0, 1, 64)
+    values[2:] *= np.linspace(0, 10, 64)
+    grid = render_grid(chess.Board(), values, shared_scale=["a", "a", "b", "b"], contrast="max")
+    bars = [el for el in ET.fromstring(grid.svg).iter() if el.get("class") == "colorbar"]
+    assert [float(b.get("data-vmax")) for b in bars] == [1.0, 1.0, 10.0, 10.0]
+    with pytest.raises(InputShapeError, match="3 scale keys for 4 boards"):
+        render_grid(chess.Board(), values, shared_scale=["a", "b", "c"])

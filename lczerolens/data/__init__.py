@@ -9,6 +9,7 @@ Example
 ...     print(position.game, position.ply, position.board.fen(), position.played)
 """
 
+from lczerolens.data.puzzles import Puzzle, PuzzleReader, read_puzzles
 from lczerolens.data.readers import (
     GameRecord,
     Position,
@@ -26,11 +27,14 @@ __all__ = [
     "GameRecord",
     "Position",
     "PositionReader",
+    "Puzzle",
+    "PuzzleReader",
     "Selection",
     "Skipped",
     "open_text",
     "read_epd",
     "read_pgn",
     "read_positions",
+    "read_puzzles",
     "source_kind",
 ]

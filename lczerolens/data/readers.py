@@ -233,7 +233,8 @@ class GameRecord:
 
 
 def source_kind(path: str | Path) -> str:
-    """``"pgn"`` or ``"epd"`` from the file name (``.pgn``, ``.pgn.gz``, ``.pgn.zst``; ``.epd``, ``.fen``, ``.txt``)."""
+    """``"pgn"``, ``"epd"`` or ``"puzzle"`` from the file name (``.pgn``; ``.epd``, ``.fen``, ``.txt``; ``.csv``: a
+    Lichess puzzle file), each optionally ``.gz`` or ``.zst``."""
     name = Path(path).name.lower()
     for compressed in (".gz", ".zst"):
         if name.endswith(compressed):
@@ -242,9 +243,11 @@ def source_kind(path: str | Path) -> str:
         return "pgn"
     if name.endswith(_EPD_SUFFIXES):
         return "epd"
+    if name.endswith(".csv"):
+        return "puzzle"
     raise DataError(
         f"cannot tell the format of {str(path)!r}: name a PGN file .pgn, .pgn.gz or .pgn.zst, or an EPD/FEN "
-        "list .epd, .fen or .txt (optionally .gz or .zst)"
+        "list .epd, .fen or .txt, or a Lichess puzzle file .csv (optionally .gz or .zst)"
     )
 
 
@@ -255,6 +258,42 @@ def _check_readable(path: Path) -> None:
         raise DataError(f"{str(path)!r} is a folder; pass a PGN or EPD file")
     if not os.access(path, os.R_OK):
         raise DataError(f"cannot read {str(path)!r} (permission denied); check its permissions")
+
+
+_MAGIC = {b"\x1f\x8b": ("gzip", ".gz"), b"\x28\xb5\x2f\xfd": ("zstandard", ".zst")}
+
+
+def _check_text(path: Path, kind: str) -> None:
+    """Refuse, naming the file, a source that is empty or not text (e.g. a network file given as the games)."""
+    what = "PGN games" if kind == "pgn" else "EPD/FEN positions"
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(4)
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
+    for magic, (name, suffix) in _MAGIC.items():
+        if head.startswith(magic) and not path.name.lower().endswith(suffix):
+            raise DataError(
+                f"{str(path)!r} is {name}-compressed data, not {what} as text (is it a network file?); give a "
+                f"{kind.upper()} file, or name a compressed one with {suffix} at the end"
+            )
+    text = ""
+    try:
+        with open_text(path) as handle:
+            # The first non-blank line (and at most 4 KiB more) tells text from binary; a stream that breaks later
+            # is the readers' business (the rest is skipped and reported).
+            while not text.strip():
+                line = handle.readline(1 << 12)
+                if not line:
+                    break
+                text += line
+    except _stream_errors() as exc:
+        if not text.strip():
+            raise DataError(f"cannot read {str(path)!r} ({type(exc).__name__}: {exc}); the file is damaged") from exc
+    if "\x00" in text:
+        raise DataError(f"{str(path)!r} is binary data, not {what} as text; check the file")
+    if not text.strip():
+        raise DataError(f"{str(path)!r} is empty: it holds no {what}")
 
 
 def open_text(path: str | Path) -> TextIO:
@@ -373,14 +412,18 @@ class PositionReader:
 
     def __init__(self, path: str | Path, kind: str, selection: Selection) -> None:
         self.path = Path(path)
-        if kind not in ("pgn", "epd"):
-            raise DataError(f"kind={kind!r}: use 'pgn' or 'epd'")
+        if kind not in ("pgn", "epd", "puzzle"):
+            raise DataError(f"kind={kind!r}: use 'pgn', 'epd' or 'puzzle'")
         self.kind = kind
         self.selection = selection
         _check_readable(self.path)
+        _check_text(self.path, kind)
         self.skipped: list[Skipped] = []
         self.n_skipped = 0
         self._threshold: int | None = None
+
+    #: The ply of a record's one position for EPD (0) and puzzles (1: after the opponent's move).
+    _record_ply = 0
 
     @property
     def source(self) -> str:
@@ -406,7 +449,7 @@ class PositionReader:
         """The skipped games or lines of the last pass, one per line (empty when nothing was skipped)."""
         if not self.n_skipped:
             return ""
-        what = "games" if self.kind == "pgn" else "lines"
+        what = {"pgn": "games", "epd": "lines", "puzzle": "rows"}[self.kind]
         lines = [f"skipped {self.n_skipped} {what} of {self.source}:"]
         lines += [f"  {s}" for s in self.skipped]
         if self.n_skipped > len(self.skipped):
@@ -430,8 +473,9 @@ class PositionReader:
             threshold = int(sel.sample * 2**64)
         for record, n_plies in self._raw_games():
             plies = [p for p in range(n_plies + 1) if sel.eligible(p if self.kind == "pgn" else record.game)]
-            if self.kind == "epd":
-                plies = [0] if plies else []
+            if self.kind != "pgn":
+                # one position per record: an EPD line's, or a puzzle's after the opponent's move (ply 1)
+                plies = [self._record_ply] if plies else []
             if threshold is not None:
                 if isinstance(sel.sample, int):
                     plies = [p for p in plies if sel.draw(record.source, record.game, p) <= threshold]
@@ -450,7 +494,7 @@ class PositionReader:
         heap: list[int] = []  # negated draws: a max-heap of the k smallest
         sel = self.selection
         for record, n_plies in self._raw_games():
-            for p in range(n_plies + 1) if self.kind == "pgn" else [0]:
+            for p in range(n_plies + 1) if self.kind == "pgn" else [self._record_ply]:
                 if not sel.eligible(p if self.kind == "pgn" else record.game):
                     continue
                 d = sel.draw(record.source, record.game, p)
@@ -507,6 +551,12 @@ class PositionReader:
             return None
         if type(root) is not chess.Board:
             self._skip(visitor.line, index, f"variant {visitor.headers.get('Variant', '?')!r}: lc0 plays only chess")
+            return None
+        if root.chess960:
+            # python-chess reads [Variant "chess960"] / "fischerandom" as chess with Chess960 castling; the readers
+            # skip it like every other variant (not checked against lc0's own Chess960 encoding).
+            self._skip(visitor.line, index, f"variant {visitor.headers.get('Variant', 'chess960')!r} (Chess960): "
+                       "lczerolens explains standard chess only")
             return None
         fen = None if root.fen() == chess.STARTING_FEN and not root.chess960 else root.fen(en_passant="fen")
         return GameRecord(self.source, index, visitor.line, fen, root.chess960, visitor.moves, [], visitor.headers)
@@ -627,6 +677,10 @@ def read_positions(path: str | Path, **selection: Any) -> PositionReader:
     kind = source_kind(path)
     if kind == "pgn":
         return read_pgn(path, **selection)
+    if kind == "puzzle":
+        from lczerolens.data.puzzles import read_puzzles
+
+        return read_puzzles(path, **selection)
     unknown = set(selection) - {"every", "sample", "seed"}
     if unknown:
         raise DataError(f"{', '.join(sorted(unknown))} apply to PGN games only, not to the EPD file {path}")

@@ -280,7 +280,7 @@ class OcclusionLens(AttributionLens):
 
     ``squares[i]`` (board orientation) holds ``f(position) - f(position without that piece)``; empty squares and
     kings score 0. The changed position is encoded the way lc0 encodes such a position given as a FEN
-    (:func:`lczerolens.metrics.remove_pieces`: castling rights cleared with their rook, an en-passant square
+    (:func:`lczerolens.board.remove_pieces`: castling rights cleared with their rook, an en-passant square
     dropped once no capture is left), and so is the position itself: both are encoded from their FEN alone
     (lc0's history fill), so a board's move history does not enter the comparison. A move target keeps its
     move: its policy index is fixed (in the canonical formats, where a removal may change the board transform,
@@ -309,7 +309,7 @@ class OcclusionLens(AttributionLens):
         rows: slice,
         **options: Any,
     ) -> Relevance:
-        from lczerolens.metrics import removable_squares, remove_pieces
+        from lczerolens.board import removable_squares, remove_pieces
 
         n = len(boards)
         legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
@@ -379,7 +379,7 @@ def _follow_move(
     if int(input_format) < 3:
         # Formats 1 and 2 only mirror for black, which no removal changes: the index stays.
         return indices.cpu()[owners]
-    from lczerolens.metrics import move_indices
+    from lczerolens.board import move_indices
 
     moves = [originals[i].decode_move(int(indices[i]), input_format) for i in range(len(originals))]
     return move_indices(changed, [moves[i] for i in owner], input_format)

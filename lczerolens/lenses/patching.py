@@ -89,7 +89,7 @@ def corrupt(
     Notes
     -----
     Castling rights are cleared where their king or rook has left its square, and an en-passant square once no
-    capture is left, as :func:`lczerolens.metrics.remove_pieces` does; compare with the clean position encoded
+    capture is left, as :func:`lczerolens.board.remove_pieces` does; compare with the clean position encoded
     from its FEN too (``corrupt(board)`` with neither argument), so that history does not differ between them.
 
     Example
@@ -98,8 +98,7 @@ def corrupt(
     >>> corrupt(LczeroBoard(), move=("g1", "f3")).fen()
     'rnbqkbnr/pppppppp/8/8/8/5N2/PPPPPPPP/RNBQKB1R w KQkq - 0 1'
     """
-    from lczerolens.board import LczeroBoard
-    from lczerolens.metrics import en_passant_holds, remove_pieces
+    from lczerolens.board import LczeroBoard, en_passant_holds, remove_pieces
 
     if not isinstance(board, LczeroBoard):
         board = LczeroBoard.from_board(board)

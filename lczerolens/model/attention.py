@@ -51,6 +51,7 @@ from torch import nn
 from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
+from lczerolens.model.netformat import resolve_network_format
 from lczerolens.model.policy_map import attention_policy_map
 from lczerolens.model.save import Binding, bind, keep_net
 from lczerolens.model.weights import decode_layer
@@ -475,8 +476,6 @@ def build_attention_network(net: Any) -> AttentionNetwork:
     ('policy', 'wdl', 'mlh')
     """
     # What lc0 makes of the file's format (older files leave fields out; lc0 fills them in on loading).
-    from lczerolens.model.native import resolve_network_format
-
     nf = resolve_network_format(net)
     structure = int(nf.network)
     if structure not in (_NETWORK_ATTENTIONBODY, _NETWORK_ATTENTIONBODY_MULTIHEAD):

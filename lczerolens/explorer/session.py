@@ -1,0 +1,353 @@
+"""The explorer's core: positions, lenses and targets in, plain JSON-able views out.
+
+One :class:`ExplorerSession` serves the notebook widget, the local web page and the HTML report: the front end
+(``static/explorer.js``) only draws what :meth:`ExplorerSession.view` returns.
+
+A shown position is ``(index, moves)``: the source's position number ``index`` followed by ``moves`` (legal
+moves in UCI played from there in the explorer). Its ply (the page's ``data-ply``) is ``index + len(moves)``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import chess
+import chess.pgn
+import chess.svg
+
+from lczerolens.errors import InvalidBoardError, InvalidMoveError, InvalidOptionError
+
+#: Head targets offered besides the moves (the ``select[name="target"]`` options before the legal moves).
+HEAD_TARGETS = ("top", "value", "win", "draw", "loss")
+#: Attribution lenses other than the LRP presets, by the name the explorer shows.
+OTHER_LENSES = ("gradient", "gradient_x_input", "integrated_gradients", "smoothgrad", "occlusion")
+#: The default lens's name: ``LrpLens()``.
+DEFAULT_LENS = "lrp"
+
+
+def _round(x: float) -> float:
+    """Seven significant digits (float32 holds about as many): views stay small and JSON stays exact enough."""
+    if not math.isfinite(x):
+        return x
+    return float(f"{x:.7g}")
+
+
+def load_source(source: Any = None, *, game: int = 0) -> tuple[list[Any], list[str], str]:
+    """The positions of ``source``, the moves joining them (UCI, ``""`` where none does) and a title.
+
+    ``source``: ``None`` (the starting position), a ``chess.Board``, a FEN, a PGN file path or PGN text (game
+    number ``game``, 0-based; one position per ply, each with the game's moves as history), or a sequence of
+    boards or FENs.
+    """
+    from lczerolens.board import LczeroBoard
+
+    def board_of(item: Any) -> LczeroBoard:
+        if isinstance(item, LczeroBoard):
+            return item.copy()
+        if isinstance(item, chess.Board):
+            return LczeroBoard.from_board(item)
+        if isinstance(item, str):
+            try:
+                return LczeroBoard(item.strip())
+            except ValueError as exc:
+                raise InvalidBoardError(f"not a FEN: {item!r} ({exc})") from exc
+        raise InvalidBoardError(f"cannot show {type(item).__name__}; pass a board, a FEN, a PGN or a list of boards")
+
+    if source is None:
+        return [LczeroBoard()], [], "starting position"
+    if isinstance(source, (chess.Board, chess.BaseBoard)) and not isinstance(source, chess.Board):
+        source = chess.Board(source.board_fen())
+    if isinstance(source, chess.Board):
+        return [board_of(source)], [], source.fen()
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        is_path = isinstance(source, Path) or (
+            "\n" not in text and len(text) < 4096 and text.lower().endswith((".pgn",)) and Path(text).exists()
+        )
+        if is_path:
+            return _load_pgn(Path(text).read_text(encoding="utf-8", errors="replace"), game, Path(text).name)
+        if "[" in text or "1." in text:
+            return _load_pgn(text, game, "PGN")
+        return [board_of(text)], [], text.strip()
+    if isinstance(source, Sequence):
+        boards = [board_of(item) for item in source]
+        if not boards:
+            raise InvalidBoardError("got an empty list of positions; pass at least one")
+        return boards, [""] * (len(boards) - 1), f"{len(boards)} positions"
+    raise InvalidBoardError(f"cannot show {type(source).__name__}; pass a board, a FEN, a PGN or a list of boards")
+
+
+def _load_pgn(text: str, game: int, name: str) -> tuple[list[Any], list[str], str]:
+    from lczerolens.board import LczeroBoard
+
+    stream = io.StringIO(text)
+    parsed = None
+    for _ in range(game + 1):
+        parsed = chess.pgn.read_game(stream)
+        if parsed is None:
+            raise InvalidOptionError(f"{name} has no game number {game} (0-based); pick a smaller one")
+    assert parsed is not None
+    board = LczeroBoard.from_board(parsed.board())
+    boards = [board.copy()]
+    moves = []
+    for move in parsed.mainline_moves():
+        board.push(move)
+        boards.append(board.copy())
+        moves.append(move.uci())
+    headers = parsed.headers
+    title = f"{headers.get('White', '?')} - {headers.get('Black', '?')}"
+    if headers.get("Event", "?") not in ("?", ""):
+        title += f", {headers['Event']}"
+    return boards, moves, title
+
+
+class ExplorerSession:
+    """Computes what the explorer shows: one position's map, colours, evaluation and moves, as a dict.
+
+    Parameters
+    ----------
+    model : LczeroModel
+        The network. Lenses never change it.
+    source : optional
+        What to explore (see :func:`load_source`).
+    lens : str or lens, optional
+        The lens shown first: a name from :meth:`lens_names` or an attribution lens object (then named
+        ``"custom"``). Default ``"lrp"`` (``LrpLens()``).
+    target : str, optional
+        The target shown first: ``"top"`` (default), ``"value"``, ``"win"``, ``"draw"``, ``"loss"`` or a move.
+    game : int
+        For a PGN source, which game (0-based).
+    cache_size : int
+        How many views to keep.
+
+    Example
+    -------
+    >>> session = ExplorerSession(model, "startpos")  # doctest: +SKIP
+    >>> view = session.view(0, (), "top", "lrp")  # doctest: +SKIP
+    >>> len(view["values"]), view["target"]["move"]  # doctest: +SKIP
+    (64, 'e2e4')
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        source: Any = None,
+        *,
+        lens: Any = None,
+        target: str | None = None,
+        game: int = 0,
+        cache_size: int = 512,
+    ) -> None:
+        self.model = model
+        self.boards, self.line, self.title = load_source(source, game=game)
+        self._custom = None if lens is None or isinstance(lens, str) else lens
+        self.default_lens = "custom" if self._custom is not None else (lens or DEFAULT_LENS)
+        self.default_target = target or "top"
+        self._lenses: dict[str, Any] = {}
+        self._cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+        self._cache_size = cache_size
+        # One computation at a time: concurrent requests (the web server's threads) get the same answers as
+        # sequential ones, and a lens's cached rule tree is never used by two threads at once.
+        self._lock = threading.RLock()
+        self._evals: list[dict[str, Any]] | None = None
+        self.lens(self.default_lens)  # a bad name fails here, not in the browser
+        if self.default_target not in HEAD_TARGETS:
+            self.position(0, ()).parse_uci(self.default_target)  # raises for a move not legal at the start
+
+    # ---- lenses ------------------------------------------------------------------------------------------
+    def lens_names(self) -> list[str]:
+        """The lenses offered: ``"lrp"`` (``LrpLens()``), the LRP presets that fit the network, the others."""
+        from lczerolens.lenses import PRESETS, network_family
+
+        family = network_family(self.model)
+        presets = [
+            name
+            for name in PRESETS
+            if not (family == "residual" and name.startswith("attention"))
+            and not (family == "attention" and name.startswith("residual"))
+        ]
+        names = ([DEFAULT_LENS] if self._custom is None else ["custom", DEFAULT_LENS]) + presets + list(OTHER_LENSES)
+        return names
+
+    def lens(self, name: str) -> Any:
+        """The lens object behind ``name`` (built once)."""
+        if name in self._lenses:
+            return self._lenses[name]
+        from lczerolens.lenses import PRESETS, GradientLens, LrpLens, OcclusionLens
+
+        if name == "custom" and self._custom is not None:
+            lens = self._custom
+        elif name == DEFAULT_LENS:
+            lens = LrpLens()
+        elif name in PRESETS:
+            lens = LrpLens(**PRESETS[name])
+        elif name == "occlusion":
+            lens = OcclusionLens()
+        elif name in OTHER_LENSES:
+            lens = GradientLens(name)
+        else:
+            raise InvalidOptionError(f"unknown lens {name!r}; use one of {', '.join(self.lens_names())}")
+        self._lenses[name] = lens
+        return lens
+
+    # ---- positions ---------------------------------------------------------------------------------------
+    def position(self, index: int, moves: Sequence[str] = ()) -> Any:
+        """The board at source position ``index`` after ``moves`` (UCI), with its history.
+
+        Raises ``InvalidBoardError`` for an index out of range and ``InvalidMoveError`` for an illegal move.
+        """
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.boards):
+            raise InvalidBoardError(f"position {index!r} does not exist; the source has 0..{len(self.boards) - 1}")
+        board = self.boards[index].copy()
+        for uci in moves:
+            try:
+                move = chess.Move.from_uci(str(uci))
+            except ValueError as exc:
+                raise InvalidMoveError(f"{uci!r} is not a move in UCI notation (e.g. e2e4, e7e8q)") from exc
+            if move not in board.legal_moves:
+                raise InvalidMoveError(f"{uci} is not legal in {board.fen()}")
+            board.push(move)
+        return board
+
+    def meta(self) -> dict[str, Any]:
+        """What does not change with the shown position: title, the source's moves, the lenses, values per ply."""
+
+        sans = []
+        for i, uci in enumerate(self.line):
+            sans.append(self.boards[i].san(chess.Move.from_uci(uci)) if uci else "")
+        return {
+            "title": self.title,
+            "count": len(self.boards),
+            "line": [{"uci": u, "san": s} for u, s in zip(self.line, sans, strict=True)],
+            "fens": [b.fen() for b in self.boards],
+            "lenses": self.lens_names(),
+            "targets": list(HEAD_TARGETS),
+            "lens": self.default_lens,
+            "target": self.default_target,
+            "values": [e["value"] for e in self.evaluations()],
+            "pieces": {p: chess.svg.piece(chess.Piece.from_symbol(p), size=45) for p in "PNBRQKpnbrqk"},
+        }
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The network's evaluation of every source position (one batched pass, computed once)."""
+        with self._lock:
+            if self._evals is None:
+                evals = self.model.evaluate(self.boards, top_k=5)
+                self._evals = [self._evaluation(b, e) for b, e in zip(self.boards, evals, strict=True)]
+            return self._evals
+
+    @staticmethod
+    def _evaluation(board: Any, ev: Any) -> dict[str, Any]:
+        return {
+            "value": _round(ev.value),
+            "wdl": None if ev.wdl is None else [_round(p) for p in ev.wdl],
+            "mlh": None if ev.mlh is None else _round(ev.mlh),
+            "top": [
+                {"uci": m.move.uci(), "san": board.san(m.move), "p": _round(m.probability)} for m in ev.moves
+            ],
+        }
+
+    # ---- views -------------------------------------------------------------------------------------------
+    def _check(self, target: str, lens: str) -> None:
+        if lens not in self.lens_names():
+            raise InvalidOptionError(f"unknown lens {lens!r}; use one of {', '.join(self.lens_names())}")
+        if not isinstance(target, str) or not target:
+            raise InvalidOptionError("target must be top, value, win, draw, loss or a legal move in UCI")
+
+    def view(self, index: int, moves: Sequence[str] = (), target: str = "top", lens: str = DEFAULT_LENS) -> dict:
+        """Everything the explorer shows for one position, target and lens, as a JSON-able dict.
+
+        Keys: ``index``, ``moves``, ``ply``, ``fen``, ``turn``, ``lastmove``, ``legal`` (``[{uci, san}]``),
+        ``target`` (``{name, move, label, value}``: the explained output's value), ``lens``, ``method``,
+        ``values`` (64 floats by python-chess square, board orientation: the lens's ``squares``), ``colors``
+        (64 ``#rrggbb``, as :func:`~lczerolens.visual.render_heatmap` colours them), ``vmin``, ``vmax``,
+        ``stops`` (the colour bar), ``conservation``, ``evaluation`` (``{value, wdl, mlh, top}``).
+        """
+        return self.views([(index, tuple(moves))], target, lens)[0]
+
+    def views(self, states: Sequence[tuple[int, Sequence[str]]], target: str, lens: str) -> list[dict[str, Any]]:
+        """:meth:`view` for several positions with one target and lens: the missing ones in one batched call."""
+        self._check(target, lens)
+        for i, m in states:
+            self.position(i, tuple(m))  # a bad position or move fails before any work
+        keys = [(i, tuple(m), target, lens) for i, m in states]
+        with self._lock:
+            missing = [k for k in dict.fromkeys(keys) if k not in self._cache]
+            if missing:
+                todo = [self.position(k[0], k[1]) for k in missing]
+                computed = self._compute(todo, [k[0] for k in missing], target, lens)
+                for key, out in zip(missing, computed, strict=True):
+                    out["index"], out["moves"] = key[0], list(key[1])
+                    out["ply"] = key[0] + len(key[1])
+                    self._cache[key] = out
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            for key in keys:
+                self._cache.move_to_end(key)
+            return [dict(self._cache[k]) for k in keys]
+
+    def _targets(self, boards: Sequence[Any], target: str) -> Any:
+        if target == "top":
+            return None
+        if target in HEAD_TARGETS:
+            return target
+        moves = []
+        for board in boards:
+            try:
+                move = chess.Move.from_uci(target)
+            except ValueError as exc:
+                raise InvalidMoveError(f"{target!r} is neither a head target nor a move in UCI") from exc
+            if move not in board.legal_moves:
+                raise InvalidMoveError(f"{target} is not legal in {board.fen()}; pick a legal move or top")
+            moves.append(move)
+        return moves
+
+    def _compute(self, boards: list[Any], indices: list[int], target: str, lens: str) -> list[dict[str, Any]]:
+        from lczerolens.visual import square_colors
+
+        rel = self.lens(lens).relevance(self.model, boards, self._targets(boards, target))
+        evals = self.model.evaluate(boards, top_k=5)
+        conservation = rel.conservation
+        out = []
+        for i, board in enumerate(boards):
+            values = [float(v) for v in rel.squares[i].detach().flatten().float().tolist()]
+            colors = square_colors(values)
+            move = None
+            if rel.policy_indices is not None:
+                move = board.decode_move(int(rel.policy_indices[i]), self.model.input_format)
+            label = f"{board.san(move)} ({move.uci()})" if move is not None else target
+            if target == "top" and move is not None:
+                label = f"top move {label}"
+            out.append(
+                {
+                    "fen": board.fen(),
+                    "turn": "white" if board.turn == chess.WHITE else "black",
+                    "lastmove": board.peek().uci() if board.move_stack else None,
+                    "check": board.king(board.turn) if board.is_check() else None,
+                    "legal": [{"uci": m.uci(), "san": board.san(m)} for m in board.legal_moves],
+                    "target": {
+                        "name": target,
+                        "move": None if move is None else move.uci(),
+                        "label": label,
+                        "value": _round(float(rel.target[i])),
+                    },
+                    "lens": lens,
+                    "method": rel.method,
+                    "values": [_round(v) for v in values],
+                    "colors": colors["colors"],
+                    "vmin": _round(colors["vmin"]),
+                    "vmax": _round(colors["vmax"]),
+                    "stops": colors["stops"],
+                    "conservation": None
+                    if not math.isfinite(float(conservation[i]))
+                    else _round(float(conservation[i])),
+                    "evaluation": self._evaluation(board, evals[i]),
+                }
+            )
+        return out
