@@ -174,7 +174,7 @@ def test_unreadable_sources_raise_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="folder"):
         read_pgn(tmp_path)
     with pytest.raises(DataError, match="cannot tell the format"):
-        read_positions(_write(tmp_path, "x.csv", "a,b\n"))
+        read_positions(_write(tmp_path, "x.json", "a,b\n"))
 
 
 def test_epd_real_suite_and_bad_lines(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ from lczerolens.data.readers import (
     open_text,
     read_epd,
     read_pgn,
-    read_positions,
     source_kind,
 )
+from lczerolens.data.sources import read_positions
 
 __all__ = [
     "GameRecord",

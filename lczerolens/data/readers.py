@@ -54,7 +54,6 @@ __all__ = [
     "PositionReader",
     "read_pgn",
     "read_epd",
-    "read_positions",
     "open_text",
     "source_kind",
 ]
@@ -670,18 +669,3 @@ def read_epd(
     >>> positions = list(read_epd("assets/cache/chess-data/endgame.epd"))  # doctest: +SKIP
     """
     return PositionReader(path, "epd", Selection(every, 0, None, sample, seed))
-
-
-def read_positions(path: str | Path, **selection: Any) -> PositionReader:
-    """:func:`read_pgn` or :func:`read_epd`, chosen by the file name's suffix."""
-    kind = source_kind(path)
-    if kind == "pgn":
-        return read_pgn(path, **selection)
-    if kind == "puzzle":
-        from lczerolens.data.puzzles import read_puzzles
-
-        return read_puzzles(path, **selection)
-    unknown = set(selection) - {"every", "sample", "seed"}
-    if unknown:
-        raise DataError(f"{', '.join(sorted(unknown))} apply to PGN games only, not to the EPD file {path}")
-    return read_epd(path, **selection)
