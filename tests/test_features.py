@@ -103,8 +103,10 @@ def test_feature_relevance_sums_to_lrp(model: LczeroModel, boards: list[LczeroBo
     # The network's output is untouched, and one feature group's map is not empty.
     assert torch.allclose(rel.outputs["policy"][::3], model(boards)["policy"], atol=1e-4)
     assert parts[:, 0].abs().sum() > 0
-    single = feature_relevance(model, boards[:1], sae, MODULE, "error")
-    assert (single.planes - parts[:1, 2]).abs().max() <= 1e-4 * parts[:1, 2].abs().max()
+    # The same boards (a batch of another size rounds the SAE's matmul differently, and TopK can then pick
+    # another feature on a near tie: the maps are exact only for the same inputs).
+    single = feature_relevance(model, boards, sae, MODULE, "error")
+    assert (single.planes - parts[:, 2]).abs().max() <= 1e-4 * parts[:, 2].abs().max()
 
 
 def test_shipped_sae_on_held_out_positions(model: LczeroModel) -> None:
