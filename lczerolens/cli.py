@@ -55,10 +55,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _input_format(text: str) -> Any:
-    from lczerolens.board import _as_format
+    from lczerolens.board import InputFormat, _as_format
 
+    value = text.strip()
     try:
-        return _as_format(int(text) if text.strip().lstrip("-").isdigit() else text.strip().upper())
+        if value.lstrip("-").isdigit():
+            return _as_format(int(value))
+        if value.upper() in InputFormat.__members__:  # a name, e.g. castling_plane
+            return InputFormat[value.upper()]
+        return _as_format(value)
     except LczeroLensError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

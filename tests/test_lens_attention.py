@@ -88,6 +88,6 @@ def test_render_attention_one_head_and_a_grid(attention_net):
     att = AttentionLens().attention(LczeroModel.from_path(pb), board)["encoder1"][0]
     one = render_attention(board, att[2], "e4")
     assert one.svg.count('class="query"') == 1 and 'data-square="e4"' in one.svg
-    grid = render_attention(board, att, chess.D5, ncols=2)
+    grid = render_attention(board, att, chess.D5, ncols=2, contrast="max")
     assert grid.svg.count('class="board"') == 4 and grid.svg.count('class="query"') == 4
     assert grid.vmin == 0.0 and grid.vmax == pytest.approx(float(att[:, chess.D5].max()), rel=1e-6)
