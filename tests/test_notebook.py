@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 
 import pytest
@@ -38,9 +37,8 @@ def test_committed_tutorial_has_its_outputs() -> None:
     # It shows heatmaps: inline SVG, or (to keep the notebook small) PNG files under notebooks/figures/ shown
     # by markdown outputs; at least five pictures, each file present.
     svgs = [o["data"]["image/svg+xml"] for c in code for o in c.outputs if "image/svg+xml" in o.get("data", {})]
-    pictures = [
-        m for c in code for o in c.outputs for m in re.findall(r"figures/[\w.-]+\.png", o.get("data", {}).get("text/markdown", ""))
-    ]
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
     assert len(svgs) + len(pictures) >= 5
     assert all((TUTORIAL.parent / p).exists() for p in pictures)
 
