@@ -950,8 +950,13 @@ RESIDUAL_CONSERVING: dict[str, Any] = {
 }
 
 #: The default for attention-body nets (no convolutions): AttnLRP with epsilon rules, biases absorbing their
-#: share (the composite of earlier releases). No real attention-body weights are available offline, so no
-#: search chose it: the benchmark's random-weight attention net only tests the harness.
+#: share. Measured on the trained attention net ``assets/nets/bt-distilled.pb.gz`` (``benchmarks/
+#: search_attention.py``, 60 held-out maia-1900 self-play positions, paired 95% bootstrap intervals): piece-removal
+#: ABPC level with occlusion's (move -0.51 [-1.27, +0.17], value +0.02 [-0.03, +0.10]) and above gradient x input
+#: on both targets (+2.25 [0.93, 4.24], +0.29 [0.20, 0.38]). Of 28 settings the gamma rule (0.25) on the FFN
+#: dense layers scored best (move -0.14, value +0.04 vs occlusion), but lc0's ONNX exports hold those layers as
+#: MatMul and Add nodes that layer rules do not reach, so it would make the two loaders' maps differ; it is not
+#: the default. Leaving the biases out ruins this net's maps.
 ATTENTION_DEFAULT: dict[str, Any] = {
     "epsilon": 1e-6,
     "softmax": "attnlrp",
