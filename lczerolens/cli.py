@@ -218,7 +218,7 @@ def _add_explorer_commands(sub: Any) -> None:
     serve.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
-    serve.add_argument("--input-format", default=None, metavar="F", help="input format of an .onnx export")
+    add_input_format_argument(serve)
     report = sub.add_parser(
         "report",
         help="one self-contained HTML file exploring a game, every ply's maps precomputed",
@@ -234,31 +234,14 @@ def _add_explorer_commands(sub: Any) -> None:
         help="a target to precompute (repeat; default: top and value)",
     )
     report.add_argument("--lens", default="lrp", metavar="L", help="lrp (default), a preset, gradient, occlusion, ...")
-    report.add_argument("--input-format", default=None, metavar="F", help="input format of an .onnx export")
-
-
-def _load_for_explorer(args: argparse.Namespace) -> Any:
-    from lczerolens.board import InputFormat
-    from lczerolens.model import LczeroModel
-
-    fmt = None
-    if args.input_format is not None:
-        text = str(args.input_format)
-        try:
-            fmt = InputFormat(int(text)) if text.isdigit() else InputFormat[text.upper()]
-        except (KeyError, ValueError):
-            from lczerolens.errors import InvalidOptionError
-
-            names = ", ".join(f.name.lower() for f in InputFormat)
-            raise InvalidOptionError(f"unknown --input-format {text!r}; use one of {names}") from None
-    return LczeroModel.from_path(args.weights, input_format=fmt)
+    add_input_format_argument(report)
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from lczerolens.explorer import ExplorerSession
     from lczerolens.explorer.server import make_server
 
-    model = _load_for_explorer(args)
+    model = load_model(args)
     session = ExplorerSession(model, args.source, game=args.game)
     server = make_server(session, args.host, args.port)
     print(f"lczerolens explorer on {server.url} (Ctrl-C stops it)", file=out, flush=True)
@@ -275,7 +258,7 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
     from lczerolens.explorer.report import write_report
 
     start = time.perf_counter()
-    model = _load_for_explorer(args)
+    model = load_model(args)
     targets = args.target or ["top", "value"]
     path = write_report(model, args.pgn, args.out, game=args.game, targets=targets, lens=args.lens)
     size = path.stat().st_size

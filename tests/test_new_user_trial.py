@@ -104,7 +104,12 @@ def test_input_format_on_every_command_that_loads_a_network() -> None:
     from lczerolens.board import InputFormat
 
     parser = cli.build_parser()
-    for command in (["explain", "net.onnx", "startpos"], ["run", "net.onnx", "g.pgn", "--out", "o"]):
+    for command in (
+        ["explain", "net.onnx", "startpos"],
+        ["run", "net.onnx", "g.pgn", "--out", "o"],
+        ["serve", "net.onnx"],
+        ["report", "net.onnx", "g.pgn"],
+    ):
         assert parser.parse_args([*command, "--input-format", "5"]).input_format == InputFormat.CANONICALIZATION_V2
         assert parser.parse_args([*command, "--input-format", "castling_plane"]).input_format == 2
         assert parser.parse_args(command).input_format is None
