@@ -6,6 +6,8 @@
 - Inside the network: :class:`ActivationLens` (named activations), :class:`PatchingLens` (activation patching
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
   attention-body nets on board squares).
+- Through depth: :class:`LogitLens` (the heads read after every layer), :class:`TunedLens` (the same through
+  one fitted affine map per layer), :func:`depth_kl` (how far each layer's reading is from the final policy).
 
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
+    from lczerolens.lenses.depth import LogitLens, TunedLens, depth_kl, depth_layers
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
     from lczerolens.lenses.lrp import (
         ATTENTION_DEFAULT,
@@ -65,6 +68,10 @@ _LAZY = {
     "PatchingLens": "lczerolens.lenses.patching",
     "corrupt": "lczerolens.lenses.patching",
     "Relevance": "lczerolens.lenses.relevance",
+    "LogitLens": "lczerolens.lenses.depth",
+    "TunedLens": "lczerolens.lenses.depth",
+    "depth_kl": "lczerolens.lenses.depth",
+    "depth_layers": "lczerolens.lenses.depth",
 }
 
 
@@ -98,4 +105,8 @@ __all__ = [
     "ATTENTION_DEFAULT",
     "PRESETS",
     "network_family",
+    "LogitLens",
+    "TunedLens",
+    "depth_kl",
+    "depth_layers",
 ]
