@@ -313,3 +313,327 @@ def _join(parts: list[dict[str, dict[str, torch.Tensor]]], names: Sequence[str],
         data = {k: torch.cat([p[name][k] for p in parts]) if len(parts) > 1 else parts[0][name][k] for k in keys}
         values[name] = TensorDict(data, batch_size=[n])
     return TensorDict(values, batch_size=[n])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tuned lens
+# ---------------------------------------------------------------------------------------------------------------
+def _affine(stream: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """``h + W h + b`` on the channels of every square (``W = 0, b = 0`` gives ``h`` itself, exactly)."""
+    weight = weight.to(stream.dtype)
+    bias = bias.to(stream.dtype)
+    if channel_dim == 1:  # [N, F, 8, 8]
+        return stream + torch.einsum("nchw,dc->ndhw", stream, weight) + bias[None, :, None, None]
+    return stream + stream @ weight.T + bias
+
+
+class TunedLens(LogitLens):
+    """The logit lens through one affine map per layer, fitted so that the heads' reading matches the output.
+
+    Each layer but the last has a map ``h -> h + W h + b`` acting on the channels of every square (the same map
+    on each square; ``W`` is ``[F, F]``, ``b`` ``[F]``); ``W = 0, b = 0`` is the logit lens itself. Build one
+    with :meth:`fit`. The last layer's entry is the network's own output, as for :class:`LogitLens`.
+
+    Attributes
+    ----------
+    layers : tuple of str
+        The layer names of the network it was fitted on.
+    translators : dict
+        ``layer -> (W, b)`` (float32 tensors) for every layer but the last.
+    channel_dim : int
+        The stream's channel dimension (1 for residual nets, -1 for attention bodies).
+    losses : list of float
+        The training loss (summed over layers) at every step of :meth:`fit`.
+
+    Example
+    -------
+    >>> lens = TunedLens.fit(model, "assets/cache/positions-maia-1900-seed1.txt", steps=200)  # doctest: +SKIP
+    >>> depth_kl(lens, model, held_out)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[str],
+        translators: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        channel_dim: int,
+        losses: Sequence[float] = (),
+    ) -> None:
+        self.layers_fitted = tuple(layers)
+        missing = [name for name in self.layers_fitted[:-1] if name not in translators]
+        if missing:
+            raise LensError(f"translators lack the layers {missing}; give one (W, b) per layer but the last")
+        self.translators = {name: (w.detach(), b.detach()) for name, (w, b) in translators.items()}
+        self.channel_dim = channel_dim
+        self.losses = list(losses)
+
+    def __repr__(self) -> str:
+        width = next(iter(self.translators.values()))[1].numel() if self.translators else 0
+        return f"TunedLens(layers={len(self.layers_fitted)}, width={width}, steps={len(self.losses)})"
+
+    @classmethod
+    def identity(cls, model: ModelLike) -> TunedLens:
+        """The tuned lens before fitting (every map the identity): it reads exactly as :class:`LogitLens`."""
+        network, input_format = model_parts(model)
+        layout = _layout(network)
+        width = _width(network, layout, input_format)
+        return cls(layout.names, _zero_translators(layout, width), layout.channel_dim)
+
+    def _translate(self, name: str, stream: torch.Tensor, channel_dim: int) -> torch.Tensor:
+        weight, bias = self.translators[name]
+        return _affine(stream, weight.to(stream.device), bias.to(stream.device), channel_dim)
+
+    def outputs(
+        self,
+        model: ModelLike,
+        boards: BoardsLike,
+        *,
+        batch_size: int | None = 256,
+        planes: torch.Tensor | None = None,
+    ) -> TensorDict:
+        """As :meth:`LogitLens.outputs`, each layer's stream first sent through its fitted map."""
+        network, _ = model_parts(model)
+        layout = _layout(network)
+        if layout.names != self.layers_fitted:
+            raise LensError(
+                f"this tuned lens was fitted on a network with layers {list(self.layers_fitted)}, not "
+                f"{list(layout.names)}; fit one on this model with TunedLens.fit"
+            )
+        return super().outputs(model, boards, batch_size=batch_size, planes=planes)
+
+    @classmethod
+    def fit(
+        cls,
+        model: ModelLike,
+        source: Any,
+        *,
+        steps: int = 300,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        seed: int = 0,
+        max_positions: int = 2048,
+        wdl_weight: float = 1.0,
+        progress: bool = False,
+    ) -> TunedLens:
+        """Fit one affine map per layer so that the heads' reading of it matches the network's final output.
+
+        The loss, summed over layers and averaged over a batch, is the KL divergence from the final policy to
+        the layer's policy over the legal moves, plus ``wdl_weight`` times the KL divergence of the WDL
+        probabilities (the squared error of the value for nets without a WDL head). Adam, ``steps`` steps of
+        ``batch_size`` positions drawn (seeded by ``seed``) from the first ``max_positions`` positions of
+        ``source``; the network runs without gradients on its own weights and is never changed.
+
+        Parameters
+        ----------
+        model : LczeroModel or network
+        source : path, boards, positions or FEN strings
+            A PGN / EPD / puzzle file (see :func:`lczerolens.data.read_positions`), or an iterable of
+            ``LczeroBoard`` / ``chess.Board``, of objects with a ``.board`` (``Position``, ``Puzzle``) or of FENs.
+            Positions without a legal move are left out.
+        steps, batch_size, lr, seed
+            Adam's schedule; the same seed and data give the same maps.
+        max_positions
+            At most this many positions are read and kept (as input planes, ``28 KiB`` each): memory stays bounded.
+        wdl_weight
+            Weight of the value term (0: fit the policy only).
+        progress
+            A tqdm bar over the steps.
+
+        Returns
+        -------
+        TunedLens
+
+        Example
+        -------
+        >>> lens = TunedLens.fit(model, boards, steps=100, batch_size=32)  # doctest: +SKIP
+        """
+        for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("max_positions", max_positions, 2)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise LensError(f"{name}={value!r} must be an integer >= {low}")
+        for name, number in (("lr", lr), ("wdl_weight", wdl_weight)):
+            if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number) or number < 0:
+                raise LensError(f"{name}={number!r} must be a finite number >= 0")
+        from lczerolens.board import encode_boards
+
+        network, input_format = model_parts(model)
+        layout = _layout(network)
+        heads = _heads_function(network, layout)
+        boards = _collect(source, int(max_positions), input_format)
+        if len(boards) < 2:
+            raise LensError(f"the source gives {len(boards)} position(s) with legal moves; fitting needs at least 2")
+        dtype, device = param_like(network)
+        planes = torch.cat([encode_boards(boards[r], input_format) for r in chunks(len(boards), 256)])
+        legal = _legal_mask(boards, input_format)
+        width = _width(network, layout, input_format)
+        translators = _zero_translators(layout, width)
+        params = [t for pair in translators.values() for t in pair]
+        for p in params:
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(params, lr=float(lr))
+        generator = torch.Generator().manual_seed(int(seed))
+        losses: list[float] = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=int(steps), desc="TunedLens.fit", unit="step")
+        size = min(int(batch_size), len(boards))
+        try:
+            for _ in range(int(steps)):
+                rows = torch.randperm(len(boards), generator=generator)[:size]
+                x = planes[rows].to(dtype=dtype, device=device)
+                mask = legal[rows].to(device)
+                streams, raw = _streams(network, layout, x)
+                final = {k: v.float() for k, v in _summary(raw).items()}
+                target = _legal_log_softmax(final["policy"], mask)
+                loss = torch.zeros((), device=device)
+                for name, stream in zip(layout.names[:-1], streams[:-1], strict=True):
+                    w, b = translators[name]
+                    read = _summary(dict(heads(_affine(stream, w, b, layout.channel_dim)).items()))
+                    loss = loss + _policy_kl(target, read["policy"].float(), mask).mean()
+                    if wdl_weight:
+                        loss = loss + float(wdl_weight) * _value_loss(final, read).mean()
+                # Gradients for the maps only: nothing is accumulated on the network's own parameters.
+                grads = torch.autograd.grad(loss, params)
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                optimiser.step()
+                losses.append(float(loss))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        fitted = {name: (w.detach().cpu(), b.detach().cpu()) for name, (w, b) in translators.items()}
+        return cls(layout.names, fitted, layout.channel_dim, losses)
+
+
+def _zero_translators(layout: _Layout, width: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {name: (torch.zeros(width, width), torch.zeros(width)) for name in layout.names[:-1]}
+
+
+def _width(network: nn.Module, layout: _Layout, input_format: Any) -> int:
+    """The residual stream's channel count (one forward pass on the starting position)."""
+    from lczerolens.board import LczeroBoard, encode_boards
+
+    dtype, device = param_like(network)
+    streams, _ = _streams(network, layout, encode_boards([LczeroBoard()], input_format).to(dtype=dtype, device=device))
+    return int(streams[0].shape[layout.channel_dim])
+
+
+def _collect(source: Any, limit: int, input_format: Any) -> list[Any]:
+    """Up to ``limit`` boards with legal moves from ``source`` (see :meth:`TunedLens.fit`), read lazily."""
+    from lczerolens.board import LczeroBoard
+
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise LensError(f"source {str(source)!r} is not a file; pass a PGN/EPD/puzzle file or boards")
+        from lczerolens.data import read_positions
+
+        items: Iterable[Any] = read_positions(path)
+    elif isinstance(source, chess.Board):
+        items = [source]
+    elif isinstance(source, Iterable):
+        items = source
+    else:
+        raise LensError(f"source must be a file, boards, positions or FENs, not {type(source).__name__}")
+    boards: list[Any] = []
+    for i, item in enumerate(items):
+        if len(boards) >= limit:
+            break
+        board = getattr(item, "board", item)
+        if isinstance(board, str):
+            try:
+                board = LczeroBoard(board)
+            except ValueError as exc:
+                raise LensError(f"source item {i} ({board!r:.80}) is not a FEN: {exc}") from None
+        if not isinstance(board, chess.Board):
+            raise LensError(
+                f"source item {i} is a {type(item).__name__}, not a board, a position (with .board) or a FEN"
+            )
+        if not isinstance(board, LczeroBoard):
+            board = LczeroBoard.from_board(board)
+        if not any(board.legal_moves):
+            continue
+        boards.append(board)
+    return boards
+
+
+def _legal_mask(boards: Sequence[Any], input_format: Any) -> torch.Tensor:
+    mask = torch.zeros(len(boards), 1858, dtype=torch.bool)
+    for i, board in enumerate(boards):
+        mask[i, torch.as_tensor(board.legal_move_indices(input_format), dtype=torch.long)] = True
+    return mask
+
+
+def _legal_log_softmax(policy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(policy.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def _policy_kl(target: torch.Tensor, policy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``KL(final || layer)`` over the legal moves, per board; ``target`` is the final legal log-softmax."""
+    log_q = _legal_log_softmax(policy, mask)
+    terms = target.exp() * (target - log_q)
+    return terms.masked_fill(~mask, 0.0).sum(dim=-1)
+
+
+def _value_loss(final: dict[str, torch.Tensor], read: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per board: KL of the WDL probabilities (WDL nets) or the squared value error."""
+    if "wdl" in final and "wdl" in read:
+        p = final["wdl"]
+        return (p * (torch.log(p.clamp_min(1e-12)) - torch.log(read["wdl"].float().clamp_min(1e-12)))).sum(-1)
+    return (final["value"] - read["value"].float()) ** 2
+
+
+def depth_kl(
+    lens: LogitLens,
+    model: ModelLike,
+    boards: BoardsLike,
+    *,
+    head: str = "policy",
+    batch_size: int | None = 256,
+) -> dict[str, float]:
+    """How far each layer's reading is from the network's output: mean KL divergence, in nats, per layer.
+
+    Parameters
+    ----------
+    lens : LogitLens or TunedLens
+    model : LczeroModel or network
+    boards : LczeroBoard or sequence of LczeroBoard
+        Held-out positions (those without a legal move are left out).
+    head : str
+        ``"policy"``: ``KL(final || layer)`` of the policies over each board's legal moves; ``"wdl"``: of the
+        WDL probabilities.
+
+    Returns
+    -------
+    dict
+        layer name -> mean KL over the boards (0 for the last layer, the output itself).
+
+    Example
+    -------
+    >>> depth_kl(LogitLens(), model, boards)  # doctest: +SKIP
+    {'inputconv': 2.1, 'block0': 1.7, ..., 'block5': 0.0}
+    """
+    if head not in ("policy", "wdl"):
+        raise LensError(f"head={head!r}: use 'policy' or 'wdl'")
+    if not isinstance(lens, LogitLens):
+        raise LensError(f"lens must be a LogitLens or TunedLens, not {type(lens).__name__}")
+    network, input_format = model_parts(model)
+    board_list = [b for b in as_boards(boards) if any(b.legal_moves)]
+    if not board_list:
+        raise LensError("none of the boards has a legal move; depth_kl needs positions to compare policies")
+    if head == "wdl" and "wdl" not in tuple(getattr(network, "heads", ()) or ("wdl",)):
+        raise LensError(f"head='wdl' needs a WDL net; this one has heads {getattr(network, 'heads', ())}")
+    out = lens.outputs(model, board_list, batch_size=batch_size)
+    names = list(out.keys())
+    final = out[names[-1]]
+    if head == "policy":
+        mask = _legal_mask(board_list, input_format).to(final["policy"].device)
+        target = _legal_log_softmax(final["policy"].float(), mask)
+        return {name: float(_policy_kl(target, out[name]["policy"].float(), mask).mean()) for name in names}
+    p = final["wdl"].float()
+    return {
+        name: float((p * (p.clamp_min(1e-12).log() - out[name]["wdl"].float().clamp_min(1e-12).log())).sum(-1).mean())
+        for name in names
+    }
