@@ -118,7 +118,9 @@ class _RecordInput(nn.Module):
         return self.inner(*args, **kwargs)
 
 
-def _streams(network: nn.Module, layout: _Layout, planes: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+def _streams(
+    network: nn.Module, layout: _Layout, planes: torch.Tensor
+) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
     """Every layer's residual stream and the network's own raw outputs, from one forward pass (no gradients)."""
     store: dict[str, torch.Tensor] = {}
 
@@ -446,11 +448,13 @@ class TunedLens(LogitLens):
         -------
         >>> lens = TunedLens.fit(model, boards, steps=100, batch_size=32)  # doctest: +SKIP
         """
-        for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("max_positions", max_positions, 2)):
+        counts = (("steps", steps, 0), ("batch_size", batch_size, 1), ("max_positions", max_positions, 2))
+        for name, value, low in counts:
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise LensError(f"{name}={value!r} must be an integer >= {low}")
         for name, number in (("lr", lr), ("wdl_weight", wdl_weight)):
-            if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number) or number < 0:
+            real = isinstance(number, numbers.Real) and not isinstance(number, bool)
+            if not real or not math.isfinite(number) or number < 0:
                 raise LensError(f"{name}={number!r} must be a finite number >= 0")
         from lczerolens.board import encode_boards
 
@@ -626,7 +630,7 @@ def depth_kl(
     if head == "wdl" and "wdl" not in tuple(getattr(network, "heads", ()) or ("wdl",)):
         raise LensError(f"head='wdl' needs a WDL net; this one has heads {getattr(network, 'heads', ())}")
     out = lens.outputs(model, board_list, batch_size=batch_size)
-    names = list(out.keys())
+    names = [str(k) for k in out.keys()]
     final = out[names[-1]]
     if head == "policy":
         mask = _legal_mask(board_list, input_format).to(final["policy"].device)
