@@ -501,7 +501,7 @@ class TunedLens(LogitLens):
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 optimiser.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 if bar is not None:
                     bar.update(1)
         finally:
