@@ -237,3 +237,14 @@ def test_unsplittable_graph_is_refused() -> None:
     graph.input_format = 1
     with pytest.raises(UnsupportedModelError, match="another path"):
         LogitLens().outputs(graph, [LczeroBoard()])
+
+
+def test_tuned_lens_saves_and_loads(maia: LczeroModel, boards: list[LczeroBoard], tmp_path: Path) -> None:
+    lens = TunedLens.fit(maia, boards, steps=2, batch_size=4)
+    again = TunedLens.load(lens.save(tmp_path / "tuned.pt"))
+    a, b = lens.outputs(maia, boards), again.outputs(maia, boards)
+    for name in a.keys():
+        assert torch.equal(a[name]["policy"], b[name]["policy"])
+    (tmp_path / "bad.pt").write_bytes(b"not a lens")
+    with pytest.raises(LensError, match="cannot read"):
+        TunedLens.load(tmp_path / "bad.pt")

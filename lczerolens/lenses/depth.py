@@ -380,6 +380,46 @@ class TunedLens(LogitLens):
         width = _width(network, layout, input_format)
         return cls(layout.names, _zero_translators(layout, width), layout.channel_dim)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted maps to ``path`` (a ``torch.save`` file of plain tensors, lists and strings).
+
+        Example
+        -------
+        >>> TunedLens.load(lens.save("maia-tuned.pt")).outputs(model, boards)  # doctest: +SKIP
+        """
+        path = Path(path)
+        data = {
+            "format": "lczerolens.TunedLens/1",
+            "layers": list(self.layers_fitted),
+            "channel_dim": self.channel_dim,
+            "translators": {name: {"weight": w, "bias": b} for name, (w, b) in self.translators.items()},
+            "losses": list(self.losses),
+        }
+        torch.save(data, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TunedLens:
+        """A tuned lens written by :meth:`save` (read with ``weights_only=True``: nothing is unpickled)."""
+        try:
+            data = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch.load raises pickle's, zipfile's and its own errors on a foreign file
+            raise LensError(f"cannot read a tuned lens from {str(path)!r}: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != "lczerolens.TunedLens/1":
+            raise LensError(f"{str(path)!r} is not a tuned lens written by TunedLens.save")
+        try:
+            translators = {
+                str(name): (pair["weight"].float(), pair["bias"].float()) for name, pair in data["translators"].items()
+            }
+            layers = [str(name) for name in data["layers"]]
+            channel_dim = int(data["channel_dim"])
+        except (KeyError, AttributeError, TypeError) as exc:
+            raise LensError(f"{str(path)!r} is not a complete tuned lens ({exc})") from None
+        for name, (w, b) in translators.items():
+            if w.dim() != 2 or w.shape[0] != w.shape[1] or tuple(b.shape) != (w.shape[0],):
+                raise LensError(f"{str(path)!r}: the map of {name!r} has shapes {tuple(w.shape)}, {tuple(b.shape)}")
+        return cls(layers, translators, channel_dim, [float(x) for x in data.get("losses", [])])
+
     def _translate(self, name: str, stream: torch.Tensor, channel_dim: int) -> torch.Tensor:
         weight, bias = self.translators[name]
         return _affine(stream, weight.to(stream.device), bias.to(stream.device), channel_dim)
