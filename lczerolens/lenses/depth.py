@@ -422,6 +422,11 @@ class TunedLens(LogitLens):
 
     def _translate(self, name: str, stream: torch.Tensor, channel_dim: int) -> torch.Tensor:
         weight, bias = self.translators[name]
+        if stream.shape[channel_dim] != bias.numel():
+            raise LensError(
+                f"layer {name!r} has {stream.shape[channel_dim]} channels but this tuned lens maps {bias.numel()}; "
+                "it was fitted on another network: fit one on this model with TunedLens.fit"
+            )
         return _affine(stream, weight.to(stream.device), bias.to(stream.device), channel_dim)
 
     def outputs(
@@ -508,7 +513,7 @@ class TunedLens(LogitLens):
         planes = torch.cat([encode_boards(boards[r], input_format) for r in chunks(len(boards), 256)])
         legal = _legal_mask(boards, input_format)
         width = _width(network, layout, input_format)
-        translators = _zero_translators(layout, width)
+        translators = {name: (w.to(device), b.to(device)) for name, (w, b) in _zero_translators(layout, width).items()}
         params = [t for pair in translators.values() for t in pair]
         for p in params:
             p.requires_grad_(True)
