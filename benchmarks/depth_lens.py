@@ -1,10 +1,12 @@
 """Held-out KL to the final output, per layer, for the logit lens and a tuned lens (not part of ``make test``).
 
-    python -m benchmarks.depth_lens [--steps 400] [--batch-size 64] [--lr 1e-2] [--held-out 227] [--nets maia bt]
+    python -m benchmarks.depth_lens [--steps 400] [--batch-size 64] [--lr 1e-3] [--held-out 227] [--nets maia bt]
+                                    [--more-train N]
 
 For each network the tuned lens is fitted on the maia-1900 self-play positions of seeds 1-4
 (``assets/cache/positions-maia-1900-seed{1..4}.txt``, :mod:`lczerolens.positions`: one position per game, so
-every position is its own game) and measured on those of seed 0 (other games). Columns, per layer: the mean
+every position is its own game), plus ``--more-train`` positions of seed 5 (played here and cached in
+``--cache-dir``, by default under /tmp), and measured on those of seed 0 (other games). Columns, per layer: the mean
 ``KL(final || layer)`` of the policy over the legal moves (nats), of the WDL probabilities, and how often the
 layer's top legal move is the network's final one. Prints a markdown table per network, and the time taken.
 """
@@ -47,7 +49,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--more-train", type=int, default=0, help="self-play positions of seed 5 added to training")
+    parser.add_argument("--cache-dir", default="/tmp/lczerolens-positions")
     parser.add_argument("--held-out", type=int, default=227, help="held-out positions (seed 0 games)")
     parser.add_argument("--nets", nargs="+", default=["maia", "bt"], choices=sorted(NETS))
     parser.add_argument("--threads", type=int, default=1)
@@ -58,12 +62,18 @@ def main() -> None:
     from lczerolens.lenses import LogitLens, TunedLens, depth_kl
 
     train = [fen for seed in (1, 2, 3, 4) for fen in _fens(seed)]
+    if args.more_train:
+        from lczerolens.positions import load_positions
+
+        train += load_positions(args.more_train, NETS["maia"], seed=5, cache_dir=args.cache_dir)
     held = [LczeroBoard(fen) for fen in _fens(0)[: args.held_out]]
-    print(f"train: {len(train)} positions (self-play seeds 1-4), held out: {len(held)} (seed 0)")
+    print(f"train: {len(train)} positions (self-play seeds 1-5), held out: {len(held)} (seed 0)")
     for key in args.nets:
         model = LczeroModel.from_path(NETS[key])
         start = time.perf_counter()
-        tuned = TunedLens.fit(model, train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0)
+        tuned = TunedLens.fit(
+            model, train, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0, max_positions=len(train)
+        )
         fit_s = time.perf_counter() - start
         rows = {}
         for label, lens in (("logit", LogitLens()), ("tuned", tuned)):
