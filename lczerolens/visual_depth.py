@@ -69,7 +69,7 @@ def _row(outputs: Any, index: int) -> tuple[list[str], list[Any]]:
 
 def render_depth(
     outputs: Any,
-    board: chess.Board,
+    board: Any,
     *,
     index: int = 0,
     input_format: Any = None,
@@ -83,7 +83,7 @@ def render_depth(
     outputs : TensorDict
         What :meth:`LogitLens.outputs <lczerolens.lenses.LogitLens.outputs>` (or a :class:`TunedLens`) returned;
         its last layer is the network's output.
-    board : chess.Board
+    board : LczeroBoard
         The position of row ``index`` (for its legal moves and the picture).
     index : int
         Which board of ``outputs`` to draw.
@@ -106,19 +106,22 @@ def render_depth(
     """
     import torch
 
-    from lczerolens.board import InputFormat, LczeroBoard
-
-    if not isinstance(board, chess.Board):
-        raise RenderError(f"board must be a chess.Board / LczeroBoard, not {type(board).__name__}")
+    # The board's own method gives the policy indices (lczerolens.board imports this package's visual module, so
+    # this module does not import it back).
+    if not isinstance(board, chess.Board) or not callable(getattr(board, "legal_move_indices", None)):
+        raise RenderError(
+            f"board must be an LczeroBoard (LczeroBoard.from_board(board) converts a chess.Board), not "
+            f"{type(board).__name__}"
+        )
     if isinstance(index, bool) or not isinstance(index, int):
         raise RenderError(f"index must be an int, not {index!r}")
     names, entries = _row(outputs, index)
-    lc0_board = board if isinstance(board, LczeroBoard) else LczeroBoard.from_board(board)
-    fmt = input_format if input_format is not None else InputFormat.CLASSICAL_112_PLANE
+    lc0_board: Any = board
     legal_moves = list(lc0_board.legal_moves)
     if not legal_moves:
         raise RenderError(f"{board.fen()} has no legal move: there is no top move to follow through depth")
-    legal = torch.as_tensor(lc0_board.legal_move_indices(fmt), dtype=torch.long)
+    indices = lc0_board.legal_move_indices() if input_format is None else lc0_board.legal_move_indices(input_format)
+    legal = torch.as_tensor(indices, dtype=torch.long)
     final = entries[-1]["policy"][index].float().cpu()[legal]
     top = int(final.argmax())
     move = legal_moves[top]

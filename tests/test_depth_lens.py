@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import chess
 import pytest
 import torch
 from torch import nn
@@ -196,6 +197,8 @@ def test_render_depth(maia: LczeroModel) -> None:
         render_depth(out, board, index=3)
     with pytest.raises(RenderError, match="LogitLens"):
         render_depth({"a": 1}, board)
+    with pytest.raises(RenderError, match="LczeroBoard"):
+        render_depth(out, chess.Board())
 
 
 def test_bad_input_gives_clear_errors(maia: LczeroModel, attention: LczeroModel, boards: list[LczeroBoard]) -> None:
