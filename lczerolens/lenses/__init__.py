@@ -5,7 +5,8 @@
   :class:`OcclusionLens` (piece removal).
 - Inside the network: :class:`ActivationLens` (named activations), :class:`PatchingLens` (activation patching
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
-  attention-body nets on board squares).
+  attention-body nets on board squares), :class:`AblationLens` (each channel, head or neuron knocked out in turn,
+  with :func:`rank_units`).
 
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
@@ -27,6 +28,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lczerolens.lenses.ablation import AblationLens, rank_units
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 # TensorDict would import tensordict (about a second) for nothing.
 _LRP = "lczerolens.lenses.lrp"
 _LAZY = {
+    "AblationLens": "lczerolens.lenses.ablation",
+    "rank_units": "lczerolens.lenses.ablation",
     "ActivationLens": "lczerolens.lenses.activation",
     "AttentionLens": "lczerolens.lenses.attention",
     "GRADIENT_METHODS": "lczerolens.lenses.gradient",
@@ -81,6 +85,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AblationLens",
+    "rank_units",
     "ActivationLens",
     "AttentionLens",
     "GRADIENT_METHODS",

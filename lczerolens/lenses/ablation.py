@@ -655,3 +655,95 @@ def rank_units(results: Any, *, by: str = "mean_abs") -> Any:
                         ("mean_abs", pa.float64()), ("mean", pa.float64()), ("max_abs", pa.float64()),
                         ("rows", pa.int64()), ("rank", pa.int64())])  # fmt: skip
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collections: the rows that explain_dataset(..., lens=AblationLens(...)) writes
+
+
+def ablation_schema(metadata: dict[str, str] | None = None) -> Any:
+    """The Parquet schema of an ablation run: one row per position, target and module.
+
+    The columns of :func:`lczerolens.run.result_schema` that do not concern a map (``source``, ``game``, ``ply``,
+    ``fen``, ``played``, ``target``, ``move``, ``target_value`` = ``f(clean)``, ``value``, ``wdl``, ``mlh``),
+    then ``module`` (string, the ablated module) and ``effects`` (``list<float32>``, one ``f(unit ablated) -
+    f(clean)`` per unit of the module) in place of ``relevance`` and ``conservation``.
+    """
+    import pyarrow as pa
+
+    from lczerolens.run import _schema_fields
+
+    fields = [pa.field(n, t) for n, t in _schema_fields() if n not in ("relevance", "conservation")]
+    fields += [pa.field("module", pa.string()), pa.field("effects", pa.list_(pa.float32()))]
+    schema = pa.schema(fields)
+    return schema.with_metadata(metadata) if metadata else schema
+
+
+def ablation_table(
+    model: Any,
+    lens: AblationLens,
+    targets: Sequence[str],
+    positions: Sequence[Any],
+    batch_size: int,
+    metadata: dict[str, str] | None = None,
+) -> tuple[Any, dict[str, int]]:
+    """The rows of ``positions`` (:class:`lczerolens.data.Position`) for an ablation run, and the positions that
+    gave no row per target (``top``: no legal move; ``played``: a game's last position)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from lczerolens.board import encode_boards
+    from lczerolens.run import _evaluation, _fixed_list
+
+    network, input_format = model_parts(model)
+    dtype, device = param_like(network)
+    columns: dict[str, list[Any]] = {f.name: [] for f in ablation_schema()}
+    no_row: dict[str, int] = {}
+    order_key: list[tuple[int, int]] = []
+    for start in range(0, len(positions), batch_size):
+        batch = positions[start : start + batch_size]
+        boards = [p.board for p in batch]
+        planes = encode_boards(boards, input_format)
+        with torch.no_grad():
+            raw = network(planes.to(dtype=dtype, device=device))
+        evals = _evaluation({k: v.detach().float().cpu() for k, v in raw.items() if k != "policy"}, len(batch))
+        for t_index, target in enumerate(targets):
+            if target == "top":
+                rows = [i for i, b in enumerate(boards) if any(True for _ in b.legal_moves)]
+                arg: Any = None
+            elif target == "played":
+                rows = [i for i, p in enumerate(batch) if p.played is not None]
+                arg = [batch[i].played for i in rows]
+            else:
+                rows, arg = list(range(len(batch))), target
+            if len(rows) < len(batch):
+                no_row[target] = no_row.get(target, 0) + len(batch) - len(rows)
+            if not rows:
+                continue
+            result = lens.ablate(model, [boards[i] for i in rows], arg, planes=planes[rows])
+            effects = {name: value.numpy() for name, value in result.effects.items()}
+            for j, i in enumerate(rows):
+                p = batch[i]
+                for name, value in effects.items():
+                    order_key.append((start + i, t_index))
+                    columns["source"].append(p.source)
+                    columns["game"].append(p.game)
+                    columns["ply"].append(p.ply)
+                    columns["fen"].append(boards[i].fen())
+                    columns["played"].append(p.played.uci() if p.played is not None else None)
+                    columns["target"].append(target)
+                    columns["move"].append(result.moves[j].uci() if result.moves is not None else None)
+                    columns["target_value"].append(float(result.target[j]))
+                    columns["value"].append(evals["value"][i])
+                    columns["wdl"].append(evals["wdl"][i])
+                    columns["mlh"].append(evals["mlh"][i])
+                    columns["module"].append(name)
+                    columns["effects"].append(np.asarray(value[j], dtype=np.float32))
+    # By position, then target (modules stay in the network's order): as a relevance run orders its rows.
+    order = sorted(range(len(order_key)), key=order_key.__getitem__)
+    schema = ablation_schema(metadata)
+    arrays = []
+    for field in schema:
+        values = [columns[field.name][r] for r in order]
+        arrays.append(_fixed_list(values, 3) if field.name == "wdl" else pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema), no_row

@@ -1,0 +1,208 @@
+"""AblationLens against forward hooks on private copies; mean/resample by hand; Parquet runs; top_positions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lczerolens.board import LczeroBoard, encode_boards
+from lczerolens.errors import InvalidOptionError, LensError
+from lczerolens.lenses import AblationLens, rank_units
+from lczerolens.model import LczeroModel
+from lczerolens.testing import random_boards
+
+FENS = [
+    "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3",
+    "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R b KQkq - 3 3",
+    "6k1/5ppp/8/8/8/8/5PPP/3R2K1 w - - 0 1",
+]
+
+
+@pytest.fixture(scope="module")
+def maia(maia_pb_path) -> LczeroModel:
+    return LczeroModel.from_path(maia_pb_path)
+
+
+@pytest.fixture(scope="module")
+def attention_model(tmp_path_factory) -> LczeroModel:
+    from lczerolens.testing import AttentionNetSpec, write_attention_net
+
+    spec = AttentionNetSpec(embedding="PE_MAP", embedding_size=16, encoder_layers=2, heads=2, seed=9)
+    path = write_attention_net(spec, tmp_path_factory.mktemp("ablation") / "attn.pb.gz")
+    return LczeroModel.from_path(path)
+
+
+def boards_with_history() -> list[LczeroBoard]:
+    boards = [LczeroBoard(f) for f in FENS]
+    boards.append(LczeroBoard.from_moves(["e2e4", "c7c5", "g1f3", "d7d6"]))
+    return boards
+
+
+def read_value(outputs) -> torch.Tensor:
+    if "wdl_logits" in outputs:
+        return (outputs["wdl_logits"][:, 0] - outputs["wdl_logits"][:, 2]).double()
+    return outputs["value_logit"].reshape(-1).double()
+
+
+def hooked(model, boards, name, edit) -> dict:
+    """The network's outputs with module ``name``'s output passed through ``edit``: a hook on a private copy."""
+    net = copy.deepcopy(model.network)
+    module = dict(net.named_modules())[name]
+    handle = module.register_forward_hook(lambda m, i, o: edit(o))
+    try:
+        with torch.no_grad():
+            return net(encode_boards(boards, model.input_format))
+    finally:
+        handle.remove()
+
+
+def zero_unit(axis: int, unit: int, n: int):
+    """An edit that zeroes ``unit`` along ``axis`` of the boards-first view of an output of ``n`` boards."""
+
+    def edit(o: torch.Tensor) -> torch.Tensor:
+        view = o.reshape(n, *o.shape[1:]) if o.shape[0] == n else o.reshape(n, o.shape[0] // n, *o.shape[1:])
+        view = view.clone()
+        view.select(axis, unit).zero_()
+        return view.reshape(o.shape)
+
+    return edit
+
+
+@pytest.mark.parametrize("name", ["block3/conv2/relu", "block1/conv1/relu", "block5/conv2/se/mul"])
+def test_zeroed_channel_equals_a_hook(maia, name):
+    boards = boards_with_history()
+    n = len(boards)
+    lens = AblationLens(name)
+    value = lens.effects(maia, boards, target="value")[name]
+    assert value.shape == (n, 64) and value.dtype == torch.float32
+    top = lens.ablate(maia, boards)  # top legal move, read at the clean position's index
+    clean = maia.network(encode_boards(boards, 1))
+    index = torch.tensor([b.encode_move(m) for b, m in zip(boards, top.moves, strict=True)])
+    for channel in (0, 17, 63):
+        out = hooked(maia, boards, name, zero_unit(1, channel, n))
+        expected = read_value(out) - read_value(clean)
+        torch.testing.assert_close(value[:, channel].double(), expected, atol=1e-3, rtol=0)
+        moved = out["policy"].gather(1, index[:, None])[:, 0] - clean["policy"].gather(1, index[:, None])[:, 0]
+        torch.testing.assert_close(top.effects[name][:, channel], moved.detach(), atol=1e-3, rtol=0)
+
+
+def test_move_targets_and_units_subset(maia):
+    boards = [LczeroBoard(FENS[0]), LczeroBoard(FENS[1])]
+    name = "block4/conv2/relu"
+    effects = AblationLens(name).effects(maia, boards, target=["f1b5", "g8f6"], units=[40, 3])[name]
+    assert effects.shape == (2, 2)
+    clean = maia.network(encode_boards(boards, 1))["policy"]
+    index = torch.tensor([boards[0].encode_move("f1b5"), boards[1].encode_move("g8f6")])
+    for column, channel in enumerate((40, 3)):
+        out = hooked(maia, boards, name, zero_unit(1, channel, 2))["policy"]
+        expected = (out - clean).gather(1, index[:, None])[:, 0]
+        torch.testing.assert_close(effects[:, column], expected.detach(), atol=1e-3, rtol=0)
+
+
+def test_heads_neurons_and_tokens_of_an_attention_net(attention_model):
+    boards = boards_with_history()
+    n = len(boards)
+    clean = read_value(attention_model.network(encode_boards(boards, attention_model.input_format)))
+    cases = [
+        ("encoder1/mha/QKV/matmul", 1, 2),  # [N, heads, 64, depth]: heads
+        ("encoder0/mha/QK/softmax", 1, 2),
+        ("encoder0/ffn/dense1/sqrrelu/sqr", 2, 48),  # [N, 64, hidden]: FFN neurons
+        ("encoder0/ln2", 2, 16),  # the token stream's features
+    ]
+    for name, axis, units in cases:
+        effects = AblationLens(name).effects(attention_model, boards, target="value")[name]
+        assert effects.shape == (n, units), name
+        for unit in sorted({0, units - 1}):
+            out = hooked(attention_model, boards, name, zero_unit(axis, unit, n))
+            torch.testing.assert_close(effects[:, unit].double(), read_value(out) - clean, atol=1e-3, rtol=0)
+
+
+def test_mean_mode_uses_the_batch_mean_or_a_reference(maia):
+    from lczerolens.lenses import ActivationLens
+
+    boards = boards_with_history()
+    reference = random_boards(5, seed=4)
+    name = "block2/conv2/relu"
+    clean = read_value(maia.network(encode_boards(boards, 1)))
+    for ref in (None, reference):
+        lens = AblationLens(name, mode="mean", reference=ref)
+        effects = lens.effects(maia, boards, target="value", batch_size=3)[name]  # the mean spans the chunks
+        mean = ActivationLens(name).activations(maia, boards if ref is None else ref)[name].mean(0)
+        for channel in (5, 30):
+
+            def edit(o, channel=channel, mean=mean):
+                o = o.clone()
+                o[:, channel] = mean[channel]
+                return o
+
+            expected = read_value(hooked(maia, boards, name, edit)) - clean
+            torch.testing.assert_close(effects[:, channel].double(), expected, atol=1e-3, rtol=0)
+
+
+def test_resample_mode_takes_the_unit_from_the_donor(maia, attention_model):
+    from lczerolens.lenses import ActivationLens
+
+    boards = boards_with_history()
+    for model, name, axis in ((maia, "block3/conv2/relu", 1), (attention_model, "encoder0/mha/QKV/matmul", 1)):
+        lens = AblationLens(name, mode="resample", seed=3)
+        donors = lens.donors(len(boards))
+        assert not (donors == torch.arange(len(boards))).any()
+        assert torch.equal(donors, AblationLens(name, mode="resample", seed=3).donors(len(boards)))
+        effects = lens.effects(model, boards, target="value", batch_size=2)[name]
+        acts = ActivationLens(name).activations(model, boards)[name]
+        clean = read_value(model.network(encode_boards(boards, model.input_format)))
+        for unit in (0, 1):
+
+            def edit(o, unit=unit, acts=acts, donors=donors, axis=axis):
+                view = o.reshape(acts.shape).clone()
+                view.select(axis, unit).copy_(acts[donors].select(axis, unit))
+                return view.reshape(o.shape)
+
+            expected = read_value(hooked(model, boards, name, edit)) - clean
+            torch.testing.assert_close(effects[:, unit].double(), expected, atol=1e-3, rtol=0)
+
+
+def test_chunks_agree_and_the_model_is_untouched(maia):
+    boards = random_boards(7, seed=2)
+    name = "block5/conv2/relu"
+    before = {k: v.clone() for k, v in maia.network.state_dict().items()}
+    whole = AblationLens(name).effects(maia, boards, target="win")[name]
+    parts = AblationLens(name, max_rows=9).effects(maia, boards, target="win", batch_size=3)[name]
+    torch.testing.assert_close(whole, parts, atol=1e-5, rtol=0)
+    for key, value in maia.network.state_dict().items():
+        assert torch.equal(value, before[key])
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in maia.network.modules())
+    # A plain forward still gives what it gave before the lens ran.
+    x = encode_boards(boards, 1)
+    torch.testing.assert_close(maia.network(x)["policy"], copy.deepcopy(maia.network)(x)["policy"])
+
+
+def test_clear_errors(maia):
+    board = LczeroBoard()
+    with pytest.raises(InvalidOptionError, match="mode='average'"):
+        AblationLens("block0/conv2/relu", mode="average")
+    with pytest.raises(LensError, match="no module matches 'block9/conv2/relu'"):
+        AblationLens("block9/conv2/relu").effects(maia, board)
+    with pytest.raises(InvalidOptionError, match="out of range"):
+        AblationLens("block0/conv2/relu").effects(maia, board, units=[64])
+    with pytest.raises(LensError, match="at least 2 boards"):
+        AblationLens("block0/conv2/relu", mode="resample").effects(maia, board)
+    with pytest.raises(InvalidOptionError, match="reference="):
+        AblationLens("block0/conv2/relu", reference=[board])
+    from lczerolens.lenses.ablation import unit_axis
+
+    with pytest.raises(LensError, match="no units to ablate"):
+        unit_axis(torch.zeros(2, 3, 4, 5), "x")  # no maia module has such an output; the rule itself
+
+
+def test_rank_units_of_effects(maia):
+    boards = boards_with_history()
+    effects = AblationLens("block5/conv2/relu").effects(maia, boards, target="value")
+    table = rank_units(effects)
+    assert table.num_rows == 64
+    first = table.slice(0, 1).to_pylist()[0]
+    mean_abs = effects["block5/conv2/relu"].abs().double().mean(0)
+    assert first["unit"] == int(mean_abs.argmax()) and first["rank"] == 1
+    assert first["mean_abs"] == pytest.approx(float(mean_abs.max()), rel=1e-6)
