@@ -206,3 +206,70 @@ def test_rank_units_of_effects(maia):
     mean_abs = effects["block5/conv2/relu"].abs().double().mean(0)
     assert first["unit"] == int(mean_abs.argmax()) and first["rank"] == 1
     assert first["mean_abs"] == pytest.approx(float(mean_abs.max()), rel=1e-6)
+
+
+SMALL_PGN = """[Event "A"]
+[Result "1-0"]
+
+1. e4 e5 2. Nf3 Nc6 3. Bb5 a6 1-0
+
+[Event "Mate"]
+[Result "1-0"]
+
+1. e4 e5 2. Bc4 Nc6 3. Qh5 Nf6 4. Qxf7# 1-0
+"""
+
+
+def test_explain_dataset_writes_effects_and_ranks_units(maia, tmp_path):
+    pytest.importorskip("pyarrow")
+    from lczerolens.data import read_pgn
+    from lczerolens.run import explain_dataset, load_results
+    from lczerolens.run import rank_units as run_rank_units
+
+    pgn = tmp_path / "small.pgn"
+    pgn.write_text(SMALL_PGN)
+    modules = ("block4/conv2/relu", "block5/conv2/relu")
+    lens = AblationLens(modules)
+    out = explain_dataset(maia, read_pgn(pgn, every=2, min_ply=1), tmp_path / "run", targets=("top", "value"), lens=lens,
+                          batch_size=3, progress=False)  # fmt: skip
+    table = load_results(out)
+    assert table.schema.field("effects").type.value_type == "float"
+    assert "relevance" not in table.column_names and table.schema.metadata[b"lens"].decode() == repr(lens)
+    rows = table.to_pylist()
+    positions = list(read_pgn(pgn, every=2, min_ply=1))
+    boards = [p.board for p in positions]
+    # top: a position without legal moves has no row; value: every position; each with both modules.
+    assert len(rows) == 2 * (len(boards) + sum(1 for b in boards if any(True for _ in b.legal_moves)))
+    for target in ("top", "value"):
+        mine = [r for r in rows if r["target"] == target]
+        chosen = [b for b in boards if any(True for _ in b.legal_moves)] if target == "top" else boards
+        result = lens.ablate(maia, chosen, None if target == "top" else "value")
+        for name in modules:
+            got = torch.tensor([r["effects"] for r in mine if r["module"] == name])
+            torch.testing.assert_close(got, result.effects[name], atol=1e-4, rtol=0)
+        assert [r["fen"] for r in mine if r["module"] == modules[0]] == [b.fen() for b in chosen]
+        if target == "top":
+            assert [r["move"] for r in mine if r["module"] == modules[0]] == [m.uci() for m in result.moves]
+    ranked = run_rank_units(out)
+    assert ranked.num_rows == 2 * 2 * 64
+    from_table = rank_units(table)
+    assert ranked.to_pylist() == from_table.to_pylist()
+    value_block5 = [r for r in ranked.to_pylist() if r["target"] == "value" and r["module"] == modules[1]]
+    expected = lens.effects(maia, boards, target="value")[modules[1]].abs().double().mean(0)
+    assert value_block5[0]["unit"] == int(expected.argmax())
+    assert [r["rank"] for r in value_block5] == list(range(1, 65))
+
+
+def test_cli_run_ablate(maia_pb_path, tmp_path):
+    pytest.importorskip("pyarrow")
+    from lczerolens.cli import main
+    from lczerolens.run import load_results
+
+    pgn = tmp_path / "small.pgn"
+    pgn.write_text(SMALL_PGN)
+    code = main(["run", str(maia_pb_path), str(pgn), "--out", str(tmp_path / "run"), "--every", "3",
+                 "--target", "value", "--ablate", "block5/conv2/relu", "--no-progress"])  # fmt: skip
+    assert code == 0
+    table = load_results(tmp_path / "run")
+    assert set(table.column("module").to_pylist()) == {"block5/conv2/relu"}
+    assert all(len(e) == 64 for e in table.column("effects").to_pylist())
