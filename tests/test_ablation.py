@@ -230,8 +230,9 @@ def test_explain_dataset_writes_effects_and_ranks_units(maia, tmp_path):
     pgn.write_text(SMALL_PGN)
     modules = ("block4/conv2/relu", "block5/conv2/relu")
     lens = AblationLens(modules)
-    out = explain_dataset(maia, read_pgn(pgn, every=2, min_ply=1), tmp_path / "run", targets=("top", "value"), lens=lens,
-                          batch_size=3, progress=False)  # fmt: skip
+    source = read_pgn(pgn, every=2, min_ply=1)
+    out = explain_dataset(maia, source, tmp_path / "run", targets=("top", "value"), lens=lens, batch_size=3,
+                          progress=False)  # fmt: skip
     table = load_results(out)
     assert table.schema.field("effects").type.value_type == "float"
     assert "relevance" not in table.column_names and table.schema.metadata[b"lens"].decode() == repr(lens)
@@ -273,3 +274,64 @@ def test_cli_run_ablate(maia_pb_path, tmp_path):
     table = load_results(tmp_path / "run")
     assert set(table.column("module").to_pylist()) == {"block5/conv2/relu"}
     assert all(len(e) == 64 for e in table.column("effects").to_pylist())
+
+
+NEPO = "assets/cache/chess-data/pgn/nepomniachtchi-liren-game1.pgn"
+
+
+def brute_force(model, boards, module, unit, k):
+    """Every position's best square by a plain loop over the activations, sorted."""
+    from lczerolens.concepts import activation_maps
+    from lczerolens.lenses import ActivationLens
+
+    act = ActivationLens(module).activations(model, boards)[module]
+    maps = activation_maps(act, boards, model.input_format)[:, unit]
+    found = []
+    for i in range(len(boards)):
+        row = maps[i].tolist()
+        best = max(row)
+        found.append((best, row.index(best), i))
+    found.sort(key=lambda e: (-e[0], e[2]))
+    return found[:k]
+
+
+def test_top_positions_equals_brute_force(maia, attention_model):
+    from lczerolens.concepts import top_positions
+    from lczerolens.data import read_pgn
+
+    reader = read_pgn(NEPO, every=3)
+    positions = list(reader)
+    boards = [p.board for p in positions]
+    expected = brute_force(maia, boards, "block3/conv2/relu", 17, 5)
+    for source in (reader, positions, boards):
+        top = top_positions(maia, source, "block3/conv2/relu", 17, k=5, batch_size=7)
+        assert [(q, boards.index(b) if isinstance(b, LczeroBoard) else positions.index(b)) for _, q, b in top] == [
+            (q, i) for _, q, i in expected
+        ]
+        assert [s for s, _, _ in top] == pytest.approx([s for s, _, _ in expected], abs=1e-5)
+    # The square is the python-chess square of the board: the map read back there gives the score.
+    score, square, position = top_positions(maia, NEPO, "block3/conv2/relu", 17, k=1, batch_size=16)[0]
+    from lczerolens.concepts import unit_maps
+
+    assert float(unit_maps(maia, [position.board], "block3/conv2/relu", 17)[0, square]) == pytest.approx(score)
+    # An attention body's token stream: unit = a feature of the tokens.
+    few = boards[:12]
+    top = top_positions(attention_model, few, "encoder1/ln2", 3, k=4, batch_size=5)
+    expected = brute_force(attention_model, few, "encoder1/ln2", 3, 4)
+    assert [(q, few.index(b)) for _, q, b in top] == [(q, i) for _, q, i in expected]
+
+
+def test_top_positions_errors_and_picture(maia, attention_model):
+    from lczerolens.concepts import render_top_positions, top_positions
+
+    boards = boards_with_history()
+    with pytest.raises(InvalidOptionError, match="unit=64"):
+        top_positions(maia, boards, "block3/conv2/relu", 64)
+    with pytest.raises(LensError, match="matches 6 modules"):
+        top_positions(maia, boards, "block*/conv2/relu", 0)
+    with pytest.raises(LensError, match="no activation per square"):
+        top_positions(attention_model, boards, "encoder0/mha/QK/softmax", 0)
+    top = top_positions(maia, boards, "block3/conv2/relu", 5, k=3)
+    assert len(top) == 3 and top[0][0] >= top[1][0] >= top[2][0]
+    picture = render_top_positions(maia, top, "block3/conv2/relu", 5)
+    assert picture.svg.count('class="board"') == 3 and "#1: " in picture.svg
