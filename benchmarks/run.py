@@ -5,7 +5,8 @@
 Sections: faithfulness by piece removal and cost per method (:mod:`benchmarks.bench_faithfulness`), encoding
 throughput (``bench_encoding``), loading times (``bench_loading``), cold start of the command line
 (``bench_cli``), relevance cost ratios and maps/s (``bench_relevance``), the activation, integrated-gradients
-and patching lenses (``bench_lenses``), collections end to end (``bench_collections``), and onnxruntime's forward
+and patching lenses (``bench_lenses``), every channel of a maia block ablated (``bench_ablation``), collections
+end to end (``bench_collections``), and onnxruntime's forward
 pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass. Timings are medians over
 repeats in this one process. A section whose module is missing or fails is reported as such and the rest still
 runs.
@@ -200,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             dict_table,
         ),
         _section("BT4-shaped attention net vs onnxruntime", _module_run("bench_bt4", **quick, **threads), dict_table),
+        _section(
+            "Ablation: 64 channels x 256 positions", _module_run("bench_ablation", **quick, **threads), dict_table
+        ),
         # Last: its final measurement changes glibc's malloc settings for the rest of the process.
         _section("Lenses beside LRP", _module_run("bench_lenses", **quick, **threads), dict_table),
     ]
