@@ -53,7 +53,7 @@ def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
             "forward": forward,
             "top_positions": lambda: top_positions(model, boards, MODULE, 17, k=16),
         }
-        times = interleaved_times(fns, rounds=1 if quick else 3, warmup=1)
+        times = interleaved_times(fns, rounds=1 if quick else 2, warmup=0)
         top = times["ablation, top move"]
         return {
             "threads": torch.get_num_threads(),
