@@ -196,11 +196,11 @@ class AblationLens:
         self.reference: list[LczeroBoard] | None = None if reference is None else as_boards(reference)
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise InvalidOptionError(f"seed={seed!r} must be an integer")
-        self.seed = int(seed)
+        self.seed: int = int(seed)
         if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral)
                                      or max_rows < 1):  # fmt: skip
             raise InvalidOptionError(f"max_rows={max_rows!r} must be a positive integer or None (automatic)")
-        self.max_rows = None if max_rows is None else int(max_rows)
+        self.max_rows: int | None = None if max_rows is None else int(max_rows)
 
     def __repr__(self) -> str:
         parts = [f"modules={self.modules!r}", f"mode={self.mode!r}"]
@@ -510,11 +510,18 @@ def _run(
     """Run ``x`` (``k`` copies of the boards' rows) with ``replace`` applied and the unread heads skipped."""
     wrappers: dict[str, Callable[[nn.Module], nn.Module]] = {}
     for name, (shape, dtype, device) in skip.items():
-        size = (k * shape[0], *shape[1:])
-        wrappers[name] = lambda module, size=size, dtype=dtype, device=device: _Zeros(size, dtype, device)
+        wrappers[name] = _zeros_builder((k * shape[0], *shape[1:]), dtype, device)
     for name, change in replace.items():
-        wrappers[name] = lambda module, name=name, change=change: Replace(module, name, change)
+        wrappers[name] = _replace_builder(name, change)
     return outputs_dict(overlay(SHADOWS.get(network), wrappers)(x))
+
+
+def _zeros_builder(size: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Callable[[nn.Module], nn.Module]:
+    return lambda module: _Zeros(size, dtype, device)
+
+
+def _replace_builder(name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[nn.Module], nn.Module]:
+    return lambda module: Replace(module, name, change)
 
 
 def _read(outputs: Mapping[str, torch.Tensor], kind: str, indices: torch.Tensor | None) -> torch.Tensor:
@@ -734,10 +741,10 @@ def ablation_table(
             if not rows:
                 continue
             result = lens.ablate(model, [boards[i] for i in rows], arg, planes=planes[rows])
-            effects = {name: value.numpy() for name, value in result.effects.items()}
+            effects: dict[str, Any] = {name: tensor.numpy() for name, tensor in result.effects.items()}
             for j, i in enumerate(rows):
                 p = batch[i]
-                for name, value in effects.items():
+                for name, per_unit in effects.items():
                     order_key.append((start + i, t_index))
                     columns["source"].append(p.source)
                     columns["game"].append(p.game)
@@ -751,7 +758,7 @@ def ablation_table(
                     columns["wdl"].append(evals["wdl"][i])
                     columns["mlh"].append(evals["mlh"][i])
                     columns["module"].append(name)
-                    columns["effects"].append(np.asarray(value[j], dtype=np.float32))
+                    columns["effects"].append(np.asarray(per_unit[j], dtype=np.float32))
     # By position, then target (modules stay in the network's order): as a relevance run orders its rows.
     order = sorted(range(len(order_key)), key=order_key.__getitem__)
     schema = ablation_schema(metadata)
