@@ -309,19 +309,22 @@ def _parse_stats(lines: list[str], board: chess.Board) -> tuple[dict[str, MoveSt
 
 
 class _Lc0Protocol(chess.engine.UciProtocol):
-    """UCI, plus lc0's ``error ...`` lines: lc0 prints one instead of answering (e.g. weights it cannot load at the
-    first ``go``, which then never ends), so the process is killed there and the waiting call fails with it."""
+    """UCI, plus lc0's ``error ...`` lines. lc0 prints one instead of answering a command it cannot carry out (weights
+    it cannot load at the first ``go``), and a search would then wait forever for its ``bestmove``: the error is
+    recorded and the search ends there with no move, so the caller can raise it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.errors: list[str] = []
 
-    def line_received(self, line: str) -> None:
-        if line.startswith("error"):
-            self.errors.append(line[len("error") :].strip())
-            if self.transport is not None:
-                self.transport.kill()
-        super().line_received(line)
+    def _line_received(self, line: str) -> None:
+        if not line.startswith("error"):
+            super()._line_received(line)
+            return
+        self.errors.append(line[len("error") :].strip())
+        command = self.command
+        if command is not None and command.state == chess.engine.CommandState.ACTIVE:
+            super()._line_received("bestmove (none)")
 
 
 def _read_tail(handle: IO[bytes] | None, limit: int = 2000) -> str:
@@ -455,20 +458,28 @@ class Lc0:
             )
         return settings
 
-    def _errors(self) -> str:
+    def _take_errors(self) -> str:
+        """lc0's ``error`` lines since the last call, joined."""
         protocol = self._engine.protocol
-        return "; ".join(protocol.errors) if isinstance(protocol, _Lc0Protocol) else ""
+        if not isinstance(protocol, _Lc0Protocol) or not protocol.errors:
+            return ""
+        said = "; ".join(protocol.errors)
+        protocol.errors.clear()
+        return said
 
     def _load(self) -> None:
         """Load the network now (lc0 loads it at its first search), so bad weights fail here and not later."""
         try:
-            self._engine.analyse(chess.Board(), chess.engine.Limit(nodes=1), game=object())
+            self._engine.play(chess.Board(), chess.engine.Limit(nodes=1), game=object())
         except (chess.engine.EngineTerminatedError, concurrent.futures.CancelledError):
-            said = self._errors()
+            message = _read_tail(self._stderr)[-500:]
+            raise EngineError(f"lc0 ({self.binary}) died at its first search: {message}") from None
+        said = self._take_errors()
+        if said:
             lines = _read_tail(self._stderr).splitlines()
-            if said and lines and lines[-1].startswith("Loading weights file"):  # the error came while loading
-                raise ModelLoadError(f"lc0 could not load the weights {self.weights}: {said}") from None
-            raise EngineError(f"lc0 ({self.binary}) died at its first search: {said or lines[-5:]}") from None
+            if lines and lines[-1].startswith("Loading weights file"):  # the error came while loading them
+                raise ModelLoadError(f"lc0 could not load the weights {self.weights}: {said}")
+            raise EngineError(f"lc0 ({self.binary}) failed at its first search: {said}")
 
     @property
     def closed(self) -> bool:
@@ -521,11 +532,14 @@ class Lc0:
                 infos = list(analysis)
                 played = analysis.wait()
         except (chess.engine.EngineTerminatedError, concurrent.futures.CancelledError):
-            said = self._errors() or _read_tail(self._stderr)[-500:]
+            said = self._take_errors() or _read_tail(self._stderr)[-500:]
             self.close()
             raise EngineError(f"lc0 died while searching {board.fen()}: {said}") from None
         except chess.engine.EngineError as exc:
             raise EngineError(f"lc0 failed while searching {board.fen()}: {exc}") from None
+        said = self._take_errors()
+        if said:
+            raise EngineError(f"lc0 could not search {board.fen()}: {said}")
         strings = [str(info["string"]) for info in infos if "string" in info]
         moves, root = _parse_stats(strings, board)
         pvs = [info["pv"] for info in infos if info.get("pv")]

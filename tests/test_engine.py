@@ -320,3 +320,37 @@ def test_the_docs_example_runs(lc0_path: Path, maia_pb_path: Path, capsys: pytes
     exec(compile(code, "docs/depth.md", "exec"), {"__name__": "docs_depth"})
     out = capsys.readouterr().out
     assert "SearchResult(best=" in out
+
+
+def _fake_engine(tmp_path: Path, on_second_go: str) -> Path:
+    """A UCI program with lc0's option names that answers the first ``go`` (the load) and then does
+    ``on_second_go``: lc0's ways of failing a search, without lc0."""
+    options = " ".join(["WeightsFile", "Threads", "VerboseMoveStats", "PolicyTemperature", "SmartPruningFactor",
+                        "MinibatchSize"])  # fmt: skip
+    script = tmp_path / "fake-lc0"
+    script.write_text(
+        "#!/bin/sh\nn=0\nwhile read -r line; do\n  case \"$line\" in\n"
+        f"    uci) echo 'id name fake'; for o in {options}; do echo \"option name $o type string default x\"; done;"
+        " echo uciok ;;\n"
+        "    isready) echo readyok ;;\n"
+        f"    go*) n=$((n+1)); if [ $n -eq 1 ]; then echo 'bestmove e2e4'; else {on_second_go}; fi ;;\n"
+        "    quit) exit 0 ;;\n  esac\ndone\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake engine is a shell script")
+@pytest.mark.parametrize(
+    ("on_second_go", "match"),
+    [("echo 'error something broke'", "could not search.*something broke"), ("exit 5", "died while searching")],
+)
+def test_a_failing_search_raises_instead_of_hanging(
+    maia_pb_path: Path, tmp_path: Path, on_second_go: str, match: str
+) -> None:
+    """lc0 answers a command it cannot carry out with an ``error`` line and no ``bestmove``: the search fails."""
+    with Lc0(maia_pb_path, binary=_fake_engine(tmp_path, on_second_go), timeout=10) as lc0:
+        pid = lc0.pid
+        with pytest.raises(EngineError, match=match):
+            lc0.search(chess.Board(), nodes=8)
+    assert not _alive(pid)
