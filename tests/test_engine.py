@@ -168,6 +168,18 @@ def test_searches_are_repeatable(engine: Lc0) -> None:
     assert {u: s.visits for u, s in first.moves.items()} == {u: s.visits for u, s in second.moves.items()}
 
 
+def test_an_lczero_board_searches_like_its_chess_board(engine: Lc0) -> None:
+    from lczerolens import LczeroBoard
+
+    plain = POSITIONS["history-black"]
+    board = LczeroBoard()
+    for move in plain.move_stack:
+        board.push(move)
+    ours, theirs = engine.search(board, nodes=24), engine.search(plain, nodes=24)
+    assert {u: s.visits for u, s in ours.moves.items()} == {u: s.visits for u, s in theirs.moves.items()}
+    assert board.move_stack == plain.move_stack  # the caller's board is left as it was
+
+
 def test_proven_results_are_marked(engine: Lc0) -> None:
     board = chess.Board("6k1/5ppp/8/8/8/8/8/R5K1 w - - 0 1")  # Ra8 mates
     result = engine.search(board, nodes=32)
