@@ -21,6 +21,7 @@ The engine is set up so that its numbers can be put beside the network's: one se
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import re
@@ -411,12 +412,12 @@ class Lc0:
         options: Mapping[str, Any] | None = None,
         timeout: float = 60.0,
     ) -> None:
-        self._closed = True  # until the process is up: close() and __del__ then have nothing to do
+        self._closed = True  # until the process is up: close() has nothing to do before
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ModelNotFoundError(f"weights {os.fspath(weights)!r} not found; pass the path of a .pb.gz file")
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-            raise InvalidOptionError(f"threads={threads!r}: pass a whole number >= 1 (0: lc0's default)")
+            raise InvalidOptionError(f"threads={threads!r}: pass a whole number >= 1 (or 0 to let lc0 choose)")
         self.weights = path.resolve()
         self.binary = find_lc0(binary)
         self.timeout = float(timeout)
@@ -425,7 +426,7 @@ class Lc0:
             self._engine = chess.engine.SimpleEngine.popen(
                 _Lc0Protocol, [str(self.binary), *_FIXED_FLAGS], timeout=self.timeout, stderr=self._stderr
             )
-        except (OSError, chess.engine.EngineError, TimeoutError) as exc:
+        except (OSError, chess.engine.EngineError, TimeoutError, asyncio.TimeoutError) as exc:
             message = _read_tail(self._stderr)
             self._stderr.close()
             raise EngineError(
@@ -436,7 +437,10 @@ class Lc0:
         self.pid: int = self._engine.protocol.transport.get_pid() if self._engine.protocol.transport else -1
         try:
             self.options = self._settings(backend, threads, options)
-            self._engine.configure(self.options)
+            try:
+                self._engine.configure(self.options)
+            except chess.engine.EngineError as exc:  # a value out of the option's range or of the wrong kind
+                raise InvalidOptionError(f"lc0 ({self.binary}) refuses the options {self.options}: {exc}") from None
             self._load()
         except BaseException:
             self.close()
@@ -478,6 +482,8 @@ class Lc0:
             raise EngineError(f"lc0 ({self.binary}) died at its first search: {message}") from None
         said = self._take_errors()
         if said:
+            if re.search(r"\bflag\b|\boption\b", said, re.IGNORECASE):  # lc0 checks option values at the search
+                raise InvalidOptionError(f"lc0 ({self.binary}) refuses an option of {self.options}: {said}")
             lines = _read_tail(self._stderr).splitlines()
             if lines and lines[-1].startswith("Loading weights file"):  # the error came while loading them
                 raise ModelLoadError(f"lc0 could not load the weights {self.weights}: {said}")

@@ -270,6 +270,11 @@ def test_a_program_that_is_not_lc0(maia_pb_path: Path, tmp_path: Path) -> None:
     before = set(_children_of_this_process())
     with pytest.raises(EngineError, match="could not start"):
         Lc0(maia_pb_path, binary=fake, timeout=10)
+    silent = tmp_path / "silent-lc0"  # reads commands and never answers
+    silent.write_text("#!/bin/sh\nwhile read -r line; do :; done\n")
+    silent.chmod(silent.stat().st_mode | stat.S_IXUSR)
+    with pytest.raises(EngineError, match="could not start.*TimeoutError"):
+        Lc0(maia_pb_path, binary=silent, timeout=1)
     assert set(_children_of_this_process()) <= before
 
 
@@ -292,6 +297,8 @@ def test_bad_options(lc0_path: Path, maia_pb_path: Path) -> None:
         Lc0(maia_pb_path, binary=lc0_path, options={"NoSuchOption": 1})
     with pytest.raises(InvalidOptionError, match="backend 'quantum'"):
         Lc0(maia_pb_path, binary=lc0_path, backend="quantum")
+    with pytest.raises(InvalidOptionError, match="CPuct"):
+        Lc0(maia_pb_path, binary=lc0_path, options={"CPuct": 1000.0})  # lc0's range ends at 100
     with pytest.raises(InvalidOptionError, match="threads"):
         Lc0(maia_pb_path, binary=lc0_path, threads=-1)
 
