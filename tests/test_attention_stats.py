@@ -129,3 +129,14 @@ def test_layers_batches_and_errors(attention_model):
         head_move_shares(attention_model, boards, queries="pieces")
     with pytest.raises(LensError, match="encoder9"):
         head_move_shares(attention_model, boards, layers=["encoder9"])
+
+
+def test_policy_encoder_layers_with_their_own_head_count(tmp_path):
+    spec = AttentionNetSpec(
+        embedding_size=32, encoder_layers=1, heads=4, policy_encoder_layers=1, policy_heads=2, seed=1
+    )
+    model = LczeroModel.from_path(write_attention_net(spec, tmp_path / "policy-encoder.pb.gz"))
+    shares = head_move_shares(model, _boards()[:2])
+    assert shares.layers == ["encoder0", "policy/enc_layer_0"]
+    assert shares.share["encoder0"].shape == (4, len(PATTERNS)) and shares.share["policy/enc_layer_0"].shape == (2, 5)
+    assert len(str(shares).splitlines()) == 2 + 1 + 4 + 2
