@@ -5,8 +5,9 @@
   :class:`OcclusionLens` (piece removal).
 - Inside the network: :class:`ActivationLens` (named activations), :class:`PatchingLens` (activation patching
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
-  attention-body nets on board squares), :class:`AblationLens` (each channel, head or neuron knocked out in turn,
-  with :func:`rank_units`).
+  attention-body nets on board squares), :func:`head_move_shares` (which heads attend along lines, diagonals,
+  knight jumps), :class:`AblationLens` (each channel, head or neuron knocked out in turn, with
+  :func:`rank_units`).
 
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from lczerolens.lenses.ablation import AblationLens, rank_units
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
+    from lczerolens.lenses.attention_stats import HeadShares, head_move_shares
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
     from lczerolens.lenses.lrp import (
         ATTENTION_DEFAULT,
@@ -54,6 +56,8 @@ _LAZY = {
     "rank_units": "lczerolens.lenses.ablation",
     "ActivationLens": "lczerolens.lenses.activation",
     "AttentionLens": "lczerolens.lenses.attention",
+    "HeadShares": "lczerolens.lenses.attention_stats",
+    "head_move_shares": "lczerolens.lenses.attention_stats",
     "GRADIENT_METHODS": "lczerolens.lenses.gradient",
     "GradientLens": "lczerolens.lenses.gradient",
     "OcclusionLens": "lczerolens.lenses.gradient",
@@ -91,11 +95,13 @@ __all__ = [
     "AttentionLens",
     "GRADIENT_METHODS",
     "GradientLens",
+    "HeadShares",
     "LrpLens",
     "OcclusionLens",
     "PatchingLens",
     "Relevance",
     "corrupt",
+    "head_move_shares",
     "make_composite",
     "EPSILON",
     "GAMMA_COMPOSITE",
