@@ -322,7 +322,7 @@ def _add_collection_commands(sub: Any) -> None:
         "--ablate", action="append", metavar="MODULE",
         help="ablations instead of maps: knock out each unit (channel, head, neuron) of MODULE in turn (a name or "
         "pattern, e.g. block3/conv2/relu; repeat for several); rows hold module and effects, rank them with "
-        "lczerolens.run.rank_units",
+        "lczerolens.lenses.rank_units",
     )  # fmt: skip
     run.add_argument(
         "--ablation-mode", choices=("zero", "mean", "resample"), default="zero",

@@ -64,7 +64,6 @@ __all__ = [
     "COLUMNS",
     "SHARD_SIZE",
     "MANIFEST",
-    "rank_units",
 ]
 
 #: Targets a run can explain, in the order rows of one position are written.
@@ -195,11 +194,9 @@ class _Explainer:
 
         positions = [p for record in records for p in record.positions()]
         self.no_row = {}
-        if hasattr(self.lens, "ablate"):  # an AblationLens: rows per position, target and module, with effects
-            from lczerolens.lenses.ablation import ablation_table
-
-            table, self.no_row = ablation_table(self.model, self.lens, self.targets, positions, self.batch_size,
-                                                self.metadata)  # fmt: skip
+        if hasattr(self.lens, "collection_table"):  # AblationLens: rows per position, target and module
+            table, self.no_row = self.lens.collection_table(self.model, self.targets, positions, self.batch_size,
+                                                            self.metadata)  # fmt: skip
             return table
         columns: dict[str, list] = {name: [] for name in _COLUMNS}
         for start in range(0, len(positions), self.batch_size):
@@ -829,18 +826,6 @@ def load_results(out: str | Path, *, allow_partial: bool = False) -> Any:
         return result_schema().empty_table()
     return pa.concat_tables(tables)
 
-
-
-def rank_units(results: Any, *, by: str = "mean_abs") -> Any:
-    """Units of an ablation run ranked by mean ``|effect|``: :func:`lczerolens.lenses.ablation.rank_units`.
-
-    Example
-    -------
-    >>> rank_units("runs/ablation").to_pandas().head()  # doctest: +SKIP
-    """
-    from lczerolens.lenses.ablation import rank_units as rank
-
-    return rank(results, by=by)
 
 
 #: Piece groups of :func:`summarize`: every square, then the squares holding each piece type (either colour).

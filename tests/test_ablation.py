@@ -224,7 +224,6 @@ def test_explain_dataset_writes_effects_and_ranks_units(maia, tmp_path):
     pytest.importorskip("pyarrow")
     from lczerolens.data import read_pgn
     from lczerolens.run import explain_dataset, load_results
-    from lczerolens.run import rank_units as run_rank_units
 
     pgn = tmp_path / "small.pgn"
     pgn.write_text(SMALL_PGN)
@@ -251,7 +250,7 @@ def test_explain_dataset_writes_effects_and_ranks_units(maia, tmp_path):
         assert [r["fen"] for r in mine if r["module"] == modules[0]] == [b.fen() for b in chosen]
         if target == "top":
             assert [r["move"] for r in mine if r["module"] == modules[0]] == [m.uci() for m in result.moves]
-    ranked = run_rank_units(out)
+    ranked = rank_units(out)
     assert ranked.num_rows == 2 * 2 * 64
     from_table = rank_units(table)
     assert ranked.to_pylist() == from_table.to_pylist()

@@ -212,6 +212,13 @@ class AblationLens:
             parts.append(f"max_rows={self.max_rows}")
         return f"AblationLens({', '.join(parts)})"
 
+    def collection_table(
+        self, model: ModelLike, targets: Sequence[str], positions: Sequence[Any], batch_size: int,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[Any, dict[str, int]]:  # fmt: skip
+        """The Parquet rows :func:`lczerolens.run.explain_dataset` writes with this lens (:func:`ablation_table`)."""
+        return ablation_table(model, self, targets, positions, batch_size, metadata)
+
     def names(self, model: ModelLike) -> list[str]:
         """The module names of ``model`` this lens ablates, in the network's order (raises if a pattern misses)."""
         network, _ = model_parts(model)
