@@ -872,6 +872,9 @@ def summarize(out: str | Path, *, allow_partial: bool = False) -> dict[str, Any]
     manifest = load_manifest(out)
     if not manifest.get("complete") and not allow_partial:
         raise RunError(f"the run in {str(out)!r} is unfinished; run the same command again to finish it")
+    if str(manifest.get("fingerprint", {}).get("lens", "")).startswith("AblationLens("):
+        raise RunError(f"the run in {str(out)!r} holds ablation effects, not maps; rank its units with "
+                       "lczerolens.lenses.rank_units")  # fmt: skip
     sums: dict[str, Any] = {}
     stats: dict[str, dict[str, float]] = {}
     for key in sorted(manifest["shards"], key=int):

@@ -334,3 +334,35 @@ def test_top_positions_errors_and_picture(maia, attention_model):
     assert len(top) == 3 and top[0][0] >= top[1][0] >= top[2][0]
     picture = render_top_positions(maia, top, "block3/conv2/relu", 5)
     assert picture.svg.count('class="board"') == 3 and "#1: " in picture.svg
+
+
+def test_summarize_refuses_an_ablation_run(maia, tmp_path):
+    pytest.importorskip("pyarrow")
+    from lczerolens.errors import RunError
+    from lczerolens.run import explain_dataset, summarize
+
+    epd = tmp_path / "two.epd"
+    epd.write_text("\n".join(f.rsplit(" ", 2)[0] for f in FENS[:2]) + "\n")
+    out = explain_dataset(maia, epd, tmp_path / "run", targets=("value",), lens=AblationLens("block5/conv2/relu"),
+                          progress=False)  # fmt: skip
+    with pytest.raises(RunError, match="rank its units"):
+        summarize(out)
+
+
+def test_concurrent_calls_stay_exact(maia):
+    from concurrent.futures import ThreadPoolExecutor
+
+    boards = boards_with_history()
+    lenses = [AblationLens("block4/conv2/relu"), AblationLens("block2/conv1/relu", mode="mean")]
+    alone = [lens.effects(maia, boards, target="value") for lens in lenses]
+    x = encode_boards(boards, 1)
+    plain = maia.network(x)["policy"]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(lens.effects, maia, boards, target="value") for lens in lenses]
+        forwards = [pool.submit(lambda: maia.network(x)["policy"]) for _ in range(3)]
+        together = [f.result() for f in futures]
+        for f in forwards:
+            torch.testing.assert_close(f.result(), plain)
+    for a, b, lens in zip(alone, together, lenses, strict=True):
+        name = lens.modules[0]
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
