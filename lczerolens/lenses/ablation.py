@@ -28,7 +28,8 @@ has shown that nothing before the module meets anything after it, the part befor
 the network mixes the module's output with an earlier tensor (a module inside a residual block, before its skip
 connection), the whole input is repeated instead. The heads the target does not read are skipped in the ablated
 passes (lc0's heads are separate branches). On maia-1900, all 64 channels of ``block3/conv2/relu`` on 256
-positions cost about 13 forward passes over the 256 boards instead of 64 (``benchmarks/bench_ablation.py``).
+positions (top-move target) took the CPU time of about 20 forward passes over the 256 boards instead of 64
+(``benchmarks/bench_ablation.py``).
 The user's model is never changed: every pass runs through the lenses' private shadow of the module tree.
 
 Example
