@@ -559,6 +559,10 @@ def _check_units(units: Sequence[int] | None) -> list[int] | None:
         return None
     if isinstance(units, (str, bytes)) or not isinstance(units, (Sequence, torch.Tensor)):
         raise InvalidOptionError(f"units={units!r} must be a sequence of unit indices, e.g. [3, 17]")
+    if isinstance(units, torch.Tensor):
+        if units.dim() != 1 or units.is_floating_point():
+            raise InvalidOptionError(f"units must be a 1-D integer tensor, not {units.dtype} {tuple(units.shape)}")
+        units = units.tolist()
     out = [int(u) for u in units if isinstance(u, numbers.Integral) and not isinstance(u, bool)]
     if len(out) != len(units) or not out:
         raise InvalidOptionError(f"units={list(units)!r} must be a non-empty sequence of whole numbers")
