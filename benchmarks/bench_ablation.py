@@ -22,7 +22,7 @@ import torch
 from benchmarks.bench_relevance import _print, interleaved_times
 
 MODULE = "block3/conv2/relu"
-TARGET_SECONDS = 10.0
+TARGET_SECONDS = LIMIT = 10.0
 
 
 def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def run(quick: bool = False, threads: int | None = 2) -> dict[str, Any]:
             "forward of the boards (wall ms)": times["forward"]["wall ms"],
             "forward of the boards (cpu ms)": times["forward"]["cpu ms"],
             "ablation top move / 64 forwards (cpu)": top["cpu ms"] / (64 * times["forward"]["cpu ms"]),
-            f"ablation top move within {TARGET_SECONDS:g} s wall": top["wall ms"] / 1e3 <= TARGET_SECONDS,
+            f"ablation top move, {n} positions, within {TARGET_SECONDS:g} s wall": top["wall ms"] <= 1e3 * LIMIT,
             "top_positions, k=16 (wall ms)": times["top_positions"]["wall ms"],
         }
     finally:

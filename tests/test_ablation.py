@@ -366,3 +366,24 @@ def test_concurrent_calls_stay_exact(maia):
     for a, b, lens in zip(alone, together, lenses, strict=True):
         name = lens.modules[0]
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
+
+
+def test_block_outputs_rerun_only_what_follows_them(maia, monkeypatch):
+    """After one checked fan-out pass, a block output's passes feed one board to the part before it; a module
+    inside a block (before the skip connection) repeats the whole input instead."""
+    from lczerolens.lenses import ablation
+
+    feeds: list[int] = []
+    original = ablation._run
+
+    def spy(network, x, replace, skip, k):
+        feeds.append(x.shape[0])
+        return original(network, x, replace, skip, k)
+
+    monkeypatch.setattr(ablation, "_run", spy)
+    boards = boards_with_history()  # 4 boards, 2 units per pass with max_rows=8
+    AblationLens("block3/conv2/relu", max_rows=8).effects(maia, boards, target="value", units=range(6))
+    assert feeds == [4, 1, 1]
+    feeds.clear()
+    AblationLens("block3/conv1/relu", max_rows=8).effects(maia, boards, target="value", units=range(6))
+    assert feeds == [4, 8, 8, 8]  # the fan-out fails once, then the input is repeated for each pair of units
