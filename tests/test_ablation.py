@@ -387,3 +387,16 @@ def test_block_outputs_rerun_only_what_follows_them(maia, monkeypatch):
     feeds.clear()
     AblationLens("block3/conv1/relu", max_rows=8).effects(maia, boards, target="value", units=range(6))
     assert feeds == [4, 8, 8, 8]  # the fan-out fails once, then the input is repeated for each pair of units
+
+
+def test_lc0_onnx_export_gives_the_same_effects(attention_model, lc0_binary, tmp_path):
+    """The same attention net as lc0's own ONNX export (tokens run as [N*64, E] there): the same effects."""
+    from lens_oracles import export
+
+    onnx_path = export(lc0_binary, attention_model.source, tmp_path / "attn.onnx")
+    exported = LczeroModel.from_path(onnx_path, input_format=attention_model.input_format)
+    boards = boards_with_history()
+    for name in ("encoder1/mha/QKV/matmul", "encoder0/ffn/dense1/sqrrelu/sqr", "encoder1/ln2"):
+        native = AblationLens(name).effects(attention_model, boards, target="value")[name]
+        theirs = AblationLens(name).effects(exported, boards, target="value")[name]
+        torch.testing.assert_close(theirs, native, atol=1e-3, rtol=0)
