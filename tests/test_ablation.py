@@ -74,7 +74,7 @@ def zero_unit(axis: int, unit: int, n: int):
 def test_zeroed_channel_equals_a_hook(maia, name):
     boards = boards_with_history()
     n = len(boards)
-    lens = AblationLens(name)
+    lens = AblationLens(name, max_rows=40)  # passes of 10 channels: the checked first pass, then the fast ones
     value = lens.effects(maia, boards, target="value")[name]
     assert value.shape == (n, 64) and value.dtype == torch.float32
     top = lens.ablate(maia, boards)  # top legal move, read at the clean position's index
@@ -112,9 +112,9 @@ def test_heads_neurons_and_tokens_of_an_attention_net(attention_model):
         ("encoder0/ln2", 2, 16),  # the token stream's features
     ]
     for name, axis, units in cases:
-        effects = AblationLens(name).effects(attention_model, boards, target="value")[name]
+        effects = AblationLens(name, max_rows=8).effects(attention_model, boards, target="value")[name]
         assert effects.shape == (n, units), name
-        for unit in sorted({0, units - 1}):
+        for unit in sorted({0, 1, units - 1}):
             out = hooked(attention_model, boards, name, zero_unit(axis, unit, n))
             torch.testing.assert_close(effects[:, unit].double(), read_value(out) - clean, atol=1e-3, rtol=0)
 
@@ -370,7 +370,8 @@ def test_concurrent_calls_stay_exact(maia):
 
 def test_block_outputs_rerun_only_what_follows_them(maia, monkeypatch):
     """After one checked fan-out pass, a block output's passes feed one board to the part before it; a module
-    inside a block (before the skip connection) repeats the whole input instead."""
+    inside a block (before the skip connection) takes copies of the previous block's output, the whole input
+    repeated only where there is no previous block."""
     from lczerolens.lenses import ablation
 
     feeds: list[int] = []
@@ -386,7 +387,10 @@ def test_block_outputs_rerun_only_what_follows_them(maia, monkeypatch):
     assert feeds == [4, 1, 1]
     feeds.clear()
     AblationLens("block3/conv1/relu", max_rows=8).effects(maia, boards, target="value", units=range(6))
-    assert feeds == [4, 8, 8, 8]  # the fan-out fails once, then the input is repeated for each pair of units
+    assert feeds == [4, 4, 1, 1]  # the fan-out fails once, the cut at block2/conv2/relu is checked, then used
+    feeds.clear()
+    AblationLens("block0/conv1/relu", max_rows=8).effects(maia, boards, target="value", units=range(6))
+    assert feeds == [4, 8, 8, 8]  # no block before it: the input repeated for each pair of units
 
 
 def test_lc0_onnx_export_gives_the_same_effects(attention_model, lc0_binary, tmp_path):

@@ -25,8 +25,9 @@ Speed: all the units of a module go through the network in large batches (rows `
 unit ``j`` ablated). Where the network allows it, the module's clean output is *fanned out* (one copy per unit, one
 unit knocked out in each) and only the part of the network after the module runs on the many rows: once a pass
 has shown that nothing before the module meets anything after it, the part before runs on one board only. Where
-the network mixes the module's output with an earlier tensor (a module inside a residual block, before its skip
-connection), the whole input is repeated instead. The heads the target does not read are skipped in the ablated
+the network mixes the module's output with an earlier tensor (a module inside a residual block or an encoder
+layer, before its skip connection), the previous block's (encoder layer's) output is fanned out instead and the
+module ablated in each copy; only where neither holds (the first block) is the whole input repeated. The heads the target does not read are skipped in the ablated
 passes (lc0's heads are separate branches). On maia-1900, all 64 channels of ``block3/conv2/relu`` on 256
 positions (top-move target) took the CPU time of about 20 forward passes over the 256 boards instead of 64
 (``benchmarks/bench_ablation.py``).
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +343,10 @@ class AblationLens:
         clean_values = torch.empty(n, dtype=torch.float32)
         move_indices: list[torch.Tensor] = []
         kept: dict[str, list[torch.Tensor]] = {}
-        fanout: dict[str, str] = {}  # per module: "verified" (fan-out checked) or "repeat" (the input repeated)
+        # Per module: "verified" (fan-out checked), "repeat" (no fan-out), "cut verified" (copies from the previous
+        # block's output, checked) or "plain" (the whole input repeated).
+        fanout: dict[str, str] = {}
+        cuts = {name: _cut_before(network, name) for name in names}
         bar = _bar(progress, n)
         try:
             with torch.no_grad():
@@ -351,7 +356,8 @@ class AblationLens:
                     x = encoded(rows, board_list, True)
                     target_rows = parsed[rows]
                     heads = _unread_heads(network, target_rows.kind, names)
-                    clean_out, store = run_with(network, x, record=names + heads)
+                    extra = [c for c in dict.fromkeys(cuts.values()) if c is not None and c not in names]
+                    clean_out, store = run_with(network, x, record=names + heads + extra)
                     skip = _skip_shapes(store, heads, m)
                     legal = (
                         legal_indices(board_list[rows], input_format)
@@ -390,8 +396,10 @@ class AblationLens:
                         out = effects.setdefault(name, torch.empty(n, len(which), dtype=torch.float32))
                         for first in range(0, len(which), per_pass):
                             group = which[first : first + per_pass]
+                            cut_name = cuts[name]
+                            cut = None if cut_name is None or cut_name not in store else (cut_name, store[cut_name])
                             f = self._pass(network, x, name, store[name], clean_bf, axis, group, replacement,
-                                           target_rows.kind, indices, fanout, skip)  # fmt: skip
+                                           target_rows.kind, indices, fanout, skip, cut)  # fmt: skip
                             change = f.reshape(len(group), m).T - f_clean[:, None]
                             out[rows, first : first + len(group)] = change.float()
                     if bar is not None:
@@ -427,6 +435,7 @@ class AblationLens:
         indices: torch.Tensor | None,
         fanout: dict[str, str],
         skip: dict[str, tuple[torch.Size, torch.dtype, torch.device]],
+        cut: tuple[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The explained output of rows ``j * m + i`` (board ``i``, unit ``group[j]`` ablated): ``[k * m]`` float64."""
         m, k = clean_bf.shape[0], len(group)
@@ -442,7 +451,7 @@ class AblationLens:
 
         read_indices = None if indices is None else indices.repeat(k)
         state = fanout.get(name)
-        if state != "repeat":
+        if state in (None, "verified"):
             # The module's clean output is copied k times, one unit out in each, and only what follows the module
             # runs on the k * m rows. Once a pass of m > 1 boards and k > 1 copies went through with every output
             # holding k * m rows, nothing before the module meets anything after it (a tensor of m rows would not
@@ -463,15 +472,51 @@ class AblationLens:
                 if state is None and k > 1 and m > 1:
                     fanout[name] = "verified"
                 return _read(outputs, kind, read_indices)
-            fanout[name] = "repeat"
+            fanout[name] = state = "repeat"
 
         def repeated(o: torch.Tensor) -> torch.Tensor:
             bf = batch_first(o, k * m)
             new = knock_out(bf.reshape(k, m, *bf.shape[1:]))
             return new.reshape(o.shape)
 
+        if cut is not None and state in ("repeat", "cut verified"):
+            # The module mixes with an earlier tensor, but the previous block's (encoder layer's) output may be a
+            # cut: its clean output, copied k times, feeds what follows, and the module is ablated in each copy.
+            # Checked as the fan-out is; then the part before the cut runs on one board.
+            cut_name, cut_raw = cut
+
+            def copies(o: torch.Tensor) -> torch.Tensor:
+                new = cut_raw.unsqueeze(0).expand(k, *cut_raw.shape).reshape(k * cut_raw.shape[0], *cut_raw.shape[1:])
+                return new.contiguous(memory_format=torch.channels_last) if new.dim() == 4 else new
+
+            try:
+                feed = x[:1] if state == "cut verified" else x
+                outputs = _run(network, feed, {cut_name: copies, name: repeated}, skip, k)
+                fits = all(t.shape[0] == k * m for t in outputs.values() if isinstance(t, torch.Tensor) and t.dim())
+            except (RuntimeError, LensError):
+                fits = False
+            if fits:
+                if state == "repeat" and k > 1 and m > 1:
+                    fanout[name] = "cut verified"
+                return _read(outputs, kind, read_indices)
+            fanout[name] = "plain"
+
         outputs = _run(network, x.repeat(k, *([1] * (x.dim() - 1))), {name: repeated}, skip, k)
         return _read(outputs, kind, read_indices)
+
+
+def _cut_before(network: nn.Module, name: str) -> str | None:
+    """The output of the residual block (encoder layer) before the one ``name`` lies in, if the network has it:
+    ``"block3/conv1/relu"`` -> ``"block2/conv2/relu"``, ``"encoder1/mha/QKV/matmul"`` -> ``"encoder0/ln2"``."""
+    found = re.match(r"(block|encoder)(\d+)/", name)
+    if found is None or int(found.group(2)) == 0:
+        return None
+    index = int(found.group(2)) - 1
+    if found.group(1) == "encoder":
+        pattern = re.compile(rf"encoder{index}/ln2")
+    else:
+        pattern = re.compile(rf"block{index}/conv2/(?!se$)[a-z]+")  # the block's output activation
+    return next((n for n, _ in network.named_modules() if pattern.fullmatch(n)), None)
 
 
 class _Zeros(nn.Module):
