@@ -541,7 +541,10 @@ def explain_dataset(
         Any of ``"top"`` (the net's top legal move), ``"played"`` (the move the game played next; positions
         without one give no row), ``"value"``, ``"win"``, ``"draw"``, ``"loss"``, ``"mlh"``.
     lens : optional
-        The lens (default ``LrpLens()``); its repr goes in the metadata.
+        The lens (default ``LrpLens()``); its repr goes in the metadata. An
+        :class:`~lczerolens.lenses.AblationLens` writes one row per position, target and module, with ``module``
+        and ``effects`` columns in place of ``relevance`` and ``conservation``
+        (:func:`lczerolens.lenses.ablation.ablation_schema`); rank them with :func:`lczerolens.lenses.rank_units`.
     batch_size : int
         Positions per relevance call.
     workers : int
