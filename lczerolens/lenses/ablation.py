@@ -29,7 +29,7 @@ the network mixes the module's output with an earlier tensor (a module inside a 
 layer, before its skip connection), the previous block's (encoder layer's) output is fanned out instead and the
 module ablated in each copy; only where neither holds (the first block) is the whole input repeated. The heads
 the target does not read are skipped in the ablated passes (lc0's heads are separate branches). On maia-1900, all
-64 channels of ``block3/conv2/relu`` on 256 positions (top-move target) took the CPU time of about 20 forward
+64 channels of ``block3/conv2/relu`` on 256 positions (top-move target) took the CPU time of about 18 forward
 passes over the 256 boards instead of 64 (``benchmarks/bench_ablation.py``).
 The user's model is never changed: every pass runs through the lenses' private shadow of the module tree.
 
