@@ -404,3 +404,14 @@ def test_lc0_onnx_export_gives_the_same_effects(attention_model, lc0_binary, tmp
         native = AblationLens(name).effects(attention_model, boards, target="value")[name]
         theirs = AblationLens(name).effects(exported, boards, target="value")[name]
         torch.testing.assert_close(theirs, native, atol=1e-3, rtol=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from lczerolens.concepts import top
+    from lczerolens.lenses import ablation
+
+    for module in (ablation, top):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__

@@ -236,7 +236,7 @@ class AblationLens:
         Example
         -------
         >>> AblationLens("block0/conv2/relu", mode="resample", seed=1).donors(4).tolist()
-        [1, 0, 3, 0]
+        [2, 3, 0, 2]
         """
         generator = torch.Generator().manual_seed(self.seed)
         if self.reference is not None:
