@@ -8,6 +8,8 @@
   attention-body nets on board squares), :func:`head_move_shares` (which heads attend along lines, diagonals,
   knight jumps), :class:`AblationLens` (each channel, head or neuron knocked out in turn, with
   :func:`rank_units`).
+- Through depth: :class:`LogitLens` (the heads read after every layer), :class:`TunedLens` (the same through
+  one fitted affine map per layer), :func:`depth_kl` (how far each layer's reading is from the final policy).
 
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
     from lczerolens.lenses.attention_stats import HeadShares, head_move_shares
+    from lczerolens.lenses.depth import LogitLens, TunedLens, depth_kl, depth_layers
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
     from lczerolens.lenses.lrp import (
         ATTENTION_DEFAULT,
@@ -73,6 +76,10 @@ _LAZY = {
     "PatchingLens": "lczerolens.lenses.patching",
     "corrupt": "lczerolens.lenses.patching",
     "Relevance": "lczerolens.lenses.relevance",
+    "LogitLens": "lczerolens.lenses.depth",
+    "TunedLens": "lczerolens.lenses.depth",
+    "depth_kl": "lczerolens.lenses.depth",
+    "depth_layers": "lczerolens.lenses.depth",
 }
 
 
@@ -110,4 +117,8 @@ __all__ = [
     "ATTENTION_DEFAULT",
     "PRESETS",
     "network_family",
+    "LogitLens",
+    "TunedLens",
+    "depth_kl",
+    "depth_layers",
 ]
