@@ -45,7 +45,7 @@ _LAZY = {
     "AttentionLens": "lczerolens.lenses",
     "LogitLens": "lczerolens.lenses",
     "TunedLens": "lczerolens.lenses",
-    "render_depth": "lczerolens.visual",
+    "render_depth": "lczerolens.visual_depth",
     "render_attention": "lczerolens.visual",
     "render_heatmap": "lczerolens.visual",
     "render_grid": "lczerolens.visual",

@@ -62,7 +62,6 @@ __all__ = [
     "robust_limit",
     "render_grid",
     "render_heatmap",
-    "render_depth",
 ]
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -1300,13 +1299,3 @@ def square_colors(
         "vmax": float(scale.vmax),
         "stops": [colormap(i / (n - 1)) for i in range(n)],
     }
-
-
-def render_depth(outputs: Any, board: chess.Board, **options: Any) -> Heatmap:
-    """Value and the final top move's probability and rank through a network's layers, for one board.
-
-    See :func:`lczerolens.visual_depth.render_depth` (kept in its own module) for the options.
-    """
-    from lczerolens.visual_depth import render_depth as _render_depth
-
-    return _render_depth(outputs, board, **options)
