@@ -415,3 +415,14 @@ def test_docstring_examples_run():
     for module in (ablation, top):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, module.__name__
+
+
+def test_rank_units_takes_effects_per_target() -> None:
+    effects = {"block0/conv2/relu": torch.tensor([[0.0, -2.0, 1.0], [0.0, 2.0, -4.0]])}
+    table = rank_units({"value": effects, "top": effects})
+    rows = table.to_pylist()
+    assert [r["target"] for r in rows] == ["value"] * 3 + ["top"] * 3
+    assert [r["unit"] for r in rows[:3]] == [2, 1, 0] and rows[0]["mean_abs"] == 2.5
+    assert rank_units(effects).to_pylist()[0]["target"] is None
+    with pytest.raises(LensError, match="positions, units"):
+        rank_units({"block0/conv2/relu": torch.zeros(3)})

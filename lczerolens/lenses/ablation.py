@@ -646,8 +646,8 @@ def rank_units(results: Any, *, by: str = "mean_abs") -> Any:
     ----------
     results : str, Path, pyarrow.Table or mapping
         A run folder written by ``explain_dataset(..., lens=AblationLens(...))`` (read shard by shard), its
-        table (:func:`lczerolens.run.load_results`), or the TensorDict of :meth:`AblationLens.effects` (target
-        ``null``).
+        table (:func:`lczerolens.run.load_results`), the TensorDict of :meth:`AblationLens.effects` (target
+        ``null``), or a mapping of target names to such TensorDicts (``{"value": effects}``).
     by : {"mean_abs", "mean"}
         The column that orders the units (``"mean"``: most negative first, the units whose loss hurts most).
 
@@ -708,8 +708,19 @@ def rank_units(results: Any, *, by: str = "mean_abs") -> Any:
     elif isinstance(results, pa.Table):
         add_table(results)
     elif hasattr(results, "items"):
-        for module, value in results.items():
-            add(None, str(module), torch.as_tensor(value).detach().cpu().numpy())
+
+        def block_of(module: str, value: Any) -> Any:
+            block = torch.as_tensor(value).detach().cpu()
+            if block.dim() != 2:
+                raise LensError(f"effects of {module!r} must be [positions, units], got shape {tuple(block.shape)}")
+            return block.numpy()
+
+        for key, value in results.items():
+            if hasattr(value, "items"):  # {target: effects}: one TensorDict of effects per target
+                for module, block in value.items():
+                    add(str(key), str(module), block_of(str(module), block))
+            else:
+                add(None, str(key), block_of(str(key), value))
     else:
         raise LensError(f"rank_units takes a run folder, a pyarrow Table or effects, not {type(results).__name__}")
 
