@@ -55,7 +55,9 @@ const meta = await get("./api/meta");
 mount(document.getElementById("lczerolens-app"), {
   meta,
   request: (s) => get(`./api/view?index=${s.index}&moves=${encodeURIComponent(s.moves.join(","))}`
-    + `&target=${encodeURIComponent(s.target)}&lens=${encodeURIComponent(s.lens)}`),
+    + `&target=${encodeURIComponent(s.target)}&lens=${encodeURIComponent(s.lens)}`
+    + `&layer=${encodeURIComponent(s.layer || "")}&channel=${s.channel ?? ""}`
+    + `&attention=${encodeURIComponent(s.attention || "")}&query=${encodeURIComponent(s.query || "")}`),
 });
 </script>"""
     return _TEMPLATE.format(title=_escape_title(title), css=asset("explorer.css"), body=body)

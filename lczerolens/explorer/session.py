@@ -182,6 +182,7 @@ class ExplorerSession:
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._generation = 0
         self.lens(self.default_lens)  # a bad name fails here, not in the browser
         if self.default_target not in HEAD_TARGETS:
             self.position(0, ()).parse_uci(self.default_target)  # raises for a move not legal at the start
@@ -253,6 +254,8 @@ class ExplorerSession:
             "line": [{"uci": u, "san": s} for u, s in zip(self.line, sans, strict=True)],
             "fens": [b.fen() for b in self.boards],
             "lenses": self.lens_names(),
+            "layers": self.layer_names(),
+            "attention_layers": self.attention_layers(),
             "targets": list(HEAD_TARGETS),
             "lens": self.default_lens,
             "target": self.default_target,
@@ -310,7 +313,16 @@ class ExplorerSession:
         """
         out = self.views([(index, tuple(moves))], target, lens)[0]
         if layer:
-            out["layer"] = self.layer_view(index, moves, target, lens, layer, channel)
+            from lczerolens.lenses import LrpLens
+
+            if layer not in self.layer_names():
+                names = ", ".join(self.layer_names()) or "none"
+                raise InvalidOptionError(f"unknown layer {layer!r}; use one of {names}")
+            if isinstance(self.lens(lens), LrpLens):
+                out["layer"] = self.layer_view(index, moves, target, lens, layer, channel)
+            else:  # the rest of the view stands; the layer panel says why it is empty
+                error = f"the layer view needs an LRP lens (lrp or a preset), not {lens}"
+                out["layer"] = {"layer": layer, "error": error}
         if attention:
             out["attention"] = self.attention_view(index, moves, attention, query)
         self.prefetch(index, moves, target, lens)
@@ -346,8 +358,8 @@ class ExplorerSession:
         """Queue, for a background thread, the views a user is likely to ask for after this one.
 
         Those are the next plies and the previous one along the source (or the position before the last played
-        move) with the same target and lens, in one batched call, then this position with the other of ``top``
-        and ``value``. A newer call replaces what is still queued. Does nothing when the session was made with
+        move) with the same target and lens, then this position with the other of ``top`` and ``value``, one
+        position per call (so every view equals a batch-1 call). A newer call replaces what is still queued. Does nothing when the session was made with
         ``prefetch=False``.
         """
         if not self._prefetch:
@@ -367,6 +379,7 @@ class ExplorerSession:
             if self._closed:
                 return
             self._wanted = jobs
+            self._generation += 1
             _LIVE.add(self)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._prefetch_loop, name="lczerolens-prefetch", daemon=True)
@@ -381,13 +394,24 @@ class ExplorerSession:
                         self._worker = None  # idle: the thread ends; the next prefetch starts another
                         return
                 job = self._wanted.pop(0)
+                generation = self._generation
             states, target, lens = job
-            todo = [s for s in states if (s[0], s[1], target, lens) not in self._cache]
-            if todo:
+            for state in states:
+                # One position per call: a view's numbers are those of a batch-1 call whatever was asked before
+                # (batched float32 sums can differ in the last digits), and a request waits for one position
+                # at most. A newer prefetch replaces the rest of this one.
+                with self._wake:
+                    if self._closed or self._wanted is None:
+                        return
+                if (state[0], state[1], target, lens) in self._cache:
+                    continue
                 try:
-                    self.views(todo, target, lens)
+                    self.views([state], target, lens)
                 except Exception:  # noqa: BLE001 (a guess that fails costs nothing; the asked view reports errors)
                     pass
+                with self._wake:
+                    if self._generation != generation:  # a newer request's neighbours come first
+                        break
 
     def close(self) -> None:
         """Stop prefetching (waits for a computation in flight); views are still computed when asked."""
