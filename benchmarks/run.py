@@ -5,7 +5,8 @@
 Sections: faithfulness by piece removal and cost per method (:mod:`benchmarks.bench_faithfulness`), encoding
 throughput (``bench_encoding``), loading times (``bench_loading``), cold start of the command line
 (``bench_cli``), relevance cost ratios and maps/s (``bench_relevance``), the activation, integrated-gradients
-and patching lenses (``bench_lenses``), collections end to end (``bench_collections``), and onnxruntime's forward
+and patching lenses (``bench_lenses``), collections end to end (``bench_collections``), the explorer's response
+times and report (``bench_explorer``), and onnxruntime's forward
 pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass. Timings are medians over
 repeats in this one process. A section whose module is missing or fails is reported as such and the rest still
 runs.
@@ -200,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             dict_table,
         ),
         _section("BT4-shaped attention net vs onnxruntime", _module_run("bench_bt4", **quick, **threads), dict_table),
+        _section(
+            "The explorer: views, browser round trip, report",
+            _module_run("bench_explorer", **quick, **threads),
+            dict_table,
+        ),
         # Last: its final measurement changes glibc's malloc settings for the rest of the process.
         _section("Lenses beside LRP", _module_run("bench_lenses", **quick, **threads), dict_table),
     ]

@@ -18,12 +18,13 @@ def write_report(
     game: int = 0,
     targets: Sequence[str] = ("top", "value"),
     lens: str = "lrp",
-    batch_size: int = 32,
+    batch_size: int = 128,
 ) -> Path:
     """Write the explorer for game ``game`` of ``pgn`` as one HTML file: scripts, styles and data inline.
 
     Every position of the game is explained for each of ``targets`` (``top``, ``value``, ``win``, ``draw``,
-    ``loss``) with ``lens`` (a name from :meth:`ExplorerSession.lens_names`), in batches of ``batch_size``.
+    ``loss``) with ``lens`` (a name from :meth:`ExplorerSession.lens_names`), in batches of ``batch_size``
+    positions (one lens call per target for a game of up to ``batch_size`` positions).
     The file opens from disk with no server and no network.
 
     Example
@@ -37,11 +38,14 @@ def write_report(
     for target in targets:
         if target not in HEAD_TARGETS:
             raise InvalidOptionError(f"report target {target!r}: use {', '.join(HEAD_TARGETS)} (moves differ per ply)")
-    session = ExplorerSession(model, Path(pgn), lens=lens, target=targets[0] if targets else "top", game=game)
+    session = ExplorerSession(
+        model, Path(pgn), lens=lens, target=targets[0] if targets else "top", game=game, prefetch=False
+    )
     if not targets:
         targets = ("top",)
     meta = session.meta()
     meta["lenses"] = [lens]
+    meta["layers"], meta["attention_layers"] = [], []  # the report holds no layer or attention views
     views: dict[str, Any] = {}
     states = [(i, ()) for i in range(len(session.boards))]
     for target in dict.fromkeys(targets):

@@ -359,8 +359,8 @@ class ExplorerSession:
 
         Those are the next plies and the previous one along the source (or the position before the last played
         move) with the same target and lens, then this position with the other of ``top`` and ``value``, one
-        position per call (so every view equals a batch-1 call). A newer call replaces what is still queued. Does nothing when the session was made with
-        ``prefetch=False``.
+        position per call (so every view equals a batch-1 call). A newer call replaces what is still queued.
+        Does nothing when the session was made with ``prefetch=False``.
         """
         if not self._prefetch:
             return
