@@ -270,7 +270,6 @@ def test_report_rejects_move_targets(model: LczeroModel, tmp_path: Path) -> None
         write_report(model, pgn, tmp_path / "x.html", targets=["e2e4"])
 
 
-
 # ---- speed: prefetching -------------------------------------------------------------------------------------
 def test_prefetch_fills_neighbours(model: LczeroModel) -> None:
     session = ExplorerSession(model, GAME)
@@ -362,3 +361,23 @@ def test_widget_and_server_layer_requests(model: LczeroModel, server) -> None:
     assert status == 400 and "whole number" in body["error"]
     status, body = _get(server.url + "api/view?index=1&layer=nope")
     assert status == 400 and "unknown layer" in body["error"]
+
+
+def test_report_layer_view(model: LczeroModel, tmp_path: Path) -> None:
+    from lczerolens.explorer import write_report
+
+    layer = "block3/conv2/relu"
+    pgn = tmp_path / "g.pgn"
+    pgn.write_text(GAME)
+    html = write_report(model, pgn, tmp_path / "g.html", targets=["top"], layer=layer, channels=2).read_text()
+    data = json.loads(re.search(r'id="lczerolens-data">(.*?)</script>', html, re.S).group(1))
+    assert data["meta"]["layers"] == [layer] and data["meta"]["attention_layers"] == []
+    session = ExplorerSession(model, GAME, prefetch=False)
+    for index in (0, 5):
+        stored = data["views"][f"{index}|top|lrp"]["layers"][layer]
+        live = session.layer_view(index, (), "top", "lrp", layer)
+        assert stored["order"] == [c["channel"] for c in live["channels"][:2]]
+        np.testing.assert_allclose(stored["latent"]["values"], live["latent"]["values"], rtol=1e-5, atol=1e-6)
+        for channel in stored["order"]:
+            crp = session.layer_view(index, (), "top", "lrp", layer, channel)["crp"]["values"]
+            np.testing.assert_allclose(stored["crps"][str(channel)]["values"], crp, rtol=1e-4, atol=1e-6)

@@ -368,3 +368,40 @@ def test_attention_view(driver: Any, attention_server: Any, shots: Path) -> None
     _wait(driver, 2)
     _close(_mini(driver, "head-1"), weights[1, chess.D7].double().numpy())
     driver.save_screenshot(str(shots / "serve-attention.png"))
+
+
+def test_report_layer_view(driver: Any, model: LczeroModel, tmp_path: Path, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from lczerolens.explorer import write_report
+
+    layer = "block2/conv2/relu"
+    pgn = tmp_path / "game.pgn"
+    pgn.write_text(GAME)
+    out = write_report(model, pgn, tmp_path / "game.html", targets=["top", "value"], layer=layer, channels=3)
+    plain = ExplorerSession(model, GAME, prefetch=False)
+    driver.set_window_size(1000, 1000)
+    driver.get(out.as_uri())
+    _wait(driver, 0)
+    _key(driver, Keys.ARROW_RIGHT)
+    _wait(driver, 1)
+    _select(driver, "layer", layer)
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-map='crp'] [data-cell]"))
+    live = plain.layer_view(1, (), "top", "lrp", layer)
+    _close(_mini(driver, "latent"), np.array(live["latent"]["values"]))
+    _close(_mini(driver, "crp"), np.array(live["crp"]["values"]))
+    channels = [int(e.get_attribute("data-channel")) for e in driver.find_elements(By.CSS_SELECTOR, "[data-channel]")]
+    assert channels == [c["channel"] for c in live["channels"][:3]]
+    driver.find_element(By.CSS_SELECTOR, f'[data-channel="{channels[1]}"]').click()
+    _until(
+        driver,
+        lambda d: f"channel {channels[1]} " in d.find_element(By.CSS_SELECTOR, "[data-map='crp'] figcaption").text,
+    )
+    crp = plain.layer_view(1, (), "top", "lrp", layer, channels[1])["crp"]["values"]
+    np.testing.assert_allclose(_mini(driver, "crp"), crp, rtol=1e-4, atol=1e-6)
+    _select(driver, "target", "value")
+    _wait(driver, 1)
+    live = plain.layer_view(1, (), "value", "lrp", layer)
+    _close(_mini(driver, "latent"), np.array(live["latent"]["values"]))
+    driver.save_screenshot(str(shots / "report-layer.png"))

@@ -611,6 +611,54 @@ class ExplorerSession:
             "crp": crp,
         }
 
+    def layer_summaries(
+        self, indices: Sequence[int], target: str, lens: str, layer: str, *, channels: int = 3
+    ) -> list[dict[str, Any]]:
+        """The layer view of source positions ``indices`` with the CRP maps of each one's ``channels`` top channels.
+
+        One lens call with ``record`` for all positions, then one CRP call per distinct channel among the picks
+        (on the positions that picked it). Each dict is :meth:`layer_view`'s without ``channel``/``crp``, plus ``crps``
+        (channel -> map, the ``channels`` highest) and ``order`` (those channels, highest first). For the report.
+        """
+        from lczerolens.concepts import channel_relevance
+
+        self._check(target, lens)
+        if layer not in self.layer_names():
+            raise InvalidOptionError(f"unknown layer {layer!r}; use one of {', '.join(self.layer_names()) or 'none'}")
+        obj = self._lrp_lens(lens)
+        boards = [self.position(i) for i in indices]
+        with self._lock:
+            rel = obj.relevance(self.model, boards, self._targets(boards, target), record=(layer,))
+            per_channel = channel_relevance(rel, layer).detach().float()
+            picks = [per_channel[i].argsort(descending=True)[: max(channels, 1)].tolist() for i in range(len(boards))]
+            # CRP conditions apply to every board of a call, and the top channels repeat from ply to ply: one call
+            # per channel on the boards that need it costs less than one call per board.
+            wanted: dict[int, list[int]] = {}
+            for i, picked in enumerate(picks):
+                for c in picked:
+                    wanted.setdefault(c, []).append(i)
+            crps: list[dict[str, Any]] = [{} for _ in boards]
+            for c, rows in wanted.items():
+                part = [boards[i] for i in rows]
+                crp = obj.relevance(self.model, part, self._targets(part, target), condition={layer: [c]})
+                maps = crp.squares.detach().double().reshape(len(rows), 64).tolist()
+                for k, i in enumerate(rows):
+                    crps[i][str(c)] = _map_dict([float(v) for v in maps[k]])
+                    crps[i][str(c)]["target"] = _round(float(crp.target[k]))
+            out = []
+            for i, board in enumerate(boards):
+                out.append(
+                    {
+                        "layer": layer,
+                        "latent": _map_dict(self._square_map(board, rel.layers[layer][i])),
+                        "channels": [{"channel": c, "relevance": _round(float(per_channel[i, c]))} for c in picks[i]],
+                        "count": int(per_channel.shape[1]),
+                        "order": picks[i],
+                        "crps": crps[i],
+                    }
+                )
+        return out
+
     def _remember(self, store: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any) -> None:
         store[key] = value
         while len(store) > self._cache_size:

@@ -290,7 +290,7 @@ export function mount(el, host, options = {}) {
     const listed = new Set();
     for (const c of L.channels) { channelSel.append(h("option", { value: String(c.channel), text: `${c.channel} (${fmt(c.relevance, 3)})` })); listed.add(c.channel); }
     if (!listed.has(L.channel)) channelSel.append(h("option", { value: String(L.channel), text: String(L.channel) }));
-    channelSel.value = state.channel === null ? "" : String(state.channel);
+    channelSel.value = state.channel === null || state.channel !== L.channel ? "" : String(state.channel);
     const top = Math.max(...L.channels.map((c) => Math.abs(c.relevance)), 1e-12);
     const list = h("ol", { class: "lzx-channels" });
     for (const c of L.channels) {
