@@ -218,7 +218,7 @@ def _add_explorer_commands(sub: Any) -> None:
     serve.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
-    serve.add_argument("--threads", type=int, default=None, metavar="T", help=_THREADS_HELP)
+    serve.add_argument("--threads", type=int, default=1, metavar="T", help=_THREADS_HELP)
     add_input_format_argument(serve)
     report = sub.add_parser(
         "report",
@@ -241,11 +241,14 @@ def _add_explorer_commands(sub: Any) -> None:
         metavar="NAME",
         help="also the layer view of this block (e.g. block3/conv2/relu): latent map and top channels' CRP maps",
     )
-    report.add_argument("--threads", type=int, default=None, metavar="T", help=_THREADS_HELP)
+    report.add_argument("--threads", type=int, default=1, metavar="T", help=_THREADS_HELP)
     add_input_format_argument(report)
 
 
-_THREADS_HELP = "torch threads (default: torch's choice); on a machine busy with other work 1 is often faster"
+_THREADS_HELP = (
+    "torch threads (default 1: the explorer's small batches gain little from more, and on a machine busy with "
+    "other work 2 threads made a 60-ply report 16x slower than 1)"
+)
 
 
 def _set_threads(args: argparse.Namespace) -> None:

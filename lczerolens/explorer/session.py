@@ -141,8 +141,9 @@ class ExplorerSession:
     cache_size : int
         How many views to keep.
     prefetch : bool
-        After answering a view, compute the neighbouring plies (and the other of top/value) in a background
-        thread, so stepping through a game finds them ready. ``False``: compute only what is asked.
+        Compute the first view in a background thread from the start, and after answering a view the
+        neighbouring plies (and the other of top/value), so stepping through a game finds them ready.
+        ``False``: compute only what is asked.
 
     Example
     -------
@@ -186,6 +187,9 @@ class ExplorerSession:
         self.lens(self.default_lens)  # a bad name fails here, not in the browser
         if self.default_target not in HEAD_TARGETS:
             self.position(0, ()).parse_uci(self.default_target)  # raises for a move not legal at the start
+        if prefetch:
+            # The first view (and the lens's first use, which builds its rule tree) starts while the page loads.
+            self._queue([([(0, ())], self.default_target, self.default_lens)])
 
     # ---- lenses ------------------------------------------------------------------------------------------
     def lens_names(self) -> list[str]:
@@ -375,6 +379,9 @@ class ExplorerSession:
         other = {"top": "value", "value": "top"}.get(target)
         if other is not None:
             jobs.append(([(index, moves)], other, lens))
+        self._queue(jobs)
+
+    def _queue(self, jobs: list[tuple[list[tuple[int, tuple[str, ...]]], str, str]]) -> None:
         with self._wake:
             if self._closed:
                 return
