@@ -83,6 +83,32 @@ def test_collections_notebook_runs_from_the_repository_root(maia_pb_path) -> Non
     _run(COLLECTIONS, timeout=300)
 
 
+ATTENTION = ROOT / "notebooks" / "attention.ipynb"
+
+
+def test_committed_attention_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(ATTENTION, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "| uniform |" in text and "largest |PatchingLens - hook|" in text
+    # Pictures as PNG files under notebooks/figures/ (keeps the notebook small), each present.
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
+    assert len(pictures) >= 4 and all((ATTENTION.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_attention_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    pytest.importorskip("pandas")
+    if not (ROOT / "assets" / "cache" / "chess-data" / "pgn" / "kasparov-deep-blue-1997.pgn").exists():
+        pytest.skip("python-chess's PGN files are missing: run `make assets`")
+    _run(ATTENTION, timeout=600)
+
+
 EXPLORE = ROOT / "notebooks" / "explore.ipynb"
 
 

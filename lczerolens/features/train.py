@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from lczerolens.errors import DataError, InvalidOptionError
 from lczerolens.features.sae import KINDS, SAE
@@ -266,16 +267,22 @@ def train_sae(
         x = raw * scale
         h = sae.pre_activations(x)
         if kind == "topk":
-            f = sae.activate(h)
-        elif kind == "jumprelu":
-            f = _JumpReLU.apply(torch.relu(h), sae.threshold, 0.05)
+            # Only k features per row are active: decode them as a weighted sum of k decoder rows
+            # (embedding_bag), not as a dense [rows, d_sae] product that is almost all zeros.
+            top, idx = torch.topk(h, sae.k or 1, dim=-1, sorted=False)
+            top = torch.relu(top)
+            recon = F.embedding_bag(idx, sae.W_dec, per_sample_weights=top, mode="sum") + sae.b_dec
+            active = top > 0
+            fired = torch.zeros(features, dtype=torch.bool).index_fill_(0, idx[active], True)
+            l0_batch = active.sum(-1)
         else:
-            f = torch.relu(h)
-        recon = f @ sae.W_dec + sae.b_dec
+            f = _JumpReLU.apply(torch.relu(h), sae.threshold, 0.05) if kind == "jumprelu" else torch.relu(h)
+            recon = f @ sae.W_dec + sae.b_dec
+            fired = (f > 0).any(0)
+            l0_batch = (f > 0).sum(-1)
         err = x - recon
         mse = err.pow(2).sum(-1).mean()
         loss = mse
-        fired = (f > 0).any(0)
         since = torch.where(fired, torch.zeros_like(since), since + x.shape[0])
         dead = since >= dead_after
         if kind == "topk" and dead.any():
@@ -304,7 +311,7 @@ def train_sae(
                 since[dead] = 0
         step += 1
         rows_seen += x.shape[0]
-        last = {"mse": float(mse), "l0": float((f > 0).sum(-1).float().mean()), "dead": float(dead.float().mean())}
+        last = {"mse": float(mse.detach()), "l0": float(l0_batch.float().mean()), "dead": float(dead.float().mean())}
         if bar is not None:
             bar.update(1)
             if step % 50 == 0:

@@ -5,7 +5,8 @@
   :class:`OcclusionLens` (piece removal).
 - Inside the network: :class:`ActivationLens` (named activations), :class:`PatchingLens` (activation patching
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
-  attention-body nets on board squares).
+  attention-body nets on board squares), :func:`head_move_shares` (which heads attend along lines, diagonals,
+  knight jumps).
 
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
+    from lczerolens.lenses.attention_stats import HeadShares, head_move_shares
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
     from lczerolens.lenses.lrp import (
         ATTENTION_DEFAULT,
@@ -50,6 +52,8 @@ _LRP = "lczerolens.lenses.lrp"
 _LAZY = {
     "ActivationLens": "lczerolens.lenses.activation",
     "AttentionLens": "lczerolens.lenses.attention",
+    "HeadShares": "lczerolens.lenses.attention_stats",
+    "head_move_shares": "lczerolens.lenses.attention_stats",
     "GRADIENT_METHODS": "lczerolens.lenses.gradient",
     "GradientLens": "lczerolens.lenses.gradient",
     "OcclusionLens": "lczerolens.lenses.gradient",
@@ -85,11 +89,13 @@ __all__ = [
     "AttentionLens",
     "GRADIENT_METHODS",
     "GradientLens",
+    "HeadShares",
     "LrpLens",
     "OcclusionLens",
     "PatchingLens",
     "Relevance",
     "corrupt",
+    "head_move_shares",
     "make_composite",
     "EPSILON",
     "GAMMA_COMPOSITE",

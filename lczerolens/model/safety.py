@@ -5,8 +5,8 @@
   2 GiB is protobuf's own limit for one serialized message (2**31 - 1 bytes), which both an lc0 weights file
   (one ``Net`` message) and an ONNX file without external data already have to respect; lc0's published nets
   are far smaller (maia-1900 is 1.7 MB decompressed).
-- :func:`check_network` runs a probe batch (the start position, another position, all-ones planes and, below
-  :data:`LARGE_NETWORK_PARAMETERS`, random planes) through a freshly built network and refuses it
+- :func:`check_network` runs a probe batch (the start position, all-ones planes and, below
+  :data:`LARGE_NETWORK_PARAMETERS`, another position and random planes) through a freshly built network and refuses it
   (:class:`~lczerolens.errors.ModelLoadError`, naming the first module whose output is not finite or absurdly
   large) when the forward fails or any parameter is not finite, so that a bad file fails at load, never later.
 """
@@ -79,21 +79,21 @@ ACTIVATION_LIMIT = 1e12
 _PROBE_FENS = ("r3k2r/p1ppqpb1/bn2pnp1/3PN3/1p2P3/2N2Q1p/PPPBBPPP/R3K2R b KQkq - 10 20",)
 
 
-#: Networks with more parameters than this are probed without the random planes: three positions instead of
-#: six halve the probe, the largest part of loading a BT4-sized net (160M parameters), while every input weight
-#: still takes part (the all-ones planes).
+#: Networks with more parameters than this are probed with two inputs, the start position and the all-ones
+#: planes, instead of six: the probe forward is a large part of loading a BT4-sized net (160M parameters), and
+#: every input weight still takes part (the all-ones planes) and a real position is still run.
 LARGE_NETWORK_PARAMETERS = 20_000_000
 
 
-def probe_planes(input_format, random_planes: int = 3) -> torch.Tensor:
-    """The sanity check's inputs ``[3 + random_planes, 112, 8, 8]``: the start position and another real one
-    (encoded in ``input_format``), all planes set to one (every input weight takes part), and
-    ``random_planes`` seeded random binary planes."""
+def probe_planes(input_format, random_planes: int = 3, *, second_position: bool = True) -> torch.Tensor:
+    """The sanity check's inputs ``[2 + second_position + random_planes, 112, 8, 8]``: the start position and
+    (with ``second_position``) another real one, encoded in ``input_format``; all planes set to one (every input
+    weight takes part); and ``random_planes`` seeded random binary planes."""
     import torch
 
     from lczerolens.board import LczeroBoard
 
-    boards = [LczeroBoard()] + [LczeroBoard(fen) for fen in _PROBE_FENS]
+    boards = [LczeroBoard()] + ([LczeroBoard(fen) for fen in _PROBE_FENS] if second_position else [])
     real = [b.to_input_tensor(input_format) for b in boards]
     gen = torch.Generator().manual_seed(0)
     noise = [torch.bernoulli(torch.full((112, 8, 8), 0.3), generator=gen) for _ in range(random_planes)]
@@ -145,8 +145,8 @@ def _run_probe(network: nn.Module, planes: torch.Tensor, limit: float):
 def check_network(network: nn.Module, source: str, *, check_parameters: bool = True) -> None:
     """Refuse ``network`` unless its parameters are finite and it computes sane outputs on a probe batch.
 
-    The probe (:func:`probe_planes`: the start position, another position, all-ones planes and, for networks
-    up to :data:`LARGE_NETWORK_PARAMETERS` parameters, three seeded random planes) runs under
+    The probe (:func:`probe_planes`: the start position and all-ones planes and, for networks up to
+    :data:`LARGE_NETWORK_PARAMETERS` parameters, another position and three seeded random planes) runs under
     ``torch.no_grad`` (never inference mode: a module caching a tensor on its first call must not keep an
     inference tensor). Every module's output must be finite and, in float32 or wider, below
     :data:`ACTIVATION_LIMIT` in magnitude; every head must have one row per input.
@@ -182,7 +182,8 @@ def check_network(network: nn.Module, source: str, *, check_parameters: bool = T
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else torch.device("cpu")
     size = sum(p.numel() for p in network.parameters())
-    planes = probe_planes(fmt, 0 if size > LARGE_NETWORK_PARAMETERS else 3).to(device=device, dtype=dtype)
+    large = size > LARGE_NETWORK_PARAMETERS
+    planes = probe_planes(fmt, 0 if large else 3, second_position=not large).to(device=device, dtype=dtype)
     limit = ACTIVATION_LIMIT if torch.finfo(dtype).bits >= 32 else float(torch.finfo(dtype).max)
     try:
         out, bad = _run_probe(network, planes, limit)

@@ -17,6 +17,7 @@ Example
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from lczerolens.errors import ModelLoadError
 from lczerolens.model.proto import Layer
@@ -80,26 +81,35 @@ def decode_layer(layer: Layer, name: str = "layer", default_encoding: int = Enco
             f"{name}: {len(params)} bytes is not a whole number of {enc.name} values ({width} bytes each); "
             "the file is corrupted."
         )
+    # The output is a torch tensor's memory seen as a numpy array, filled in place: numpy would ask the kernel for
+    # huge pages on an array this large, and where memory is fragmented the kernel then compacts it on every page
+    # fault (seen here: 1.5-2.5 s of CPU time for BT4's 640 MB instead of 0.35 s).
+    values = torch.empty(len(params) // width, dtype=torch.float32).numpy()
     if enc == Encoding.LINEAR16:
         lo = np.float32(layer.min_val)
         with np.errstate(over="ignore", invalid="ignore"):
             span = np.float32(np.float32(layer.max_val) - lo)
-        if not (np.isfinite(lo) and np.isfinite(span)):
+            top = np.float32(span + lo)  # the value of q = 65535, the largest in magnitude with lo
+        if not (np.isfinite(lo) and np.isfinite(span) and np.isfinite(top)):
             raise ModelLoadError(
                 f"{name}: LINEAR16 range min_val={layer.min_val!r}, max_val={layer.max_val!r} is not finite; the "
                 "file is corrupted."
             )
-        values = np.frombuffer(params, dtype="<u2").astype(np.float32)
-        # Same float32 operation order as lc0: q / 65535 * range + min (in place: one array, not three).
+        values[...] = np.frombuffer(params, dtype="<u2")
+        # Same float32 operation order as lc0: q / 65535 * range + min (in place: one array, not three). Each
+        # step is monotone in q, so every value lies between lo (q = 0) and top (q = 65535): all finite.
         values /= np.float32(65535.0)
         values *= span
         values += lo
-    elif enc == Encoding.FLOAT16:
-        values = np.frombuffer(params, dtype="<f2").astype(np.float32)
+        return values
+    if enc == Encoding.FLOAT16:
+        values[...] = np.frombuffer(params, dtype="<f2")
     elif enc == Encoding.BFLOAT16:
-        values = (np.frombuffer(params, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        bits = values.view(np.uint32)
+        bits[...] = np.frombuffer(params, dtype="<u2")
+        bits <<= np.uint32(16)
     else:
-        values = np.frombuffer(params, dtype="<f4").astype(np.float32)
+        values[...] = np.frombuffer(params, dtype="<f4")
     # max and min propagate NaN: two passes without a temporary array; the slow search only on failure.
     if values.size and not (np.isfinite(values.max()) and np.isfinite(values.min())):
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
