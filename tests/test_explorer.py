@@ -381,3 +381,25 @@ def test_report_layer_view(model: LczeroModel, tmp_path: Path) -> None:
         for channel in stored["order"]:
             crp = session.layer_view(index, (), "top", "lrp", layer, channel)["crp"]["values"]
             np.testing.assert_allclose(stored["crps"][str(channel)]["values"], crp, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_report_layer_and_threads(maia_pb_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from lczerolens import cli
+
+    pgn = tmp_path / "g.pgn"
+    pgn.write_text(GAME)
+    out = tmp_path / "g.html"
+    threads = torch.get_num_threads()
+    try:
+        args = ["report", str(maia_pb_path), str(pgn), "--out", str(out), "--target", "value"]
+        assert cli.main([*args, "--layer", "block1/conv2/relu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(re.search(r'id="lczerolens-data">(.*?)</script>', out.read_text(), re.S).group(1))
+    assert set(data["views"]["2|value|lrp"]["layers"]) == {"block1/conv2/relu"}
+    assert cli.main(["report", str(maia_pb_path), str(pgn), "--out", str(out), "--threads", "0"]) != 0
+    assert "--threads must be 1 or more" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["serve", "w.pb.gz"]).threads == 1
