@@ -81,6 +81,7 @@ export function mount(el, host, options = {}) {
   const channelLabel = h("label", { hidden: "" }, ["channel ", channelSel]);
   if (layers.length) extraControls.append(h("label", {}, ["layer ", layerSel]), channelLabel);
   if (attentionLayers.length) extraControls.append(h("label", {}, ["attention ", attentionSel]), h("label", {}, ["query ", querySel]));
+  if (!extraControls.children.length) extraControls.hidden = true; // a report without layers: no empty row
   const layerPanel = h("div", { class: "lzx-panel lzx-layer", hidden: "" });
   const attentionPanel = h("div", { class: "lzx-panel lzx-attention", hidden: "" });
 
