@@ -403,3 +403,14 @@ def test_cli_report_layer_and_threads(maia_pb_path: Path, tmp_path: Path, capsys
     assert cli.main(["report", str(maia_pb_path), str(pgn), "--out", str(out), "--threads", "0"]) != 0
     assert "--threads must be 1 or more" in capsys.readouterr().err
     assert cli.build_parser().parse_args(["serve", "w.pb.gz"]).threads == 1
+
+
+def test_prefetch_layer_view_of_neighbours(model: LczeroModel) -> None:
+    session = ExplorerSession(model, GAME)
+    layer = "block1/conv2/relu"
+    session.view(2, (), "top", "lrp", layer=layer)
+    session.wait_prefetch()
+    assert (3, (), "top", "lrp", layer) in session._extras and (1, (), "top", "lrp", layer) in session._extras
+    plain = ExplorerSession(model, GAME, prefetch=False)
+    assert session.view(3, (), "top", "lrp", layer=layer) == plain.view(3, (), "top", "lrp", layer=layer)
+    session.close()

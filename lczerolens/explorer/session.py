@@ -10,13 +10,14 @@ moves in UCI played from there in the explorer). Its ply (the page's ``data-ply`
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import math
 import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,17 +180,17 @@ class ExplorerSession:
         self._extras: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._attention: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._prefetch = prefetch
-        self._wanted: list[tuple[list[tuple[int, tuple[str, ...]]], str, str]] | None = None
+        self._wanted: list[Callable[[], Any]] | None = None
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self._closed = False
-        self._generation = 0
+        self._busy = False
         self.lens(self.default_lens)  # a bad name fails here, not in the browser
         if self.default_target not in HEAD_TARGETS:
             self.position(0, ()).parse_uci(self.default_target)  # raises for a move not legal at the start
         if prefetch:
             # The first view (and the lens's first use, which builds its rule tree) starts while the page loads.
-            self._queue([([(0, ())], self.default_target, self.default_lens)])
+            self._queue([functools.partial(self._fill, (0, ()), self.default_target, self.default_lens)])
 
     # ---- lenses ------------------------------------------------------------------------------------------
     def lens_names(self) -> list[str]:
@@ -329,7 +330,7 @@ class ExplorerSession:
                 out["layer"] = {"layer": layer, "error": error}
         if attention:
             out["attention"] = self.attention_view(index, moves, attention, query)
-        self.prefetch(index, moves, target, lens)
+        self.prefetch(index, moves, target, lens, layer=layer, channel=channel)
         return out
 
     def views(self, states: Sequence[tuple[int, Sequence[str]]], target: str, lens: str) -> list[dict[str, Any]]:
@@ -358,40 +359,56 @@ class ExplorerSession:
         return (index, tuple(moves), target, lens) in self._cache
 
     # ---- prefetching ---------------------------------------------------------------------------------------
-    def prefetch(self, index: int, moves: Sequence[str] = (), target: str = "top", lens: str = DEFAULT_LENS) -> None:
+    def prefetch(
+        self,
+        index: int,
+        moves: Sequence[str] = (),
+        target: str = "top",
+        lens: str = DEFAULT_LENS,
+        *,
+        layer: str | None = None,
+        channel: int | None = None,
+    ) -> None:
         """Queue, for a background thread, the views a user is likely to ask for after this one.
 
         Those are the next plies and the previous one along the source (or the position before the last played
-        move) with the same target and lens, then this position with the other of ``top`` and ``value``, one
-        position per call (so every view equals a batch-1 call). A newer call replaces what is still queued.
-        Does nothing when the session was made with ``prefetch=False``.
+        move) with the same target and lens, with ``layer`` the layer view of the next and the previous one,
+        then this position with the other of ``top`` and ``value``; one position per call (so every view
+        equals a batch-1 call). A newer call replaces what is still queued. Does nothing when the session was
+        made with ``prefetch=False``.
         """
         if not self._prefetch:
             return
         moves = tuple(moves)
-        jobs: list[tuple[list[tuple[int, tuple[str, ...]]], str, str]] = []
         if moves:
             near = [(index, moves[:-1])]
         else:
             near = [(i, ()) for i in (index + 1, index + 2, index - 1, index + 3) if 0 <= i < len(self.boards)]
+        tasks: list[Callable[[], Any]] = []
         if target in HEAD_TARGETS:  # a move target need not be legal in the neighbours
-            jobs.append((near, target, lens))
+            tasks += [functools.partial(self._fill, state, target, lens) for state in near]
+            if layer:
+                steps = [s for s in near if s == (index + 1, ()) or s == (index - 1, ()) or bool(moves)]
+                tasks += [functools.partial(self.layer_view, i, m, target, lens, layer, channel) for i, m in steps]
         other = {"top": "value", "value": "top"}.get(target)
         if other is not None:
-            jobs.append(([(index, moves)], other, lens))
-        self._queue(jobs)
+            tasks.append(functools.partial(self._fill, (index, moves), other, lens))
+        self._queue(tasks)
 
-    def _queue(self, jobs: list[tuple[list[tuple[int, tuple[str, ...]]], str, str]]) -> None:
+    def _fill(self, state: tuple[int, tuple[str, ...]], target: str, lens: str) -> None:
+        if (state[0], state[1], target, lens) not in self._cache:
+            self.views([state], target, lens)
+
+    def _queue(self, tasks: list[Callable[[], Any]]) -> None:
         with self._wake:
             if self._closed:
                 return
-            self._wanted = jobs
-            self._generation += 1
+            self._wanted = tasks
             _LIVE.add(self)
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._prefetch_loop, name="lczerolens-prefetch", daemon=True)
                 self._worker.start()
-            self._wake.notify()
+            self._wake.notify_all()
 
     def _prefetch_loop(self) -> None:
         while True:
@@ -400,25 +417,19 @@ class ExplorerSession:
                     if self._closed or not self._wake.wait(timeout=30):
                         self._worker = None  # idle: the thread ends; the next prefetch starts another
                         return
-                job = self._wanted.pop(0)
-                generation = self._generation
-            states, target, lens = job
-            for state in states:
-                # One position per call: a view's numbers are those of a batch-1 call whatever was asked before
-                # (batched float32 sums can differ in the last digits), and a request waits for one position
-                # at most. A newer prefetch replaces the rest of this one.
+                # One position per task: a view's numbers are those of a batch-1 call whatever was asked before
+                # (batched float32 sums can differ in the last digits), and a request waits for one position at
+                # most. A newer prefetch replaces the list, so its tasks come next.
+                task = self._wanted.pop(0)
+                self._busy = True
+            try:
+                task()
+            except Exception:  # noqa: BLE001 (a guess that fails costs nothing; the asked view reports errors)
+                pass
+            finally:
                 with self._wake:
-                    if self._closed or self._wanted is None:
-                        return
-                if (state[0], state[1], target, lens) in self._cache:
-                    continue
-                try:
-                    self.views([state], target, lens)
-                except Exception:  # noqa: BLE001 (a guess that fails costs nothing; the asked view reports errors)
-                    pass
-                with self._wake:
-                    if self._generation != generation:  # a newer request's neighbours come first
-                        break
+                    self._busy = False
+                    self._wake.notify_all()
 
     def close(self) -> None:
         """Stop prefetching (waits for a computation in flight); views are still computed when asked."""
@@ -432,18 +443,8 @@ class ExplorerSession:
 
     def wait_prefetch(self, timeout: float = 60.0) -> None:
         """Block until the background thread has nothing queued and no computation in flight (tests, benches)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._wake:
-                idle = not self._wanted
-            if idle and self._lock.acquire(timeout=0.05):
-                self._lock.release()
-                with self._wake:
-                    if not self._wanted:
-                        return
-            time.sleep(0.01)
+        with self._wake:
+            self._wake.wait_for(lambda: not self._wanted and not self._busy, timeout=timeout)
 
     def _targets(self, boards: Sequence[Any], target: str) -> Any:
         if target == "top":
