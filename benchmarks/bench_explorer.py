@@ -111,8 +111,12 @@ def session_figures(model: Any, steps: int, pause: float) -> dict[str, Any]:
     out["layer view: another channel's CRP, s"] = _timed(
         lambda: session.view(8, (), "top", "lrp", layer=layer, channel=second)
     )
-    out["layer view: next ply, s"] = _timed(lambda: session.view(9, (), "top", "lrp", layer=layer))
+    time.sleep(pause)
+    out["layer view: next ply, prefetched (after a pause), s"] = _timed(
+        lambda: session.view(9, (), "top", "lrp", layer=layer)
+    )
     session.close()
+    out["layer view: next ply, no prefetch, s"] = _timed(lambda: plain.view(9, (), "top", "lrp", layer=layer))
     return out
 
 
