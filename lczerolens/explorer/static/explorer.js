@@ -124,6 +124,9 @@ export function mount(el, host, options = {}) {
         state.target = view.target.name; state.lens = view.lens; targetSel.value = state.target; lensSel.value = state.lens;
         state.layer = view.layer ? view.layer.layer : ""; layerSel.value = state.layer;
         state.attention = view.attention ? view.attention.layer : ""; attentionSel.value = state.attention;
+        // A refused channel or query does not stick: the next request asks for the defaults.
+        if (state.channel !== null && !(view.layer && view.layer.channel === state.channel)) state.channel = null;
+        if (state.query !== null && !(view.attention && view.attention.query === state.query)) state.query = null;
       }
       return;
     }
