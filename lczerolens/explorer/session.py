@@ -591,7 +591,7 @@ class ExplorerSession:
                 order = per_channel.argsort(descending=True).tolist()
                 base = {
                     "layer": layer,
-                    "latent": _map_dict(self._square_map(board, rel.layers[layer][0])),
+                    "latent": _map_dict(self._square_map(board, _per_board(rel.layers[layer], 1)[0])),
                     "all_channels": [_round(float(v)) for v in per_channel.tolist()],
                     "order": order,
                 }
@@ -658,7 +658,7 @@ class ExplorerSession:
                 out.append(
                     {
                         "layer": layer,
-                        "latent": _map_dict(self._square_map(board, rel.layers[layer][i])),
+                        "latent": _map_dict(self._square_map(board, _per_board(rel.layers[layer], len(boards))[i])),
                         "channels": [{"channel": c, "relevance": _round(float(per_channel[i, c]))} for c in picks[i]],
                         "count": int(per_channel.shape[1]),
                         "order": picks[i],
@@ -722,6 +722,14 @@ class ExplorerSession:
             "query": chess.square_name(square),
             "heads": [_map_dict([float(v) for v in row.tolist()]) for row in rows],
         }
+
+
+def _per_board(t: Any, n: int) -> Any:
+    """A recorded layer with one row per board: a token stream flattened over the batch (``[N * 64, E]``)
+    becomes ``[N, 64, E]``."""
+    if t.ndim == 2 and t.shape[0] == n * 64:
+        return t.reshape(n, 64, t.shape[1])
+    return t
 
 
 def _map_dict(values: list[float]) -> dict[str, Any]:
