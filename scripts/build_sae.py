@@ -20,13 +20,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lczerolens import LczeroBoard, LczeroModel
-from lczerolens.board import encode_boards
 from lczerolens.data import read_pgn
 from lczerolens.features import module_tokens, sae_metrics, train_sae
+from lczerolens.positions import play_games
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "assets" / "cache"
@@ -37,33 +36,9 @@ NETS = {
 }
 
 
-def selfplay(model: LczeroModel, games: int, seed: int, max_plies: int, chunk: int = 128) -> list[LczeroBoard]:
-    """Every position (with history) of ``games`` self-play games, game by game; all games of a chunk advance
-    together, one forward pass per ply."""
-    rng = np.random.default_rng(seed)
-    out: list[LczeroBoard] = []
-    for first in range(0, games, chunk):
-        live = [LczeroBoard() for _ in range(min(chunk, games - first))]
-        seen: list[list[LczeroBoard]] = [[] for _ in live]
-        active = list(range(len(live)))
-        for _ in range(max_plies):
-            if not active:
-                break
-            with torch.no_grad():
-                logits = model.network(encode_boards([live[g] for g in active]))["policy"].double()
-            still = []
-            for row, g in zip(logits, active, strict=True):
-                board = live[g]
-                seen[g].append(board.copy())
-                legal = list(board.legal_moves)
-                p = torch.softmax(row[board.legal_move_indices(1)], 0).numpy()
-                board.push(legal[min(int(np.searchsorted(np.cumsum(p), rng.random() * p.sum())), len(legal) - 1)])
-                if not board.is_game_over(claim_draw=True):
-                    still.append(g)
-            active = still
-        for game in seen:
-            out.extend(game)
-    return out
+def selfplay(model: LczeroModel, games: int, seed: int, max_plies: int) -> list[LczeroBoard]:
+    """Every position (with history) of ``games`` self-play games, game after game."""
+    return [board for game in play_games(model, games, seed, max_plies) for board in game]
 
 
 def main() -> None:
