@@ -307,11 +307,21 @@ def test_layer_view(driver: Any, server: Any, session: ExplorerSession, model: L
     _close(_mini(driver, "crp"), crp)
     driver.save_screenshot(str(shots / "serve-layer-crp.png"))
 
+    # The chosen channel stays chosen on the next ply (follow one channel through the game).
+    from selenium.webdriver.common.keys import Keys
+
+    _key(driver, Keys.ARROW_RIGHT)
+    _wait(driver, 2)
+    following = session.position(2)
+    assert f"channel {order[2]} " in driver.find_element(By.CSS_SELECTOR, "[data-map='crp'] figcaption").text
+    crp = LrpLens().relevance(model, following, condition={layer: [order[2]]}).squares[0].flatten().numpy()
+    _close(_mini(driver, "crp"), crp)
+
     # With a lens that is not LRP, the panel says why and the rest of the view stands.
     _select(driver, "lens", "gradient")
     _until(driver, lambda d: "needs an LRP lens" in d.find_element(By.CSS_SELECTOR, ".lzx-layer").text)
     _select(driver, "layer", "")
-    _wait(driver, 1)
+    _wait(driver, 2)
     assert not driver.find_element(By.CSS_SELECTOR, ".lzx-layer").is_displayed()
 
 
