@@ -347,6 +347,16 @@ def _add_collection_commands(sub: Any) -> None:
         default="default",
         help="LRP rules, as for `explain` (default: %(default)s)",
     )
+    run.add_argument(
+        "--ablate", action="append", metavar="MODULE",
+        help="ablations instead of maps: knock out each unit (channel, head, neuron) of MODULE in turn (a name or "
+        "pattern, e.g. block3/conv2/relu; repeat for several); rows hold module and effects, rank them with "
+        "lczerolens.lenses.rank_units",
+    )  # fmt: skip
+    run.add_argument(
+        "--ablation-mode", choices=("zero", "mean", "resample"), default="zero",
+        help="what replaces an ablated unit (mean and resample: taken over each batch; default: zero)",
+    )  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     add_input_format_argument(run)
 
@@ -615,7 +625,13 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.min_ply or args.max_ply is not None:
             raise LensError("--min-ply and --max-ply apply to PGN games; an EPD file's positions have no plies")
         reader = read_positions(args.source, **selection)
-    lens = LrpLens(**{"default": {}, "epsilon": EPSILON, "gamma": GAMMA_COMPOSITE}[args.rule])
+    lens: Any = LrpLens(**{"default": {}, "epsilon": EPSILON, "gamma": GAMMA_COMPOSITE}[args.rule])
+    if args.ablate:
+        from lczerolens.lenses import AblationLens
+
+        if args.rule != "default":
+            raise LensError("--rule chooses LRP rules; it does not apply with --ablate")
+        lens = AblationLens(args.ablate, mode=args.ablation_mode)
     path = explain_dataset(
         args.weights,
         reader,

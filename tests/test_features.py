@@ -154,3 +154,25 @@ def test_sae_lens_reads_the_shipped_files_as_we_do() -> None:
     with torch.no_grad():
         assert torch.equal(theirs.encode(x), ours.encode(x))
         assert torch.equal(theirs.decode(ours.encode(x)), ours.decode(ours.encode(x)))
+
+
+def test_shipped_attention_net_sae() -> None:
+    """The SAE of the distilled attention net's residual stream: its card's record on unseen positions, and maps
+    through all features plus the error term that add up to the (AttnLRP) map."""
+    root = ROOT / "assets" / "saes" / "bt-distilled-encoder2"
+    if not root.exists():
+        pytest.skip("no shipped attention-net SAE")
+    model = LczeroModel.from_path(ROOT / "assets" / "nets" / "bt-distilled.pb.gz")
+    sae = load_sae(root)
+    module = sae.metadata["hook_name"]
+    record = sae.metadata["heldout_metrics"]
+    assert record["fve"] >= 0.85 and record["l0"] <= 16 and record["dead"] <= 0.10 and record["kl"] <= 0.1
+    assert sum(f.stat().st_size for f in root.iterdir()) <= 1 << 20
+    boards = [LczeroBoard(line) for line in (root / "heldout.fen").read_text().splitlines()[:2]]
+    assert sae_metrics(model, sae, module, boards)["fve"] >= 0.8
+    plain = LrpLens().relevance(model, boards)
+    parts = feature_relevance(model, boards, sae, module, [list(range(sae.d_sae)), "error"])
+    summed = parts.planes.reshape(len(boards), 2, *parts.planes.shape[1:]).sum(1)
+    scale = plain.planes.abs().amax(dim=(1, 2, 3), keepdim=True)
+    assert ((summed - plain.planes).abs() <= 1e-3 * scale).all()
+    assert parts.planes[0::2].abs().sum() > 0  # the features carry some of the map

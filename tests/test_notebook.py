@@ -109,6 +109,30 @@ def test_attention_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
     _run(ATTENTION, timeout=600)
 
 
+FEATURES = ROOT / "notebooks" / "features.ipynb"
+
+
+def test_committed_features_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(FEATURES, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert text.count("max |features + error - LRP| / max |LRP|") == 2  # maia and the attention net
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
+    assert len(pictures) >= 3 and all((FEATURES.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_features_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    if not (ROOT / "assets" / "saes" / "maia-1900-block3").exists():
+        pytest.skip("no shipped SAE")
+    _run(FEATURES, timeout=600)
+
+
 EXPLORE = ROOT / "notebooks" / "explore.ipynb"
 
 

@@ -6,7 +6,10 @@
 - Inside the network: :class:`ActivationLens` (named activations), :class:`PatchingLens` (activation patching
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
   attention-body nets on board squares), :func:`head_move_shares` (which heads attend along lines, diagonals,
-  knight jumps).
+  knight jumps), :class:`AblationLens` (each channel, head or neuron knocked out in turn, with
+  :func:`rank_units`).
+- Through depth: :class:`LogitLens` (the heads read after every layer), :class:`TunedLens` (the same through
+  one fitted affine map per layer), :func:`depth_kl` (how far each layer's reading is from the final policy).
 
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
@@ -28,9 +31,11 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lczerolens.lenses.ablation import AblationLens, rank_units
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
     from lczerolens.lenses.attention_stats import HeadShares, head_move_shares
+    from lczerolens.lenses.depth import LogitLens, TunedLens, depth_kl, depth_layers
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
     from lczerolens.lenses.lrp import (
         ATTENTION_DEFAULT,
@@ -50,6 +55,8 @@ if TYPE_CHECKING:
 # TensorDict would import tensordict (about a second) for nothing.
 _LRP = "lczerolens.lenses.lrp"
 _LAZY = {
+    "AblationLens": "lczerolens.lenses.ablation",
+    "rank_units": "lczerolens.lenses.ablation",
     "ActivationLens": "lczerolens.lenses.activation",
     "AttentionLens": "lczerolens.lenses.attention",
     "HeadShares": "lczerolens.lenses.attention_stats",
@@ -69,6 +76,10 @@ _LAZY = {
     "PatchingLens": "lczerolens.lenses.patching",
     "corrupt": "lczerolens.lenses.patching",
     "Relevance": "lczerolens.lenses.relevance",
+    "LogitLens": "lczerolens.lenses.depth",
+    "TunedLens": "lczerolens.lenses.depth",
+    "depth_kl": "lczerolens.lenses.depth",
+    "depth_layers": "lczerolens.lenses.depth",
 }
 
 
@@ -85,6 +96,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AblationLens",
+    "rank_units",
     "ActivationLens",
     "AttentionLens",
     "GRADIENT_METHODS",
@@ -104,4 +117,8 @@ __all__ = [
     "ATTENTION_DEFAULT",
     "PRESETS",
     "network_family",
+    "LogitLens",
+    "TunedLens",
+    "depth_kl",
+    "depth_layers",
 ]

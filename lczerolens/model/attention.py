@@ -295,8 +295,16 @@ class AttentionNetwork(nn.Module):
             x = m["attn_body/ln2"](self.alpha * m["attn_body/ffn/dense2/w"](hidden) + x)
         for i in range(self.num_encoders):
             x = self._encoder(x, f"encoder{i}", self.num_heads, self.alpha, acts["ffn"])
+        return self.forward_heads(x)
 
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads alone on the tokens ``x`` ``[N, 64, E]`` (what :meth:`forward` does after the last encoder
+        layer; the logit lens applies it to earlier layers' outputs)."""
+        m = self._modules
+        acts = self.activations
+        n = x.shape[0]
         out: dict[str, torch.Tensor] = {}
+        n = x.shape[0]  # the heads' batch is the body's (a lens may hand the heads more rows than the input had)
         # Policy.
         p = self._act("policy/dense1", acts["policy"], m["policy/dense1/matmul"](x))
         for i in range(self.policy_encoders):

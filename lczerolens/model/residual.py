@@ -201,7 +201,13 @@ class ResidualNetwork(nn.Module):
                 shift = s[:, channels:, None, None]
                 y = m[f"{se}/mul"](gate_logits, y) + shift
             x = m[act2](y + x)
+        return self.forward_heads(x)
 
+    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads alone on a residual stream ``x`` ``[N, F, 8, 8]`` (what :meth:`forward` does after the last
+        block; the logit lens applies it to earlier blocks' outputs)."""
+        m = self._modules
+        act = self.activation
         out: dict[str, torch.Tensor] = {}
         if self.policy_kind == "conv":
             p = m[f"policy/conv1/{act}"](m["policy/conv1"](x))
