@@ -131,3 +131,25 @@ def test_features_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
     if not (ROOT / "assets" / "saes" / "maia-1900-block3").exists():
         pytest.skip("no shipped SAE")
     _run(FEATURES, timeout=600)
+
+
+EXPLORE = ROOT / "notebooks" / "explore.ipynb"
+
+
+def test_committed_explore_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(EXPLORE, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute it before committing"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "same as LrpLens: True" in text and "same as AttentionLens: True" in text and "top channels" in text
+    pictures = re.findall(r"\.\./docs/figures/[\w.-]+\.png", "".join(c.source for c in nb.cells))
+    assert pictures and all((EXPLORE.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_explore_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    pytest.importorskip("anywidget")
+    _run(EXPLORE, timeout=600)
