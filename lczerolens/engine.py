@@ -174,7 +174,8 @@ class MoveStats:
         Completed visits of the move's subtree (lc0's ``N``).
     prior
         The network's probability for the move, in [0, 1] (``P``; a softmax over the legal moves, printed by lc0 to
-        0.01 percentage points).
+        0.01 percentage points). Once the search has proved the move's result (``bound`` set), lc0 may print
+        another value: seen here, 0 for a proven move of a mate-in-two puzzle whose softmax was 0.060.
     q
         The search's value of the move (``Q`` = ``WL`` + draw score x ``D``, in [-1, 1]). For a move with
         ``visits == 0`` lc0 prints its first-play-urgency estimate here, not an evaluation of the move.

@@ -153,3 +153,27 @@ def test_committed_explore_notebook_has_its_outputs() -> None:
 def test_explore_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
     pytest.importorskip("anywidget")
     _run(EXPLORE, timeout=600)
+
+
+DEPTH = ROOT / "notebooks" / "depth.ipynb"
+
+
+def test_committed_depth_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(DEPTH, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "KL logit  KL tuned" in text and "search solves" in text and "mean_abs" in text
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
+    assert len(pictures) >= 2 and all((DEPTH.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_depth_notebook_runs_from_the_repository_root(maia_pb_path, lc0_binary) -> None:
+    if not (ROOT / "assets" / "cache" / "puzzles-selfplay.csv").exists():
+        pytest.skip("the self-play puzzles are missing: run `make assets`")
+    _run(DEPTH, timeout=900)
