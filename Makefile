@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Fetched files (checksummed), then the mate puzzles made from maia-1900 self-play (seeded; about a minute).
 assets: $(STAMP)
 	$(BIN)/python assets/fetch.py
+	test -f assets/cache/puzzles-selfplay.csv || PYTHONPATH=. $(BIN)/python scripts/make_puzzles.py
 
 lint: $(STAMP) typecheck
 	$(BIN)/ruff check .

@@ -12,10 +12,10 @@ reused by the next run. Measured:
   and the peak resident memory the load added (``ru_maxrss`` minus the resident size just before the load),
   also as a multiple of the net's float32 weight bytes;
 - **forward**: our network under ``torch.inference_mode`` and the onnxruntime session on the same planes, at
-  batch 1 and 32, interleaved round after round (same thread count, onnxruntime's threads not spinning);
+  batch 1, 8 and 32, interleaved round after round (same thread count, onnxruntime's threads not spinning);
 - **LRP**: ``LrpLens().relevance(network, boards, "value")`` (the whole user call) at batch 1 and 8, against our
   forward at the same batch;
-- **largest batch in 8 GiB**: the peak memory a forward (batch 1 and 32) and an LRP call (batch 1 and 8) add
+- **largest batch in 8 GiB**: the peak memory a forward (batch 1 and 32; 8 is also measured) and an LRP call (batch 1 and 8) add
   over the loaded net, extrapolated linearly from those two batches to the batch whose weights plus activations
   reach 8 GiB (an estimate from two measured points, not a run at that batch).
 
@@ -298,7 +298,7 @@ def run(
 
         return call
 
-    for batch in (1, 32):
+    for batch in (1, 8, 32):
         x = planes[:batch].contiguous()
         feed = {input_name: x.numpy()}
         rounds = 2 if quick or batch > 1 else 5
@@ -340,7 +340,8 @@ def run(
 
     largest: dict[str, Any] = {}
     for what, points in memory.items():
-        (b1, m1), (b2, m2) = sorted(points.items())
+        ordered = sorted(points.items())
+        (b1, m1), (b2, m2) = ordered[0], ordered[-1]
         per_position = max((m2 - m1) / (b2 - b1), 1.0)
         fixed = max(m1 - per_position * b1, 0.0)
         largest[f"{what} MB added at batch {b1} / {b2}"] = f"{m1 / 1e6:.0f} / {m2 / 1e6:.0f}"

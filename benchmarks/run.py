@@ -5,10 +5,11 @@
 Sections: faithfulness by piece removal and cost per method (:mod:`benchmarks.bench_faithfulness`), encoding
 throughput (``bench_encoding``), loading times (``bench_loading``), cold start of the command line
 (``bench_cli``), relevance cost ratios and maps/s (``bench_relevance``), the activation, integrated-gradients
-and patching lenses (``bench_lenses``), collections end to end (``bench_collections``), and onnxruntime's forward
-pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass. Timings are medians over
-repeats in this one process. A section whose module is missing or fails is reported as such and the rest still
-runs.
+and patching lenses (``bench_lenses``), every channel of a maia block ablated (``bench_ablation``), collections
+end to end (``bench_collections``), the explorer's response times and report (``bench_explorer``), and
+onnxruntime's forward pass on maia-1900's ONNX export at batch 64 as the yardstick for our own forward pass.
+Timings are medians over repeats in this one process. A section whose module is missing or fails is reported
+as such and the rest still runs.
 
 Defaults: 200 maia-1900 positions and 24 for the attention net. On 2 cores the whole run took 194 s with 100/12
 positions on an idle machine and 602 s with 200/24 on one shared with other jobs; a first run also plays the
@@ -200,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
             dict_table,
         ),
         _section("BT4-shaped attention net vs onnxruntime", _module_run("bench_bt4", **quick, **threads), dict_table),
+        _section(
+            "Ablation: 64 channels x 256 positions", _module_run("bench_ablation", **quick, **threads), dict_table
+        ),
+        _section(
+            "The explorer: views, browser round trip, report",
+            _module_run("bench_explorer", **quick, **threads),
+            dict_table,
+        ),
         # Last: its final measurement changes glibc's malloc settings for the rest of the process.
         _section("Lenses beside LRP", _module_run("bench_lenses", **quick, **threads), dict_table),
     ]

@@ -218,6 +218,7 @@ def _add_explorer_commands(sub: Any) -> None:
     serve.add_argument("--game", type=int, default=0, metavar="N", help="which game of the PGN (0-based)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    serve.add_argument("--threads", type=int, default=1, metavar="T", help=_THREADS_HELP)
     add_input_format_argument(serve)
     report = sub.add_parser(
         "report",
@@ -234,13 +235,38 @@ def _add_explorer_commands(sub: Any) -> None:
         help="a target to precompute (repeat; default: top and value)",
     )
     report.add_argument("--lens", default="lrp", metavar="L", help="lrp (default), a preset, gradient, occlusion, ...")
+    report.add_argument(
+        "--layer",
+        default=None,
+        metavar="NAME",
+        help="also the layer view of this block (e.g. block3/conv2/relu): latent map and top channels' CRP maps",
+    )
+    report.add_argument("--threads", type=int, default=1, metavar="T", help=_THREADS_HELP)
     add_input_format_argument(report)
+
+
+_THREADS_HELP = (
+    "torch threads (default 1: the explorer's small batches gain little from more, and on a machine busy with "
+    "other work 2 threads made a 60-ply report 16x slower than 1)"
+)
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        from lczerolens.errors import InvalidOptionError
+
+        if args.threads < 1:
+            raise InvalidOptionError(f"--threads must be 1 or more, not {args.threads}")
+        torch.set_num_threads(args.threads)
 
 
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from lczerolens.explorer import ExplorerSession
     from lczerolens.explorer.server import make_server
 
+    _set_threads(args)
     model = load_model(args)
     session = ExplorerSession(model, args.source, game=args.game)
     server = make_server(session, args.host, args.port)
@@ -258,9 +284,12 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
     from lczerolens.explorer.report import write_report
 
     start = time.perf_counter()
+    _set_threads(args)
     model = load_model(args)
     targets = args.target or ["top", "value"]
-    path = write_report(model, args.pgn, args.out, game=args.game, targets=targets, lens=args.lens)
+    path = write_report(
+        model, args.pgn, args.out, game=args.game, targets=targets, lens=args.lens, layer=args.layer
+    )
     size = path.stat().st_size
     print(f"wrote {path} ({size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f} s", file=out)
     return 0
@@ -318,6 +347,16 @@ def _add_collection_commands(sub: Any) -> None:
         default="default",
         help="LRP rules, as for `explain` (default: %(default)s)",
     )
+    run.add_argument(
+        "--ablate", action="append", metavar="MODULE",
+        help="ablations instead of maps: knock out each unit (channel, head, neuron) of MODULE in turn (a name or "
+        "pattern, e.g. block3/conv2/relu; repeat for several); rows hold module and effects, rank them with "
+        "lczerolens.lenses.rank_units",
+    )  # fmt: skip
+    run.add_argument(
+        "--ablation-mode", choices=("zero", "mean", "resample"), default="zero",
+        help="what replaces an ablated unit (mean and resample: taken over each batch; default: zero)",
+    )  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     add_input_format_argument(run)
 
@@ -586,7 +625,13 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.min_ply or args.max_ply is not None:
             raise LensError("--min-ply and --max-ply apply to PGN games; an EPD file's positions have no plies")
         reader = read_positions(args.source, **selection)
-    lens = LrpLens(**{"default": {}, "epsilon": EPSILON, "gamma": GAMMA_COMPOSITE}[args.rule])
+    lens: Any = LrpLens(**{"default": {}, "epsilon": EPSILON, "gamma": GAMMA_COMPOSITE}[args.rule])
+    if args.ablate:
+        from lczerolens.lenses import AblationLens
+
+        if args.rule != "default":
+            raise LensError("--rule chooses LRP rules; it does not apply with --ablate")
+        lens = AblationLens(args.ablate, mode=args.ablation_mode)
     path = explain_dataset(
         args.weights,
         reader,

@@ -67,3 +67,11 @@ class SaveError(LczeroLensError, OSError):
 
 class InputFormatWarning(UserWarning):
     """A network loaded with an assumed input format (an ONNX export records none): pass ``input_format=``."""
+
+
+class EngineError(LczeroLensError, RuntimeError):
+    """The lc0 binary (``lczerolens.engine.Lc0``) failed: it would not start, died, or printed what we cannot read."""
+
+
+class EngineNotFoundError(EngineError, FileNotFoundError):
+    """No lc0 binary: pass ``binary=``, set ``$LC0``, put ``lc0`` on PATH, or install ``lczerolens[lc0]``."""

@@ -105,6 +105,55 @@ def play_chunk(
     return [kept[g] for g in sorted(kept)]
 
 
+def play_games(
+    model: Any, n_games: int, seed: int, max_plies: int = 160, chunk_games: int = CHUNK_GAMES
+) -> list[list[Any]]:
+    """Play ``n_games`` self-play games and return every position of each, game by game.
+
+    Each game is a list of :class:`~lczerolens.LczeroBoard` copies, one per position before each move, each with
+    the game's moves as its history. Moves are sampled from ``softmax`` of the network's logits over the legal
+    moves (temperature 1), all games of a chunk advancing together, one forward pass per ply. A game ends when it
+    is over (draws claimable by repetition or the fifty-move rule included) or after ``max_plies`` plies.
+    Deterministic given ``seed``, ``chunk_games`` and the net.
+
+    Example
+    -------
+    >>> games = play_games(model, 4, seed=0, max_plies=20)  # doctest: +SKIP
+    >>> len(games), len(games[0])  # doctest: +SKIP
+    (4, 20)
+    """
+    from lczerolens.board import LczeroBoard, encode_boards
+    from lczerolens.metrics import input_format_of
+
+    if n_games < 0 or max_plies < 0:
+        raise InputShapeError(f"n_games and max_plies must not be negative, got {n_games}, {max_plies}")
+    network, fmt = _network(model), input_format_of(model)
+    rng = np.random.default_rng(seed)
+    games: list[list[Any]] = []
+    for first in range(0, n_games, chunk_games):
+        live = [LczeroBoard() for _ in range(min(chunk_games, n_games - first))]
+        seen: list[list[Any]] = [[] for _ in live]
+        active = list(range(len(live)))
+        for _ in range(max_plies):
+            if not active:
+                break
+            with torch.no_grad():
+                logits = network(encode_boards([live[g] for g in active], fmt))["policy"].to(torch.float64)
+            still = []
+            for row, g in zip(logits, active, strict=True):
+                board = live[g]
+                seen[g].append(board.copy())
+                legal = list(board.legal_moves)
+                p = torch.softmax(row[board.legal_move_indices(fmt)], 0).numpy()
+                pick = int(np.searchsorted(np.cumsum(p), rng.random() * p.sum()))
+                board.push(legal[min(pick, len(legal) - 1)])
+                if not board.is_game_over(claim_draw=True):
+                    still.append(g)
+            active = still
+        games.extend(seen)
+    return games
+
+
 def generate_positions(
     model: Any,
     n_positions: int,

@@ -194,6 +194,10 @@ class _Explainer:
 
         positions = [p for record in records for p in record.positions()]
         self.no_row = {}
+        if hasattr(self.lens, "collection_table"):  # AblationLens: rows per position, target and module
+            table, self.no_row = self.lens.collection_table(self.model, self.targets, positions, self.batch_size,
+                                                            self.metadata)  # fmt: skip
+            return table
         columns: dict[str, list] = {name: [] for name in _COLUMNS}
         for start in range(0, len(positions), self.batch_size):
             self._batch(positions[start : start + self.batch_size], start, columns)
@@ -537,7 +541,10 @@ def explain_dataset(
         Any of ``"top"`` (the net's top legal move), ``"played"`` (the move the game played next; positions
         without one give no row), ``"value"``, ``"win"``, ``"draw"``, ``"loss"``, ``"mlh"``.
     lens : optional
-        The lens (default ``LrpLens()``); its repr goes in the metadata.
+        The lens (default ``LrpLens()``); its repr goes in the metadata. An
+        :class:`~lczerolens.lenses.AblationLens` writes one row per position, target and module, with ``module``
+        and ``effects`` columns in place of ``relevance`` and ``conservation``
+        (:func:`lczerolens.lenses.ablation.ablation_schema`); rank them with :func:`lczerolens.lenses.rank_units`.
     batch_size : int
         Positions per relevance call.
     workers : int
@@ -868,6 +875,9 @@ def summarize(out: str | Path, *, allow_partial: bool = False) -> dict[str, Any]
     manifest = load_manifest(out)
     if not manifest.get("complete") and not allow_partial:
         raise RunError(f"the run in {str(out)!r} is unfinished; run the same command again to finish it")
+    if str(manifest.get("fingerprint", {}).get("lens", "")).startswith("AblationLens("):
+        raise RunError(f"the run in {str(out)!r} holds ablation effects, not maps; rank its units with "
+                       "lczerolens.lenses.rank_units")  # fmt: skip
     sums: dict[str, Any] = {}
     stats: dict[str, dict[str, float]] = {}
     for key in sorted(manifest["shards"], key=int):

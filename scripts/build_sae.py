@@ -20,13 +20,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lczerolens import LczeroBoard, LczeroModel
-from lczerolens.board import encode_boards
 from lczerolens.data import read_pgn
 from lczerolens.features import module_tokens, sae_metrics, train_sae
+from lczerolens.positions import play_games
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "assets" / "cache"
@@ -37,33 +36,9 @@ NETS = {
 }
 
 
-def selfplay(model: LczeroModel, games: int, seed: int, max_plies: int, chunk: int = 128) -> list[LczeroBoard]:
-    """Every position (with history) of ``games`` self-play games, game by game; all games of a chunk advance
-    together, one forward pass per ply."""
-    rng = np.random.default_rng(seed)
-    out: list[LczeroBoard] = []
-    for first in range(0, games, chunk):
-        live = [LczeroBoard() for _ in range(min(chunk, games - first))]
-        seen: list[list[LczeroBoard]] = [[] for _ in live]
-        active = list(range(len(live)))
-        for _ in range(max_plies):
-            if not active:
-                break
-            with torch.no_grad():
-                logits = model.network(encode_boards([live[g] for g in active]))["policy"].double()
-            still = []
-            for row, g in zip(logits, active, strict=True):
-                board = live[g]
-                seen[g].append(board.copy())
-                legal = list(board.legal_moves)
-                p = torch.softmax(row[board.legal_move_indices(1)], 0).numpy()
-                board.push(legal[min(int(np.searchsorted(np.cumsum(p), rng.random() * p.sum())), len(legal) - 1)])
-                if not board.is_game_over(claim_draw=True):
-                    still.append(g)
-            active = still
-        for game in seen:
-            out.extend(game)
-    return out
+def selfplay(model: LczeroModel, games: int, seed: int, max_plies: int) -> list[LczeroBoard]:
+    """Every position (with history) of ``games`` self-play games, game after game."""
+    return [board for game in play_games(model, games, seed, max_plies) for board in game]
 
 
 def main() -> None:
@@ -72,7 +47,7 @@ def main() -> None:
     parser.add_argument("--games", type=int, default=256, help="self-play games to train on")
     parser.add_argument("--heldout-games", type=int, default=48)
     parser.add_argument("--max-plies", type=int, default=160)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--features", type=int, default=1024)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -153,7 +128,7 @@ def card(sae, net: str, module: str, held: dict, train: dict, train_s: float, co
         for key, label in (
             ("fve", "fraction of variance explained"),
             ("l0", "mean active features per square (L0)"),
-            ("dead", "dead features (share never active)"),
+            ("dead", "dead features (share active on no square of these positions)"),
             ("kl", "policy KL when spliced in (nats, legal moves)"),
             ("value_error", "mean abs. value change when spliced in (W - L)"),
         )
@@ -183,6 +158,10 @@ took {train_s:.0f} s; with the self-play and the activations, {meta["training_se
 | metric | held-out positions | training positions (first 500) |
 |---|---|---|
 {rows}
+
+The held-out column is what the SAE is judged on (lczerolens's goals: FVE at least 0.9 with L0 at most 16, at
+most 5% dead, policy KL at most 0.05 nats). On only 500 training positions many rare features do not fire, so
+the dead share there counts rare features too.
 
 Rebuild: `{command}`
 """

@@ -244,10 +244,33 @@ def test_unsplittable_graph_is_refused() -> None:
 
 def test_tuned_lens_saves_and_loads(maia: LczeroModel, boards: list[LczeroBoard], tmp_path: Path) -> None:
     lens = TunedLens.fit(maia, boards, steps=2, batch_size=4)
-    again = TunedLens.load(lens.save(tmp_path / "tuned.pt"))
+    again = TunedLens.load(lens.save(tmp_path / "tuned.safetensors"))
     a, b = lens.outputs(maia, boards), again.outputs(maia, boards)
     for name in a.keys():
         assert torch.equal(a[name]["policy"], b[name]["policy"])
     (tmp_path / "bad.pt").write_bytes(b"not a lens")
     with pytest.raises(LensError, match="cannot read"):
         TunedLens.load(tmp_path / "bad.pt")
+
+
+def test_tuned_lens_files_are_checked(maia: LczeroModel, boards: list[LczeroBoard], tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    lens = TunedLens.fit(maia, boards, steps=1, batch_size=4)
+    path = lens.save(tmp_path / "tuned.safetensors")
+    with pytest.raises(LensError, match="no tuned lens"):
+        TunedLens.load(tmp_path / "missing.safetensors")
+    # A safetensors file of something else, and a lens whose map is not finite, are refused by name.
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(LensError, match="not a tuned lens"):
+        TunedLens.load(tmp_path / "other.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        metadata = handle.metadata()
+    first = next(k for k in tensors if k.endswith(".weight"))
+    tensors[first][0, 0] = float("nan")
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=metadata)
+    with pytest.raises(LensError, match="not finite|NaN"):
+        TunedLens.load(tmp_path / "nan.safetensors")

@@ -103,6 +103,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     namespace: dict[str, object] = {"__name__": f"docs.{page.stem}"}
     for block in blocks:
         code = block.code.replace("assets/cache/", f"{CACHE.as_posix()}/")
+        code = code.replace("assets/nets/", f"{(ROOT / 'assets' / 'nets').as_posix()}/")  # committed networks
         where = f"{page.relative_to(ROOT)}:{block.line}"
         try:
             exec(compile(code, where, "exec"), namespace)

@@ -269,3 +269,148 @@ def test_report_rejects_move_targets(model: LczeroModel, tmp_path: Path) -> None
     with pytest.raises(InvalidOptionError, match="report target"):
         write_report(model, pgn, tmp_path / "x.html", targets=["e2e4"])
 
+
+# ---- speed: prefetching -------------------------------------------------------------------------------------
+def test_prefetch_fills_neighbours(model: LczeroModel) -> None:
+    session = ExplorerSession(model, GAME)
+    session.view(2, (), "top", "lrp")
+    session.wait_prefetch()
+    for index, target in [(3, "top"), (4, "top"), (1, "top"), (2, "value")]:
+        assert session.cached(index, (), target, "lrp"), (index, target)
+    # A prefetched view is the same as one computed when asked (one position per call either way).
+    plain = ExplorerSession(model, GAME, prefetch=False)
+    assert session.view(3, (), "top", "lrp") == plain.view(3, (), "top", "lrp")
+    assert not plain.cached(4, (), "top", "lrp")
+    session.close()
+
+
+# ---- the layer view and the attention view -------------------------------------------------------------------
+def test_layer_view_matches_lrp(model: LczeroModel, session: ExplorerSession) -> None:
+    from lczerolens.concepts import channel_relevance
+
+    layer = "block3/conv2/relu"
+    assert session.layer_names()[0] == "inputconv/relu" and layer in session.layer_names()
+    assert session.attention_layers() == [] and session.meta()["layers"] == session.layer_names()
+    view = session.view(3, (), "value", "lrp", layer=layer)
+    board = session.position(3)
+    rel = LrpLens().relevance(model, board, "value", record=(layer,))
+    latent = board.network_to_board(rel.layers[layer][0].sum(dim=0).double(), model.input_format)
+    np.testing.assert_allclose(view["layer"]["latent"]["values"], latent.flatten().numpy(), rtol=1e-5, atol=1e-7)
+    per_channel = channel_relevance(rel, layer)[0]
+    assert [c["channel"] for c in view["layer"]["channels"]] == per_channel.argsort(descending=True)[:8].tolist()
+    top = view["layer"]["channel"]
+    assert top == view["layer"]["channels"][0]["channel"]
+    crp = LrpLens().relevance(model, board, "value", condition={layer: [top]}).squares[0].flatten().numpy()
+    np.testing.assert_allclose(view["layer"]["crp"]["values"], crp, rtol=1e-5, atol=1e-7)
+    other = session.view(3, (), "value", "lrp", layer=layer, channel=7)["layer"]
+    crp7 = LrpLens().relevance(model, board, "value", condition={layer: [7]}).squares[0].flatten().numpy()
+    assert other["channel"] == 7
+    np.testing.assert_allclose(other["crp"]["values"], crp7, rtol=1e-5, atol=1e-7)
+    # Not an LRP lens: the view stands, the layer panel says why it is empty.
+    assert "needs an LRP lens" in session.view(3, (), "value", "gradient", layer=layer)["layer"]["error"]
+    with pytest.raises(InvalidOptionError, match="unknown layer"):
+        session.view(3, (), "value", "lrp", layer="block99")
+    with pytest.raises(InvalidOptionError, match="channel 64 does not exist"):
+        session.view(3, (), "value", "lrp", layer=layer, channel=64)
+    with pytest.raises(InvalidOptionError, match="no attention layers"):
+        session.view(3, attention="encoder0")
+
+
+def test_attention_view_matches_attention_lens() -> None:
+    from lczerolens.lenses import AttentionLens
+
+    path = Path(__file__).resolve().parents[1] / "assets" / "nets" / "bt-distilled.pb.gz"
+    if not path.exists():
+        pytest.skip(f"{path} is missing")
+    net = LczeroModel.from_path(path)
+    session = ExplorerSession(net, GAME, prefetch=False)
+    assert session.attention_layers()[:2] == ["encoder0", "encoder1"]
+    assert session.layer_names()[0] == "encoder0/ln2"
+    view = session.view(2, (), "top", "lrp", attention="encoder1", query="f3")
+    board = session.position(2)
+    weights = AttentionLens().attention(net, board)["encoder1"][0]
+    heads = view["attention"]["heads"]
+    assert view["attention"]["query"] == "f3" and len(heads) == weights.shape[0]
+    for h, head in enumerate(heads):
+        np.testing.assert_allclose(head["values"], weights[h, chess.F3].double().numpy(), rtol=1e-5, atol=1e-7)
+        assert head["sum"] == pytest.approx(1.0, abs=1e-5)
+    # Default query: the from-square of the top move.
+    default = session.view(2, (), "top", "lrp", attention="encoder1")["attention"]["query"]
+    assert default == net.evaluate(board).best_move.uci()[:2]
+    with pytest.raises(InvalidOptionError, match="not a square"):
+        session.view(2, attention="encoder1", query="z9")
+    with pytest.raises(InvalidOptionError, match="unknown attention layer"):
+        session.view(2, attention="encoder9")
+    latent = session.view(2, (), "top", "lrp", layer="encoder2/ln2")["layer"]
+    rel = LrpLens().relevance(net, board, record=("encoder2/ln2",))
+    tokens = rel.layers["encoder2/ln2"].reshape(64, -1).sum(dim=1).reshape(8, 8).double()
+    expected = board.network_to_board(tokens, net.input_format).flatten().numpy()
+    np.testing.assert_allclose(latent["latent"]["values"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_widget_and_server_layer_requests(model: LczeroModel, server) -> None:
+    pytest.importorskip("anywidget")
+    from lczerolens import explore
+
+    widget = explore(model, GAME)
+    shown = widget.show(1, layer="block2/conv2/relu", channel=3)
+    assert shown["layer"]["channel"] == 3 and len(shown["layer"]["crp"]["values"]) == 64
+    status, view = _get(server.url + "api/view?index=1&layer=block2/conv2/relu&channel=3")
+    assert status == 200 and view["layer"]["crp"]["values"] == shown["layer"]["crp"]["values"]
+    status, body = _get(server.url + "api/view?index=1&layer=block2/conv2/relu&channel=x")
+    assert status == 400 and "whole number" in body["error"]
+    status, body = _get(server.url + "api/view?index=1&layer=nope")
+    assert status == 400 and "unknown layer" in body["error"]
+
+
+def test_report_layer_view(model: LczeroModel, tmp_path: Path) -> None:
+    from lczerolens.explorer import write_report
+
+    layer = "block3/conv2/relu"
+    pgn = tmp_path / "g.pgn"
+    pgn.write_text(GAME)
+    html = write_report(model, pgn, tmp_path / "g.html", targets=["top"], layer=layer, channels=2).read_text()
+    data = json.loads(re.search(r'id="lczerolens-data">(.*?)</script>', html, re.S).group(1))
+    assert data["meta"]["layers"] == [layer] and data["meta"]["attention_layers"] == []
+    session = ExplorerSession(model, GAME, prefetch=False)
+    for index in (0, 5):
+        stored = data["views"][f"{index}|top|lrp"]["layers"][layer]
+        live = session.layer_view(index, (), "top", "lrp", layer)
+        assert stored["order"] == [c["channel"] for c in live["channels"][:2]]
+        np.testing.assert_allclose(stored["latent"]["values"], live["latent"]["values"], rtol=1e-5, atol=1e-6)
+        for channel in stored["order"]:
+            crp = session.layer_view(index, (), "top", "lrp", layer, channel)["crp"]["values"]
+            np.testing.assert_allclose(stored["crps"][str(channel)]["values"], crp, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_report_layer_and_threads(maia_pb_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from lczerolens import cli
+
+    pgn = tmp_path / "g.pgn"
+    pgn.write_text(GAME)
+    out = tmp_path / "g.html"
+    threads = torch.get_num_threads()
+    try:
+        args = ["report", str(maia_pb_path), str(pgn), "--out", str(out), "--target", "value"]
+        assert cli.main([*args, "--layer", "block1/conv2/relu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(re.search(r'id="lczerolens-data">(.*?)</script>', out.read_text(), re.S).group(1))
+    assert set(data["views"]["2|value|lrp"]["layers"]) == {"block1/conv2/relu"}
+    assert cli.main(["report", str(maia_pb_path), str(pgn), "--out", str(out), "--threads", "0"]) != 0
+    assert "--threads must be 1 or more" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["serve", "w.pb.gz"]).threads == 1
+
+
+def test_prefetch_layer_view_of_neighbours(model: LczeroModel) -> None:
+    session = ExplorerSession(model, GAME)
+    layer = "block1/conv2/relu"
+    session.view(2, (), "top", "lrp", layer=layer)
+    session.wait_prefetch()
+    assert (3, (), "top", "lrp", layer) in session._extras and (1, (), "top", "lrp", layer) in session._extras
+    plain = ExplorerSession(model, GAME, prefetch=False)
+    assert session.view(3, (), "top", "lrp", layer=layer) == plain.view(3, (), "top", "lrp", layer=layer)
+    session.close()

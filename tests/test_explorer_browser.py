@@ -241,3 +241,177 @@ def test_report(driver: Any, model: LczeroModel, session: ExplorerSession, tmp_p
     _wait(driver, 6)
     _check(driver, model, session.position(6), "value")
     driver.save_screenshot(str(shots / "report-last.png"))
+
+
+# ---- the layer view and the attention view --------------------------------------------------------------------
+def _mini(drv: Any, name: str) -> np.ndarray:
+    pairs = drv.execute_script(
+        "return Array.from(document.querySelectorAll(`[data-map='${arguments[0]}'] [data-cell]`))"
+        ".map(e => [e.dataset.cell, e.dataset.value])",
+        name,
+    )
+    assert len(pairs) == 64, name
+    values = np.zeros(64)
+    for square, value in pairs:
+        values[chess.parse_square(square)] = float(value)
+    return values
+
+
+def _until(drv: Any, condition: Any) -> Any:
+    """Wait (bounded) for ``condition(driver)``; elements redrawn meanwhile are read again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(drv, 120, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
+def _close(shown: np.ndarray, expected: np.ndarray) -> None:
+    np.testing.assert_allclose(shown, expected, rtol=1e-5, atol=1e-6 * max(np.abs(expected).max(), 1e-9))
+
+
+def test_layer_view(driver: Any, server: Any, session: ExplorerSession, model: LczeroModel, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from lczerolens.concepts import channel_relevance
+
+    layer = "block3/conv2/relu"
+    driver.set_window_size(1000, 1000)
+    driver.get(server.url)
+    _wait(driver, 0)
+    driver.find_element(By.CSS_SELECTOR, '[data-action="next"]').click()
+    _wait(driver, 1)
+    _select(driver, "layer", layer)
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-map='crp'] [data-cell]"))
+    _wait(driver, 1)
+    board = session.position(1)
+    rel = LrpLens().relevance(model, board, record=(layer,))
+    latent = board.network_to_board(rel.layers[layer][0].sum(dim=0).double(), model.input_format)
+    _close(_mini(driver, "latent"), latent.flatten().numpy())
+    per_channel = channel_relevance(rel, layer)[0]
+    order = per_channel.argsort(descending=True).tolist()
+    shown = [int(e.get_attribute("data-channel")) for e in driver.find_elements(By.CSS_SELECTOR, "[data-channel]")]
+    assert shown == order[: len(shown)] and len(shown) == 8
+    crp = LrpLens().relevance(model, board, condition={layer: [order[0]]}).squares[0].flatten().numpy()
+    _close(_mini(driver, "crp"), crp)
+    # The main board still shows the lens's map (the contract's 64 squares).
+    _check(driver, model, board, None)
+
+    # Another channel from the list: its CRP map.
+    driver.find_element(By.CSS_SELECTOR, f'[data-channel="{order[2]}"]').click()
+    _until(
+        driver,
+        lambda d: d.find_element(By.CSS_SELECTOR, "[data-map='crp'] figcaption").text.find(f"channel {order[2]} ") >= 0,
+    )
+    _wait(driver, 1)
+    crp = LrpLens().relevance(model, board, condition={layer: [order[2]]}).squares[0].flatten().numpy()
+    _close(_mini(driver, "crp"), crp)
+    driver.save_screenshot(str(shots / "serve-layer-crp.png"))
+
+    # The chosen channel stays chosen on the next ply (follow one channel through the game).
+    from selenium.webdriver.common.keys import Keys
+
+    _key(driver, Keys.ARROW_RIGHT)
+    _wait(driver, 2)
+    following = session.position(2)
+    assert f"channel {order[2]} " in driver.find_element(By.CSS_SELECTOR, "[data-map='crp'] figcaption").text
+    crp = LrpLens().relevance(model, following, condition={layer: [order[2]]}).squares[0].flatten().numpy()
+    _close(_mini(driver, "crp"), crp)
+
+    # With a lens that is not LRP, the panel says why and the rest of the view stands.
+    _select(driver, "lens", "gradient")
+    _until(driver, lambda d: "needs an LRP lens" in d.find_element(By.CSS_SELECTOR, ".lzx-layer").text)
+    _select(driver, "layer", "")
+    _wait(driver, 2)
+    assert not driver.find_element(By.CSS_SELECTOR, ".lzx-layer").is_displayed()
+
+
+ATTENTION_NET = Path(__file__).resolve().parents[1] / "assets" / "nets" / "bt-distilled.pb.gz"
+
+
+@pytest.fixture(scope="module")
+def attention_server() -> Iterator[Any]:
+    from lczerolens.explorer import make_server
+
+    if not ATTENTION_NET.exists():
+        pytest.skip(f"{ATTENTION_NET} is missing")
+    model = LczeroModel.from_path(ATTENTION_NET)
+    srv = make_server(ExplorerSession(model, GAME), port=0)
+    srv.model = model  # type: ignore[attr-defined]
+    srv.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_attention_view(driver: Any, attention_server: Any, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    from lczerolens.lenses import AttentionLens
+
+    model = attention_server.model
+    driver.set_window_size(1000, 1000)
+    driver.get(attention_server.url)
+    _wait(driver, 0)
+    for ply in (1, 2):
+        driver.find_element(By.CSS_SELECTOR, '[data-action="next"]').click()
+        _wait(driver, ply)
+    board = ExplorerSession(model, GAME, prefetch=False).position(2)
+    _check(driver, model, board, None)
+    _select(driver, "attention", "encoder1")
+    _select(driver, "query", "e2")
+    _until(
+        driver,
+        lambda d: [e.get_attribute("data-query") for e in d.find_elements(By.CSS_SELECTOR, "[data-query]")] == ["e2"],
+    )
+    _wait(driver, 2)
+    weights = AttentionLens().attention(model, board)["encoder1"][0]
+    heads = weights.shape[0]
+    assert len(driver.find_elements(By.CSS_SELECTOR, "[data-map^='head-']")) == heads
+    for head in range(heads):
+        _close(_mini(driver, f"head-{head}"), weights[head, chess.E2].double().numpy())
+    # Clicking a square of a head's board queries that square.
+    driver.find_element(By.CSS_SELECTOR, "[data-map='head-0'] [data-cell='d7']").click()
+    _until(
+        driver,
+        lambda d: [e.get_attribute("data-query") for e in d.find_elements(By.CSS_SELECTOR, "[data-query]")] == ["d7"],
+    )
+    _wait(driver, 2)
+    _close(_mini(driver, "head-1"), weights[1, chess.D7].double().numpy())
+    driver.save_screenshot(str(shots / "serve-attention.png"))
+
+
+def test_report_layer_view(driver: Any, model: LczeroModel, tmp_path: Path, shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from lczerolens.explorer import write_report
+
+    layer = "block2/conv2/relu"
+    pgn = tmp_path / "game.pgn"
+    pgn.write_text(GAME)
+    out = write_report(model, pgn, tmp_path / "game.html", targets=["top", "value"], layer=layer, channels=3)
+    plain = ExplorerSession(model, GAME, prefetch=False)
+    driver.set_window_size(1000, 1000)
+    driver.get(out.as_uri())
+    _wait(driver, 0)
+    _key(driver, Keys.ARROW_RIGHT)
+    _wait(driver, 1)
+    _select(driver, "layer", layer)
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-map='crp'] [data-cell]"))
+    live = plain.layer_view(1, (), "top", "lrp", layer)
+    _close(_mini(driver, "latent"), np.array(live["latent"]["values"]))
+    _close(_mini(driver, "crp"), np.array(live["crp"]["values"]))
+    channels = [int(e.get_attribute("data-channel")) for e in driver.find_elements(By.CSS_SELECTOR, "[data-channel]")]
+    assert channels == [c["channel"] for c in live["channels"][:3]]
+    driver.find_element(By.CSS_SELECTOR, f'[data-channel="{channels[1]}"]').click()
+    _until(
+        driver,
+        lambda d: f"channel {channels[1]} " in d.find_element(By.CSS_SELECTOR, "[data-map='crp'] figcaption").text,
+    )
+    crp = plain.layer_view(1, (), "top", "lrp", layer, channels[1])["crp"]["values"]
+    np.testing.assert_allclose(_mini(driver, "crp"), crp, rtol=1e-4, atol=1e-6)
+    _select(driver, "target", "value")
+    _wait(driver, 1)
+    live = plain.layer_view(1, (), "value", "lrp", layer)
+    _close(_mini(driver, "latent"), np.array(live["latent"]["values"]))
+    driver.save_screenshot(str(shots / "report-layer.png"))

@@ -58,3 +58,23 @@ def test_load_positions_caches_and_extends(tmp_path, monkeypatch) -> None:
         positions.load_positions(3, net_file, seed=0, cache_dir=tmp_path)
     with pytest.raises(InputShapeError):
         positions.load_positions(0, net_file, cache_dir=tmp_path, model=net)
+
+
+def test_play_games_gives_every_position_with_its_history() -> None:
+    net = random_toy(7)
+    games = positions.play_games(net, 5, seed=2, max_plies=12, chunk_games=2)
+    again = positions.play_games(net, 5, seed=2, max_plies=12, chunk_games=2)
+    other = positions.play_games(net, 5, seed=3, max_plies=12, chunk_games=2)
+    assert len(games) == 5
+    assert [[b.fen() for b in g] for g in games] == [[b.fen() for b in g] for g in again]
+    assert [[b.fen() for b in g] for g in games] != [[b.fen() for b in g] for g in other]
+    for game in games:
+        assert 1 <= len(game) <= 12
+        assert game[0].fen() == chess.STARTING_FEN
+        for ply, board in enumerate(game):
+            assert len(board.move_stack) == ply  # the history is the game's moves
+            if ply:
+                assert board.move_stack[:-1] == game[ply - 1].move_stack
+        assert not any(board.is_game_over(claim_draw=True) for board in game)  # every position had a move
+    with pytest.raises(InputShapeError):
+        positions.play_games(net, -1, seed=0)

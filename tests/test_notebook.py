@@ -81,3 +81,99 @@ def test_collections_notebook_runs_from_the_repository_root(maia_pb_path) -> Non
     if not (ROOT / "assets" / "cache" / "chess-data" / "pgn" / "kasparov-deep-blue-1997.pgn").exists():
         pytest.skip("python-chess's PGN files are missing: run `make assets`")
     _run(COLLECTIONS, timeout=300)
+
+
+ATTENTION = ROOT / "notebooks" / "attention.ipynb"
+
+
+def test_committed_attention_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(ATTENTION, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "| uniform |" in text and "largest |PatchingLens - hook|" in text
+    # Pictures as PNG files under notebooks/figures/ (keeps the notebook small), each present.
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
+    assert len(pictures) >= 4 and all((ATTENTION.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_attention_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    pytest.importorskip("pandas")
+    if not (ROOT / "assets" / "cache" / "chess-data" / "pgn" / "kasparov-deep-blue-1997.pgn").exists():
+        pytest.skip("python-chess's PGN files are missing: run `make assets`")
+    _run(ATTENTION, timeout=600)
+
+
+FEATURES = ROOT / "notebooks" / "features.ipynb"
+
+
+def test_committed_features_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(FEATURES, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert text.count("max |features + error - LRP| / max |LRP|") == 2  # maia and the attention net
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
+    assert len(pictures) >= 3 and all((FEATURES.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_features_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    if not (ROOT / "assets" / "saes" / "maia-1900-block3").exists():
+        pytest.skip("no shipped SAE")
+    _run(FEATURES, timeout=600)
+
+
+EXPLORE = ROOT / "notebooks" / "explore.ipynb"
+
+
+def test_committed_explore_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(EXPLORE, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute it before committing"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "same as LrpLens: True" in text and "same as AttentionLens: True" in text and "top channels" in text
+    pictures = re.findall(r"\.\./docs/figures/[\w.-]+\.png", "".join(c.source for c in nb.cells))
+    assert pictures and all((EXPLORE.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_explore_notebook_runs_from_the_repository_root(maia_pb_path) -> None:
+    pytest.importorskip("anywidget")
+    _run(EXPLORE, timeout=600)
+
+
+DEPTH = ROOT / "notebooks" / "depth.ipynb"
+
+
+def test_committed_depth_notebook_has_its_outputs() -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(DEPTH, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    assert "KL logit  KL tuned" in text and "search solves" in text and "mean_abs" in text
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
+    assert len(pictures) >= 2 and all((DEPTH.parent / p).exists() for p in pictures)
+    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+
+
+@pytest.mark.slow
+def test_depth_notebook_runs_from_the_repository_root(maia_pb_path, lc0_binary) -> None:
+    if not (ROOT / "assets" / "cache" / "puzzles-selfplay.csv").exists():
+        pytest.skip("the self-play puzzles are missing: run `make assets`")
+    _run(DEPTH, timeout=900)

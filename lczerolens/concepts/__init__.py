@@ -7,7 +7,8 @@
 - Probes: :func:`fit_probe` (logistic / ridge on a split by game) and :func:`probe_layers` (one row per layer,
   with a random-weight control and selectivity), :func:`plot_probe_layers`.
 - Channels: :func:`channel_relevance` (latent relevance per channel), :func:`reference_positions` (top-k
-  positions per channel by activation or relevance, savable and drawable).
+  positions per channel by activation or relevance, savable and drawable), :func:`top_positions` (the top-k
+  positions of one unit over a whole collection, streamed) and :func:`render_top_positions`.
 
 Example
 -------
@@ -49,6 +50,7 @@ from lczerolens.concepts.probes import (
     probe_layers,
     split_groups,
 )
+from lczerolens.concepts.top import render_top_positions, top_positions, unit_maps
 
 __all__ = [
     "PIECE_VALUES",
@@ -77,7 +79,10 @@ __all__ = [
     "probe_layers",
     "reference_positions",
     "relevance_maps_of",
+    "render_top_positions",
     "resolve_modules",
     "split_groups",
     "square_features",
+    "top_positions",
+    "unit_maps",
 ]

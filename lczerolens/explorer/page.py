@@ -55,7 +55,9 @@ const meta = await get("./api/meta");
 mount(document.getElementById("lczerolens-app"), {
   meta,
   request: (s) => get(`./api/view?index=${s.index}&moves=${encodeURIComponent(s.moves.join(","))}`
-    + `&target=${encodeURIComponent(s.target)}&lens=${encodeURIComponent(s.lens)}`),
+    + `&target=${encodeURIComponent(s.target)}&lens=${encodeURIComponent(s.lens)}`
+    + `&layer=${encodeURIComponent(s.layer || "")}&channel=${s.channel ?? ""}`
+    + `&attention=${encodeURIComponent(s.attention || "")}&query=${encodeURIComponent(s.query || "")}`),
 });
 </script>"""
     return _TEMPLATE.format(title=_escape_title(title), css=asset("explorer.css"), body=body)
@@ -78,7 +80,18 @@ mount(document.getElementById("lczerolens-app"), {
       return { error: "this report holds the game's own positions; lczerolens serve plays moves" };
     }
     const v = data.views[`${s.index}|${s.target}|${s.lens}`];
-    return v || { error: `${s.target} with lens ${s.lens} is not in this report (lczerolens report --target ...)` };
+    if (!v) return { error: `${s.target} with lens ${s.lens} is not in this report (lczerolens report --target ...)` };
+    const out = { ...v };
+    delete out.layers;
+    const L = s.layer && v.layers ? v.layers[s.layer] : null;
+    if (L) {
+      // The report holds each ply's top channels; a channel chosen at another ply falls back to this one's top.
+      const c = s.channel !== null && L.crps[String(s.channel)] ? s.channel : L.order[0];
+      out.layer = {
+        layer: L.layer, latent: L.latent, channels: L.channels, count: L.count, channel: c, crp: L.crps[String(c)],
+      };
+    }
+    return out;
   },
 });
 </script>"""

@@ -68,8 +68,25 @@ def _handler(session: ExplorerSession) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": f"index must be a whole number, not {query['index']!r}"})
                 return
             moves = [m for m in query.get("moves", "").split(",") if m]
+            channel: int | None = None
+            if query.get("channel"):
+                try:
+                    channel = int(query["channel"])
+                except ValueError:
+                    error = f"channel must be a whole number, not {query['channel']!r}"
+                    self._json(HTTPStatus.BAD_REQUEST, {"error": error})
+                    return
             try:
-                view = session.view(index, moves, query.get("target", "top"), query.get("lens", session.default_lens))
+                view = session.view(
+                    index,
+                    moves,
+                    query.get("target", "top"),
+                    query.get("lens", session.default_lens),
+                    layer=query.get("layer") or None,
+                    channel=channel,
+                    attention=query.get("attention") or None,
+                    query=query.get("query") or None,
+                )
             except (LczeroLensError, ValueError) as exc:
                 self._json(HTTPStatus.BAD_REQUEST, {"error": " ".join(str(exc).split())})
                 return

@@ -94,7 +94,8 @@ def feature_concepts(
     """Each feature's best-matching binary concept, by ROC AUC of its activation on the concept's labels.
 
     Per-square concepts (labels ``[N, 64]``) are scored square by square; per-position ones (``[N]``) against the
-    feature's maximum over the board. Multi-class labels are one-vs-rest per class (``name=class``).
+    feature's maximum over the board. Multi-class labels are one-vs-rest per class (``name=class``, the class
+    named as the concept's ``classes`` names it, e.g. ``piece_on_square=our N``).
     ``concepts`` defaults to a set of built-ins (pieces by type and colour, attacked squares, hanging pieces,
     legal-move from-squares, in check).
 
@@ -135,7 +136,9 @@ def feature_concepts(
         for cls in [1] if binary else classes.tolist():
             target = (flat == cls) if not binary else flat.bool()
             auc = _auc(scores, target)
-            name = concept.name if binary else f"{concept.name}={cls}"
+            names = getattr(concept, "classes", None)
+            label = names[int(cls)] if names is not None and 0 <= int(cls) < len(names) else cls
+            name = concept.name if binary else f"{concept.name}={label}"
             better = auc > best_auc
             best_auc = torch.where(better, auc, best_auc)
             for j in better.nonzero()[:, 0].tolist():

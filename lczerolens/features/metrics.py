@@ -16,6 +16,7 @@ from lczerolens.features.train import as_tokens, from_tokens
 __all__ = ["sae_metrics"]
 
 
+@torch.no_grad()
 def sae_metrics(model: Any, sae: SAE, module: str, boards: Any, *, batch_size: int = 256) -> dict[str, float]:
     """Measure ``sae`` on the activations of ``module`` over ``boards`` (use positions it was not trained on).
 

@@ -5,7 +5,9 @@
   :class:`OcclusionLens` (piece removal).
 - Inside the network: :class:`ActivationLens` (named activations), :class:`PatchingLens` (activation patching
   between clean and corrupted positions, with :func:`corrupt`), :class:`AttentionLens` (attention weights of
-  attention-body nets on board squares).
+  attention-body nets on board squares), :func:`head_move_shares` (which heads attend along lines, diagonals,
+  knight jumps), :class:`AblationLens` (each channel, head or neuron knocked out in turn, with
+  :func:`rank_units`).
 - Through depth: :class:`LogitLens` (the heads read after every layer), :class:`TunedLens` (the same through
   one fitted affine map per layer), :func:`depth_kl` (how far each layer's reading is from the final policy).
 
@@ -29,8 +31,10 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lczerolens.lenses.ablation import AblationLens, rank_units
     from lczerolens.lenses.activation import ActivationLens
     from lczerolens.lenses.attention import AttentionLens
+    from lczerolens.lenses.attention_stats import HeadShares, head_move_shares
     from lczerolens.lenses.depth import LogitLens, TunedLens, depth_kl, depth_layers
     from lczerolens.lenses.gradient import GRADIENT_METHODS, GradientLens, OcclusionLens
     from lczerolens.lenses.lrp import (
@@ -51,8 +55,12 @@ if TYPE_CHECKING:
 # TensorDict would import tensordict (about a second) for nothing.
 _LRP = "lczerolens.lenses.lrp"
 _LAZY = {
+    "AblationLens": "lczerolens.lenses.ablation",
+    "rank_units": "lczerolens.lenses.ablation",
     "ActivationLens": "lczerolens.lenses.activation",
     "AttentionLens": "lczerolens.lenses.attention",
+    "HeadShares": "lczerolens.lenses.attention_stats",
+    "head_move_shares": "lczerolens.lenses.attention_stats",
     "GRADIENT_METHODS": "lczerolens.lenses.gradient",
     "GradientLens": "lczerolens.lenses.gradient",
     "OcclusionLens": "lczerolens.lenses.gradient",
@@ -88,15 +96,19 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AblationLens",
+    "rank_units",
     "ActivationLens",
     "AttentionLens",
     "GRADIENT_METHODS",
     "GradientLens",
+    "HeadShares",
     "LrpLens",
     "OcclusionLens",
     "PatchingLens",
     "Relevance",
     "corrupt",
+    "head_move_shares",
     "make_composite",
     "EPSILON",
     "GAMMA_COMPOSITE",

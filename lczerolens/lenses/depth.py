@@ -28,6 +28,7 @@ torch.Size([1, 3])
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
@@ -329,6 +330,11 @@ def _affine(stream: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chan
     return stream + stream @ weight.T + bias
 
 
+#: The ``format`` entry of a saved tuned lens's metadata, and the largest file :meth:`TunedLens.load` reads.
+_TUNED_FORMAT = "lczerolens.TunedLens/1"
+_TUNED_MAX_BYTES = 1 << 30
+
+
 class TunedLens(LogitLens):
     """The logit lens through one affine map per layer, fitted so that the heads' reading matches the output.
 
@@ -381,44 +387,69 @@ class TunedLens(LogitLens):
         return cls(layout.names, _zero_translators(layout, width), layout.channel_dim)
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted maps to ``path`` (a ``torch.save`` file of plain tensors, lists and strings).
+        """Write the fitted maps to ``path``: a safetensors file (``{layer}.weight``, ``{layer}.bias``) whose
+        metadata holds the layer order, the channel axis and the fitting losses as JSON text.
 
         Example
         -------
-        >>> TunedLens.load(lens.save("maia-tuned.pt")).outputs(model, boards)  # doctest: +SKIP
+        >>> TunedLens.load(lens.save("maia-tuned.safetensors")).outputs(model, boards)  # doctest: +SKIP
         """
+        from safetensors.torch import save_file
+
         path = Path(path)
-        data = {
-            "format": "lczerolens.TunedLens/1",
-            "layers": list(self.layers_fitted),
-            "channel_dim": self.channel_dim,
-            "translators": {name: {"weight": w, "bias": b} for name, (w, b) in self.translators.items()},
-            "losses": list(self.losses),
+        tensors: dict[str, torch.Tensor] = {}
+        for name, (w, b) in self.translators.items():
+            tensors[f"{name}.weight"] = w.detach().to("cpu", torch.float32).contiguous()
+            tensors[f"{name}.bias"] = b.detach().to("cpu", torch.float32).contiguous()
+        metadata = {
+            "format": _TUNED_FORMAT,
+            "layers": json.dumps(list(self.layers_fitted)),
+            "channel_dim": str(self.channel_dim),
+            "losses": json.dumps([float(x) for x in self.losses]),
         }
-        torch.save(data, path)
+        save_file(tensors, str(path), metadata=metadata)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> TunedLens:
-        """A tuned lens written by :meth:`save` (read with ``weights_only=True``: nothing is unpickled)."""
+        """A tuned lens written by :meth:`save` (safetensors: tensors and JSON text only, nothing is unpickled).
+
+        Raises
+        ------
+        LensError
+            Not a tuned lens file, too large, incomplete, or maps of the wrong shape or not finite.
+        """
+        from safetensors import safe_open
+
+        file = Path(path)
+        if not file.is_file():
+            raise LensError(f"no tuned lens at {str(path)!r}")
+        if file.stat().st_size > _TUNED_MAX_BYTES:
+            raise LensError(f"{str(path)!r} is larger than {_TUNED_MAX_BYTES} bytes; not a tuned lens")
         try:
-            data = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch.load raises pickle's, zipfile's and its own errors on a foreign file
+            with safe_open(str(file), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                if metadata.get("format") != _TUNED_FORMAT:
+                    raise LensError(f"{str(path)!r} is not a tuned lens written by TunedLens.save")
+                layers = [str(name) for name in json.loads(metadata["layers"])]
+                channel_dim = int(metadata["channel_dim"])
+                losses = [float(x) for x in json.loads(metadata.get("losses", "[]"))]
+                keys = set(handle.keys())
+                translators = {
+                    name: (handle.get_tensor(f"{name}.weight").float(), handle.get_tensor(f"{name}.bias").float())
+                    for name in layers
+                    if f"{name}.weight" in keys  # the last layer is the network's output: no map
+                }
+        except LensError:
+            raise
+        except Exception as exc:  # safetensors' and json's errors on a foreign or truncated file
             raise LensError(f"cannot read a tuned lens from {str(path)!r}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != "lczerolens.TunedLens/1":
-            raise LensError(f"{str(path)!r} is not a tuned lens written by TunedLens.save")
-        try:
-            translators = {
-                str(name): (pair["weight"].float(), pair["bias"].float()) for name, pair in data["translators"].items()
-            }
-            layers = [str(name) for name in data["layers"]]
-            channel_dim = int(data["channel_dim"])
-        except (KeyError, AttributeError, TypeError) as exc:
-            raise LensError(f"{str(path)!r} is not a complete tuned lens ({exc})") from None
         for name, (w, b) in translators.items():
             if w.dim() != 2 or w.shape[0] != w.shape[1] or tuple(b.shape) != (w.shape[0],):
                 raise LensError(f"{str(path)!r}: the map of {name!r} has shapes {tuple(w.shape)}, {tuple(b.shape)}")
-        return cls(layers, translators, channel_dim, [float(x) for x in data.get("losses", [])])
+            if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+                raise LensError(f"{str(path)!r}: the map of {name!r} holds NaN or infinite values")
+        return cls(layers, translators, channel_dim, losses)
 
     def _translate(self, name: str, stream: torch.Tensor, channel_dim: int) -> torch.Tensor:
         weight, bias = self.translators[name]

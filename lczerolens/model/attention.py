@@ -304,6 +304,7 @@ class AttentionNetwork(nn.Module):
         acts = self.activations
         n = x.shape[0]
         out: dict[str, torch.Tensor] = {}
+        n = x.shape[0]  # the heads' batch is the body's (a lens may hand the heads more rows than the input had)
         # Policy.
         p = self._act("policy/dense1", acts["policy"], m["policy/dense1/matmul"](x))
         for i in range(self.policy_encoders):

@@ -1,6 +1,7 @@
 // lczerolens explorer: draws what Python computed (lczerolens/explorer/session.py). One module, three hosts:
 // the anywidget widget (default export's render), the `lczerolens serve` page and the `lczerolens report` file
-// (both call mount). A host is {meta, request(state) -> Promise<view>}; state = {index, moves, target, lens}.
+// (both call mount). A host is {meta, request(state) -> Promise<view>};
+// state = {index, moves, target, lens, layer, channel, attention, query} ("" / null: off or the default).
 
 const FILES = "abcdefgh";
 const squareName = (sq) => FILES[sq % 8] + (Math.floor(sq / 8) + 1);
@@ -20,7 +21,12 @@ function h(tag, attrs = {}, children = []) {
 
 export function mount(el, host, options = {}) {
   const meta = host.meta;
-  const state = { index: 0, moves: [], target: meta.target || "top", lens: meta.lens || "lrp" };
+  const state = {
+    index: 0, moves: [], target: meta.target || "top", lens: meta.lens || "lrp",
+    layer: "", channel: null, attention: "", query: null,
+  };
+  const layers = meta.layers || [];
+  const attentionLayers = meta.attention_layers || [];
   let view = null;
   let selected = null;
   let pending = 0;
@@ -60,6 +66,24 @@ export function mount(el, host, options = {}) {
     h("label", {}, ["target ", targetSel]),
     h("label", {}, ["lens ", lensSel]),
   ]);
+  // The layer view (latent relevance of a block, CRP of its channels) and the attention view (per-head maps).
+  const layerSel = h("select", { name: "layer", onchange: (e) => update({ layer: e.target.value, channel: null }) });
+  layerSel.append(h("option", { value: "", text: "off" }));
+  for (const name of layers) layerSel.append(h("option", { value: name, text: name }));
+  const channelSel = h("select", { name: "channel", onchange: (e) => update({ channel: e.target.value === "" ? null : Number(e.target.value) }) });
+  const attentionSel = h("select", { name: "attention", onchange: (e) => update({ attention: e.target.value }) });
+  attentionSel.append(h("option", { value: "", text: "off" }));
+  for (const name of attentionLayers) attentionSel.append(h("option", { value: name, text: name }));
+  const querySel = h("select", { name: "query", onchange: (e) => update({ query: e.target.value || null }) });
+  querySel.append(h("option", { value: "", text: "top move's square" }));
+  for (let row = 7; row >= 0; row--) for (let file = 0; file < 8; file++) querySel.append(h("option", { value: squareName(row * 8 + file), text: squareName(row * 8 + file) }));
+  const extraControls = h("div", { class: "lzx-controls" });
+  const channelLabel = h("label", { hidden: "" }, ["channel ", channelSel]);
+  if (layers.length) extraControls.append(h("label", {}, ["layer ", layerSel]), channelLabel);
+  if (attentionLayers.length) extraControls.append(h("label", {}, ["attention ", attentionSel]), h("label", {}, ["query ", querySel]));
+  if (!extraControls.children.length) extraControls.hidden = true; // a report without layers: no empty row
+  const layerPanel = h("div", { class: "lzx-panel lzx-layer", hidden: "" });
+  const attentionPanel = h("div", { class: "lzx-panel lzx-attention", hidden: "" });
 
   const targetLine = h("div", { class: "lzx-target" });
   const targetValue = h("span", { "data-target-value": "" });
@@ -69,16 +93,19 @@ export function mount(el, host, options = {}) {
   const chart = h("div", { class: "lzx-chart" });
   const status = h("div", { class: "lzx-status" });
   const side = h("div", { class: "lzx-side" }, [
-    h("div", { class: "lzx-title", text: meta.title }), controls, targetLine, consLine, evalBox, movesBox, status,
+    h("div", { class: "lzx-title", text: meta.title }), controls, extraControls, targetLine, consLine, evalBox, movesBox, status,
   ]);
-  root.append(h("div", { class: "lzx-main" }, [h("div", { class: "lzx-left" }, [h("div", { class: "lzx-boardwrap" }, [boardEl, legend]), chart]), side]));
+  root.append(h("div", { class: "lzx-main" }, [h("div", { class: "lzx-left" }, [h("div", { class: "lzx-boardwrap" }, [boardEl, legend]), chart]), side]), layerPanel, attentionPanel);
   el.append(root);
 
   function ply() { return state.index + state.moves.length; }
 
   async function update(change) {
     Object.assign(state, change);
-    const ask = { index: state.index, moves: state.moves.slice(), target: state.target, lens: state.lens };
+    const ask = {
+      index: state.index, moves: state.moves.slice(), target: state.target, lens: state.lens,
+      layer: state.layer, channel: state.channel, attention: state.attention, query: state.query,
+    };
     const ticket = ++pending;
     status.textContent = "computing…";
     root.setAttribute("data-busy", "");
@@ -93,7 +120,14 @@ export function mount(el, host, options = {}) {
     if (answer.error) {
       status.textContent = answer.error;
       status.classList.add("lzx-error");
-      if (view) { state.target = view.target.name; state.lens = view.lens; targetSel.value = state.target; lensSel.value = state.lens; }
+      if (view) {
+        state.target = view.target.name; state.lens = view.lens; targetSel.value = state.target; lensSel.value = state.lens;
+        state.layer = view.layer ? view.layer.layer : ""; layerSel.value = state.layer;
+        state.attention = view.attention ? view.attention.layer : ""; attentionSel.value = state.attention;
+        // A refused channel or query does not stick: the next request asks for the defaults.
+        if (state.channel !== null && !(view.layer && view.layer.channel === state.channel)) state.channel = null;
+        if (state.query !== null && !(view.attention && view.attention.query === state.query)) state.query = null;
+      }
       return;
     }
     status.textContent = "";
@@ -219,6 +253,74 @@ export function mount(el, host, options = {}) {
     evalBox.replaceChildren(...kids);
     drawMoves();
     drawChart();
+    drawLayer();
+    drawAttention();
+  }
+
+  // A small board for one map: 64 [data-cell] with data-value, the pieces, a caption and the scale.
+  function miniBoard(name, map, caption, opts = {}) {
+    const pieces = pieceAt(view.fen);
+    const grid = h("div", { class: "lzx-mini-board" });
+    for (let row = 7; row >= 0; row--) {
+      for (let file = 0; file < 8; file++) {
+        const sq = row * 8 + file;
+        const cell = h("div", { class: "lzx-cell", "data-cell": squareName(sq), "data-value": String(map.values[sq]), title: `${squareName(sq)}: ${map.values[sq]}` });
+        cell.style.backgroundColor = map.colors[sq];
+        if (pieces[sq]) cell.style.backgroundImage = pieceUrl[pieces[sq]];
+        if (opts.mark === squareName(sq)) cell.classList.add("lzx-query");
+        if (opts.onclick) cell.addEventListener("click", () => opts.onclick(squareName(sq)));
+        grid.append(cell);
+      }
+    }
+    const scale = h("div", { class: "lzx-mini-scale" }, [
+      h("span", { text: fmt(map.vmin, 3) }),
+      h("span", { class: "lzx-mini-bar", style: `background: linear-gradient(to right, ${map.stops.join(", ")})` }),
+      h("span", { text: fmt(map.vmax, 3) }),
+    ]);
+    return h("figure", { class: "lzx-mini", "data-map": name, "data-sum": String(map.sum) }, [grid, scale, h("figcaption", { text: caption })]);
+  }
+
+  function drawLayer() {
+    const L = view.layer;
+    channelLabel.hidden = !(state.layer && L && !L.error);
+    if (!state.layer || !L) { layerPanel.hidden = true; layerPanel.replaceChildren(); channelSel.replaceChildren(); return; }
+    layerPanel.hidden = false;
+    if (L.error) {
+      layerPanel.replaceChildren(h("div", { class: "lzx-panel-title", text: `layer ${L.layer}` }), h("div", { class: "lzx-error", text: L.error }));
+      channelSel.replaceChildren();
+      return;
+    }
+    channelSel.replaceChildren(h("option", { value: "", text: "top channel" }));
+    const listed = new Set();
+    for (const c of L.channels) { channelSel.append(h("option", { value: String(c.channel), text: `${c.channel} (${fmt(c.relevance, 3)})` })); listed.add(c.channel); }
+    if (!listed.has(L.channel)) channelSel.append(h("option", { value: String(L.channel), text: String(L.channel) }));
+    channelSel.value = state.channel === null || state.channel !== L.channel ? "" : String(state.channel);
+    const top = Math.max(...L.channels.map((c) => Math.abs(c.relevance)), 1e-12);
+    const list = h("ol", { class: "lzx-channels" });
+    for (const c of L.channels) {
+      list.append(h("li", { "data-channel": String(c.channel), class: c.channel === L.channel ? "lzx-current-channel" : null, title: "show this channel's CRP map", onclick: () => update({ channel: c.channel }) },
+        [h("span", { class: "lzx-bar", style: `width:${(100 * Math.abs(c.relevance) / top).toFixed(1)}%` }), `channel ${c.channel}: ${fmt(c.relevance, 3)}`]));
+    }
+    layerPanel.replaceChildren(
+      h("div", { class: "lzx-panel-title", text: `layer ${L.layer}: relevance of its output, and of one channel (CRP)` }),
+      h("div", { class: "lzx-minis" }, [
+        miniBoard("latent", L.latent, `latent relevance, summed over ${L.count} channels (sum ${fmt(L.latent.sum, 3)})`),
+        miniBoard("crp", L.crp, `input relevance through channel ${L.channel} (sum ${fmt(L.crp.sum, 3)})`),
+        h("div", { class: "lzx-channel-box" }, [h("div", { text: `top channels by relevance (of ${L.count})` }), list]),
+      ]),
+    );
+  }
+
+  function drawAttention() {
+    const A = view.attention;
+    if (!state.attention || !A) { attentionPanel.hidden = true; attentionPanel.replaceChildren(); return; }
+    attentionPanel.hidden = false;
+    querySel.value = state.query || "";
+    const minis = A.heads.map((head, i) => miniBoard(`head-${i}`, head, `head ${i}`, { mark: A.query, onclick: (sq) => update({ query: sq }) }));
+    attentionPanel.replaceChildren(
+      h("div", { class: "lzx-panel-title", "data-query": A.query, text: `attention of ${A.layer} from ${A.query} (framed), per head: click a square to query it` }),
+      h("div", { class: "lzx-minis" }, minis),
+    );
   }
 
   function drawMoves() {
