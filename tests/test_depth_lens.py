@@ -63,6 +63,12 @@ def test_last_entry_is_the_output_maia_onnx(maia_onnx_path: Path, boards: list[L
     _check_last_is_output(LczeroModel.from_path(maia_onnx_path), boards)
 
 
+def test_last_entry_is_the_output_fp16_onnx(maia_fp16_onnx_path: Path, boards: list[LczeroBoard]) -> None:
+    model = LczeroModel.from_path(maia_fp16_onnx_path, half=True)
+    _check_last_is_output(model, boards)
+    assert LogitLens().outputs(model, boards)["block1"]["policy"].dtype == torch.float16
+
+
 def test_last_entry_is_the_output_random_attention(attention: LczeroModel, boards: list[LczeroBoard]) -> None:
     _check_last_is_output(attention, boards)
     assert depth_layers(attention) == ["attn_body", "encoder0", "encoder1", "encoder2"]
