@@ -16,8 +16,8 @@ reused by the next run. Measured:
 - **LRP**: ``LrpLens().relevance(network, boards, "value")`` (the whole user call) at batch 1 and 8, against our
   forward at the same batch;
 - **largest batch in 8 GiB**: the peak memory a forward (batch 1 and 32; 8 is also measured) and an LRP call
-  (batch 1 and 8) add over the loaded net, extrapolated linearly from those two batches to the batch whose weights plus activations
-  reach 8 GiB (an estimate from two measured points, not a run at that batch).
+  (batch 1 and 8) add over the loaded net, extrapolated linearly from those two batches to the batch whose
+  weights plus activations reach 8 GiB (an estimate from two measured points, not a run at that batch).
 
 Targets (reported, not asserted): load at most 3x the onnxruntime session, peak load memory at most 2.5x the
 float32 weights, forward at most 1.2x onnxruntime, LRP at most 3x its forward. Wall times on a machine shared
