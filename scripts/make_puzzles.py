@@ -27,21 +27,10 @@ from pathlib import Path
 import chess
 
 from lczerolens import LczeroModel
+from lczerolens.data.puzzles import PUZZLE_COLUMNS
 from lczerolens.positions import play_games
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = [
-    "PuzzleId",
-    "FEN",
-    "Moves",
-    "Rating",
-    "RatingDeviation",
-    "Popularity",
-    "NbPlays",
-    "Themes",
-    "GameUrl",
-    "OpeningTags",
-]
 
 
 def mates_in_one(board: chess.Board) -> list[chess.Move]:
@@ -121,7 +110,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=list(PUZZLE_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
     counts = {t: sum(t in r["Themes"] for r in rows) for t in ("mateIn1", "mateIn2")}
