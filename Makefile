@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Fetched files (checksummed), then the mate puzzles made from maia-1900 self-play (seeded; about a minute).
+# Fetched files (checksummed), then what maia-1900 self-play makes (seeded, cached; a few minutes the first time):
+# the test positions of seeds 0-2 (lczerolens.positions, used by tests, docs and notebooks) and the mate puzzles.
 assets: $(STAMP)
 	$(BIN)/python assets/fetch.py
+	PYTHONPATH=. $(BIN)/python -c "from lczerolens.positions import load_positions as p; [p(300, seed=s) for s in (0, 1, 2)]"
 	test -f assets/cache/puzzles-selfplay.csv || PYTHONPATH=. $(BIN)/python scripts/make_puzzles.py
 
 lint: $(STAMP) typecheck
