@@ -27,6 +27,26 @@ def _run(path: Path, timeout: int) -> None:
     assert not errors
 
 
+def _committed(path: Path) -> tuple[str, list[str], str]:
+    """Check a committed notebook: every code cell executed with outputs, no error output, no local paths.
+
+    Returns its stream text, the ``figures/*.png`` files its markdown outputs show (each checked to exist), and
+    the notebook's whole JSON text.
+    """
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for md in markdown for m in re.findall(r"figures/[\w.-]+\.png", md)]
+    assert all((path.parent / p).exists() for p in pictures)
+    whole = nbformat.writes(nb)
+    assert "/work/" not in whole and "/tmp/" not in whole
+    return text, pictures, whole
+
+
 def test_committed_tutorial_has_its_outputs() -> None:
     nbformat = pytest.importorskip("nbformat")
     nb = nbformat.read(TUTORIAL, as_version=4)
@@ -87,18 +107,9 @@ ATTENTION = ROOT / "notebooks" / "attention.ipynb"
 
 
 def test_committed_attention_notebook_has_its_outputs() -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(ATTENTION, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
-    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    text, pictures, _ = _committed(ATTENTION)
     assert "| uniform |" in text and "largest |PatchingLens - hook|" in text
-    # Pictures as PNG files under notebooks/figures/ (keeps the notebook small), each present.
-    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
-    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
-    assert len(pictures) >= 4 and all((ATTENTION.parent / p).exists() for p in pictures)
-    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+    assert len(pictures) >= 4  # PNG files under notebooks/figures/ (keeps the notebook small)
 
 
 @pytest.mark.slow
@@ -113,17 +124,9 @@ FEATURES = ROOT / "notebooks" / "features.ipynb"
 
 
 def test_committed_features_notebook_has_its_outputs() -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(FEATURES, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
-    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    text, pictures, _ = _committed(FEATURES)
     assert text.count("max |features + error - LRP| / max |LRP|") == 2  # maia and the attention net
-    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
-    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
-    assert len(pictures) >= 3 and all((FEATURES.parent / p).exists() for p in pictures)
-    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+    assert len(pictures) >= 3
 
 
 @pytest.mark.slow
@@ -137,16 +140,12 @@ EXPLORE = ROOT / "notebooks" / "explore.ipynb"
 
 
 def test_committed_explore_notebook_has_its_outputs() -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(EXPLORE, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute it before committing"
-    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    text, _, whole = _committed(EXPLORE)
     assert "same as LrpLens: True" in text and "same as AttentionLens: True" in text and "top channels" in text
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.reads(whole, as_version=4)
     pictures = re.findall(r"\.\./docs/figures/[\w.-]+\.png", "".join(c.source for c in nb.cells))
     assert pictures and all((EXPLORE.parent / p).exists() for p in pictures)
-    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
 
 
 @pytest.mark.slow
@@ -159,17 +158,9 @@ DEPTH = ROOT / "notebooks" / "depth.ipynb"
 
 
 def test_committed_depth_notebook_has_its_outputs() -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(DEPTH, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(c.execution_count is not None and c.outputs for c in code), "execute the notebook first"
-    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    text, pictures, _ = _committed(DEPTH)
     assert "KL logit  KL tuned" in text and "search solves" in text and "mean_abs" in text
-    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
-    pictures = [m for text in markdown for m in re.findall(r"figures/[\w.-]+\.png", text)]
-    assert len(pictures) >= 2 and all((DEPTH.parent / p).exists() for p in pictures)
-    assert "/work/" not in nbformat.writes(nb) and "/tmp/" not in nbformat.writes(nb)
+    assert len(pictures) >= 2
 
 
 @pytest.mark.slow
