@@ -74,7 +74,7 @@ def scores(model: Any, task: metrics.Task, options: dict[str, Any], fold: str = 
     lens = LrpLens(**options, composite=composite)
     network = metrics.network_of(model)
     fmt = metrics.input_format_of(model)
-    tree = lens.explaining_network(model)
+    tree = lens.explaining_network(model, "policy" if task.target == "move" else "value")
     out = []
     for start in range(0, len(task), 64):
         rows = slice(start, start + 64)

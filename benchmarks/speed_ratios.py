@@ -2,9 +2,9 @@
 
     T=1 PYTHONPATH=. python benchmarks/speed_ratios.py     # T: torch and onnxruntime threads (default 1)
 
-Prints, per batch size (64, 1), the medians of forward, onnxruntime forward (lc0's export), gradient x input,
-``LrpLens()`` and ``LrpLens(**EPSILON)`` relevance for ``target="value"``, and their ratios, each ratio taken
-within one run. ``docs/speed.md`` has the figures.
+Prints, per batch size (64, 1) and per clock (CPU time of all threads, wall time), the medians of forward,
+onnxruntime forward (lc0's export), gradient x input, ``LrpLens()`` and ``LrpLens(**EPSILON)`` relevance for
+``target="value"``, and their ratios, each ratio taken within one run. ``docs/speed.md`` has the figures.
 """
 
 from __future__ import annotations
@@ -51,16 +51,20 @@ def main() -> None:
             "default": lambda boards=boards: lens.relevance(net, boards, "value"),
             "eps": lambda boards=boards: eps.relevance(net, boards, "value"),
         }
-        rows = []
+        rows: dict[str, list[dict[str, float]]] = {"cpu ms": [], "wall ms": []}
         for _ in range(3):
-            t = {k: v["cpu ms"] for k, v in interleaved_times(fns, 7 if batch == 64 else 21).items()}
-            rows.append(dict(t, **{
-                "default/fwd": t["default"] / t["forward"], "eps/fwd": t["eps"] / t["forward"],
-                "default/gxi": t["default"] / t["gxi"], "default/ort": t["default"] / t["ort"],
-                "fwd/ort": t["forward"] / t["ort"],
-            }))
-        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        print(f"threads {threads} batch {batch}: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
+            times = interleaved_times(fns, 7 if batch == 64 else 21)
+            for clock, runs in rows.items():
+                t = {k: v[clock] for k, v in times.items()}
+                runs.append(dict(t, **{
+                    "default/fwd": t["default"] / t["forward"], "eps/fwd": t["eps"] / t["forward"],
+                    "default/gxi": t["default"] / t["gxi"], "default/ort": t["default"] / t["ort"],
+                    "fwd/ort": t["forward"] / t["ort"],
+                }))
+        for clock, runs in rows.items():
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            print(f"threads {threads} batch {batch} {clock.split()[0]}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,36 @@ def test_layer_rule_matches_reference(rule, kind, signed):
     np.testing.assert_allclose((x * grad)[0].numpy(), _reference(layer, x, g_z, rule, EPS), rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize("rule", [r for r in RULES if r.rule == "gamma"], ids=repr)
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_gamma_rule_fast_path_for_rectified_outputs_matches_reference(rule, kind, monkeypatch):
+    """Inputs >= 0 and no relevance where the favoured sign is negative (a layer feeding a ReLU): the one-sided
+    path (``W + gamma W+`` only) gives the reference's relevance, and it is the path taken."""
+    layer = _layer(kind, bias=True)
+    x = _input(kind, signed=False)
+    with torch.no_grad():
+        layer.weight[:2].neg_()  # outputs of both signs
+        z = layer(x)
+        denominator = z if rule.bias == "absorb" else z - (
+            layer.bias.reshape(1, -1, 1, 1) if kind == "conv" else layer.bias)
+    g_z = torch.where(denominator >= 0, _rand(*z.shape, seed=4), 0.0)
+    assert (g_z == 0).any() and (g_z != 0).any()
+    taken = []
+    check = E._relevance_only_at_nonnegative
+    monkeypatch.setattr(E, "_relevance_only_at_nonnegative", lambda *a: taken.append(check(*a)) or taken[-1])
+    module = E.Conv2dRule(layer, rule, EPS) if kind == "conv" else E.LinearRule(layer, rule, EPS)
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(module(leaf), leaf, g_z)
+    assert taken == [True]
+    np.testing.assert_allclose((x * grad)[0].numpy(), _reference(layer, x, g_z, rule, EPS), rtol=TOL, atol=TOL)
+    # One output with relevance at a negative denominator sends it down the general path.
+    g_z = g_z.clone()
+    g_z.view(-1)[int(torch.nonzero((denominator < 0).view(-1))[0])] = 1.5
+    (grad,) = torch.autograd.grad(module(leaf), leaf, g_z)
+    assert taken == [True, False]
+    np.testing.assert_allclose((x * grad)[0].numpy(), _reference(layer, x, g_z, rule, EPS), rtol=TOL, atol=TOL)
+
+
 @pytest.mark.parametrize("rule", [r for r in RULES if r.bias != "absorb"], ids=repr)
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 def test_ignore_and_flat_conserve(rule, kind):
@@ -220,6 +250,42 @@ def test_lens_options_and_presets():
         LrpLens(layer_rules=[("inputconv", {"rule": "box"})])
     with pytest.raises(LensError, match="either"):
         LrpLens(layer_rules=[], conv_rule="gamma")
+
+
+@pytest.mark.parametrize("bad", ["uniform", 1.5, -0.5, True, {"moves": 0.5}, {}, {"value": "half"}])
+def test_lens_rejects_bad_gate_treatments(bad):
+    with pytest.raises(LensError, match="se_gate"):
+        LrpLens(se_gate=bad)
+
+
+def test_default_gate_rule_per_target_group(maia_pb_path):
+    """The default holds the SE gate constant for moves and gives it half the product's relevance for the value
+    head's targets; the two trees share every parameter, and each matches the lens asked for that gate alone."""
+    from lczerolens.lenses import RESIDUAL_DEFAULT
+    from lczerolens.model.native import load_pb
+    from lczerolens.testing import random_boards
+
+    network = load_pb(maia_pb_path).eval()
+    lens = LrpLens()
+    policy_tree, value_tree = lens.explaining_network(network), lens.explaining_network(network, "value")
+    assert isinstance(policy_tree._modules["block0/conv2/se/mul"], E.GateRule)
+    gate = value_tree._modules["block0/conv2/se/mul"]
+    assert isinstance(gate, E.GateShareRule) and gate.share == 0.5
+    assert lens.explaining_network(network, "loss") is value_tree  # every value-head target shares the tree
+    assert lens.explaining_network(network, "policy") is policy_tree
+    assert value_tree._modules["block1/conv1"]._weight is network._modules["block1/conv1"].weight
+    boards = random_boards(3, seed=11)
+    constant = LrpLens(**{**RESIDUAL_DEFAULT, "se_gate": "constant"})
+    half = LrpLens(**{**RESIDUAL_DEFAULT, "se_gate": 0.5})
+    assert torch.equal(lens.relevance(network, boards).planes, constant.relevance(network, boards).planes)
+    for target in ("value", "win"):
+        rel = lens.relevance(network, boards, target).planes
+        assert torch.equal(rel, half.relevance(network, boards, target).planes)
+        assert not torch.allclose(rel, constant.relevance(network, boards, target).planes)
+    split = LrpLens(se_gate={"value": 0.25})
+    assert split.options() == {"se_gate": {"value": 0.25}} and LrpLens(**split.options()).se_gate == {"value": 0.25}
+    assert isinstance(split.explaining_network(network)._modules["block0/conv2/se/mul"], E.GateRule)
+    assert split.explaining_network(network, "value")._modules["block0/conv2/se/mul"].share == 0.25
 
 
 def test_lens_pattern_matching_no_layer_is_refused(maia_pb_path):

@@ -515,7 +515,8 @@ def _conservation(network: nn.Module, boards, softmax: str, targets, zero: bool)
     net = network.double()
     if zero:
         _zero_biases(net)
-    lens = LrpLens(epsilon=1e-12, softmax=softmax)
+    # The default's SE-gate rule for value targets holds the sigmoid's value at 0 as a bias of its own.
+    lens = LrpLens(epsilon=1e-12, softmax=softmax, se_gate="constant" if zero else None)
     report = {}
     for target in targets:
         rel = lens.relevance(net, boards, target)

@@ -153,7 +153,8 @@ def _bias_free_double(model):
 def test_latent_relevance_propagates_to_the_input_relevance(maia_pb_path, positions):
     """In float64, R at a block's output, sent down from there on its own, gives the input relevance."""
     net = _bias_free_double(maia_pb_path)
-    lens = LrpLens(epsilon=1e-12, softmax="cp")
+    # The gate held constant: the default's gate rule for value targets keeps a share at the sigmoid's offset.
+    lens = LrpLens(epsilon=1e-12, softmax="cp", se_gate="constant")
     layer = "block3/conv2/relu"
     rel = lens.relevance(net, positions, "value", record=layer)
     latent = rel.layers[layer]
@@ -162,7 +163,7 @@ def test_latent_relevance_propagates_to_the_input_relevance(maia_pb_path, positi
     torch.testing.assert_close(latent.sum(dim=(1, 2, 3)), rel.planes.sum(dim=(1, 2, 3)), rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(latent.sum(dim=(1, 2, 3)), rel.target.double(), rtol=1e-7, atol=1e-9)
     # Propagating R_layer alone from the layer down reproduces the input map.
-    tree = lens.explaining_network(net)
+    tree = lens.explaining_network(net, "value")
     from lczerolens.board import encode_boards
 
     store = {}
@@ -201,7 +202,7 @@ def test_one_condition_equals_a_masked_gradient(maia, positions):
     lens = LrpLens()
     rel = lens.relevance(maia, positions[:3], "value", condition={layer: channels})
     # By hand: the gradient at the layer, kept on those channels, sent down to the input.
-    tree = lens.explaining_network(maia)
+    tree = lens.explaining_network(maia, "value")
     store = {}
     hook = tree.get_submodule(layer).register_forward_hook(lambda m, i, o: store.setdefault("a", o))
     try:

@@ -245,6 +245,40 @@ def test_gate_rule_gives_all_relevance_to_the_signal():
     assert torch.equal(E.GateRule()(s, x), ops.Gate()(s, x))
 
 
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_gate_share_rule_matches_reference(share):
+    """R_x = (1 - a) R_y; the gate's part a R_y, summed over the squares it scales, goes through the sigmoid by
+    the identity rule with its value at 0 (1/2) held as a bias: R_s = a sum(R_y) (sigmoid(s) - 1/2) / sigmoid(s)
+    * s / stab(s)."""
+    s, x = _rand(2, 3, 1, 1, seed=22), _rand(2, 3, 4, 4, seed=23)
+    s.view(-1)[0] = 0.0  # an exact zero gate logit must not divide by zero
+    g = _rand(2, 3, 4, 4, seed=24)
+    y = torch.sigmoid(s) * x
+    r_y = (y * g).numpy()
+    sig = torch.sigmoid(s).numpy()
+    rs_ref, rx_ref = np.zeros(s.shape), np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        gate = (idx[0], idx[1], 0, 0)
+        rx_ref[idx] = (1.0 - share) * r_y[idx]
+        sn = s.numpy()[gate]
+        rs_ref[gate] += share * r_y[idx] * (sig[gate] - 0.5) / sig[gate] * sn / _stab(sn, EPS)
+    rs, rx = _relevances(lambda a, b: E.GateShareRule(share, EPS)(a, b), [s, x], g)
+    _assert_close(rx, rx_ref)
+    _assert_close(rs, rs_ref)
+    assert torch.equal(E.GateShareRule(share, EPS)(s, x), ops.Gate()(s, x))
+    x2, y2, g2 = _rand(3, 4, seed=25), _rand(3, 4, seed=26), _rand(3, 4, seed=27)
+    r2 = (x2 * y2 * g2).numpy()
+    ra, rb = _relevances(lambda a, b: E.MulShareFunction.apply(a, b, share), [x2, y2], g2)
+    _assert_close(ra, share * r2)
+    _assert_close(rb, (1.0 - share) * r2)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "half"])
+def test_gate_share_rule_rejects_bad_shares(bad):
+    with pytest.raises(ValueError, match="share"):
+        E.GateShareRule(bad)
+
+
 @pytest.mark.parametrize("shape", [(5, 6), (2, 3, 8)])
 def test_layer_norm_rule_matches_linear_reference(shape):
     x = _rand(*shape, seed=25)

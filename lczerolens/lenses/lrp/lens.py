@@ -50,6 +50,7 @@ from lczerolens.lenses.lrp.rules.epsilon import (
     ElementwiseMultiplyUniform,
     GammaConv2d,
     GateRule,
+    GateShareRule,
     HeldShift,
     IdentityRule,
     LayerNormRule,
@@ -94,6 +95,15 @@ CONV_RULES = ("epsilon", "gamma")
 #: Treatments of the squeeze-excitation block's additive term (``LrpLens(se_shift=...)``).
 SE_SHIFT_MODES = ("propagate", "absorb")
 
+#: Treatments of the squeeze-excitation gate ``sigmoid(s1) * x``: ``"constant"`` (the gate is held constant and
+#: ``x`` takes all the relevance), or a number from 0 to 1, the gate's share of the product's relevance, passed
+#: on through the sigmoid to the block's pooled features (:class:`GateShareRule`).
+SE_GATE_CONSTANT = "constant"
+
+#: The two groups of targets that ``se_gate`` can treat apart: ``"policy"`` (moves) and ``"value"`` (every target
+#: of the value and moves-left heads: ``value``, ``win``, ``draw``, ``loss``, ``mlh``).
+TARGET_GROUPS = ("policy", "value")
+
 #: Module names of the squeeze-excitation blocks' second dense layers (gate logits, then the shift).
 SE_SHIFT_LAYERS = "*/se/matmul2"
 
@@ -105,6 +115,7 @@ EPSILON: dict[str, Any] = {
     "softmax": "attnlrp",
     "bias": "absorb",
     "se_shift": "propagate",
+    "se_gate": SE_GATE_CONSTANT,
     "layer_rules": (),
 }
 
@@ -209,6 +220,38 @@ class _Tap(Record):
 FAMILIES = ("residual", "attention")
 
 
+def target_group(kind: str) -> str:
+    """``"policy"`` for move targets, ``"value"`` for every target of the value and moves-left heads."""
+    if not isinstance(kind, str):
+        raise LensError(f"target kind must be a string such as 'policy' or 'value', not {kind!r}")
+    return "policy" if kind == "policy" else "value"
+
+
+def _parse_se_gate(value: Any) -> dict[str, Any]:
+    """``se_gate`` as ``{"policy": treatment, "value": treatment}``; raises :class:`LensError` when malformed."""
+
+    def one(v: Any, where: str) -> Any:
+        if isinstance(v, str) and v == SE_GATE_CONSTANT:
+            return SE_GATE_CONSTANT
+        if not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 <= v <= 1.0:
+            return float(v)
+        raise LensError(
+            f"se_gate{where}={v!r} must be {SE_GATE_CONSTANT!r} or the gate's share of relevance, a number from "
+            f"0 to 1 (e.g. 0.5)"
+        )
+
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(TARGET_GROUPS)
+        if unknown or not value:
+            raise LensError(
+                f"se_gate={dict(value)!r} must map target groups {TARGET_GROUPS} to a treatment, e.g. "
+                f"{{'policy': 'constant', 'value': 0.5}}"
+            )
+        return {g: one(value.get(g, SE_GATE_CONSTANT), f"[{g!r}]") for g in TARGET_GROUPS}
+    treatment = one(value, "")
+    return {g: treatment for g in TARGET_GROUPS}
+
+
 def network_family(network: nn.Module) -> str:
     """``"residual"`` if ``network`` has an ``nn.Conv2d`` (lc0's residual nets), else ``"attention"``."""
     return "residual" if any(isinstance(m, nn.Conv2d) for m in network_of(network).modules()) else "attention"
@@ -255,6 +298,14 @@ class LrpLens(AttributionLens):
         The squeeze-excitation block's additive term ``s2`` of ``sigmoid(s1) * x + s2``: ``"propagate"`` (its
         relevance flows back through the block's dense layers to the pooled features) or ``"absorb"`` (held
         constant: it keeps its share, as a bias does).
+    se_gate : str, float or mapping, optional
+        The squeeze-excitation gate ``sigmoid(s1) * x``: ``"constant"`` (the gate is held constant, ``x`` takes
+        all the relevance) or the gate's share of the product's relevance, a number from 0 to 1 (``0.5`` is the
+        uniform rule), which goes on through the sigmoid and the block's dense layers to its pooled features
+        (:class:`~lczerolens.lenses.lrp.rules.epsilon.GateShareRule`). A mapping
+        ``{"policy": ..., "value": ...}`` treats move targets and value-head targets apart (a group left out
+        is ``"constant"``); :data:`RESIDUAL_DEFAULT` gives the value-head targets ``0.5``. Ignored with a custom
+        ``composite``.
     layer_rules : sequence of (pattern, LayerRule or dict), optional
         Per-layer rules for ``nn.Conv2d`` and ``nn.Linear`` modules: ``fnmatch`` patterns on module names, the
         first match wins; a dict holds :class:`~lczerolens.lenses.lrp.rules.epsilon.LayerRule`'s arguments
@@ -279,7 +330,7 @@ class LrpLens(AttributionLens):
     >>> LrpLens(epsilon=1e-6, softmax="cp")
     LrpLens(epsilon=1e-06, softmax='cp')
     >>> LrpLens(**EPSILON)
-    LrpLens(epsilon=1e-06, softmax='attnlrp', bias='absorb', se_shift='propagate', layer_rules=())
+    LrpLens(epsilon=1e-06, softmax='attnlrp', bias='absorb', se_shift='propagate', se_gate='constant', layer_rules=())
     """
 
     method_name = "LRP relevance"
@@ -292,13 +343,14 @@ class LrpLens(AttributionLens):
         *,
         bias: str | None = None,
         se_shift: str | None = None,
+        se_gate: str | float | Mapping[str, str | float] | None = None,
         layer_rules: Sequence[tuple[str, Any]] | None = None,
         conv_rule: str | None = None,
         gamma: float | None = None,
         gamma_layers: Sequence[str] | None = None,
     ) -> None:
         # The options as given (rebuilding the lens elsewhere, e.g. in a worker process, starts from these).
-        given = {"epsilon": epsilon, "softmax": softmax, "bias": bias, "se_shift": se_shift,
+        given = {"epsilon": epsilon, "softmax": softmax, "bias": bias, "se_shift": se_shift, "se_gate": se_gate,
                  "layer_rules": layer_rules, "conv_rule": conv_rule, "gamma": gamma, "gamma_layers": gamma_layers}
         self._given = {k: v for k, v in given.items() if v is not None}
         self._custom_composite = composite is not None
@@ -315,6 +367,9 @@ class LrpLens(AttributionLens):
             raise LensError(f"bias={bias!r} is not a bias treatment; use one of {BIAS_MODES}")
         if se_shift is not None and se_shift not in SE_SHIFT_MODES:
             raise LensError(f"se_shift={se_shift!r} is not a treatment of the SE shift; use one of {SE_SHIFT_MODES}")
+        if se_gate is not None:
+            _parse_se_gate(se_gate)  # validates; the lens keeps the form given (its repr shows it)
+            se_gate = dict(se_gate) if isinstance(se_gate, Mapping) else se_gate
         if gamma_layers is not None:
             if isinstance(gamma_layers, str) or not all(isinstance(p, str) for p in gamma_layers):
                 raise LensError(
@@ -329,15 +384,18 @@ class LrpLens(AttributionLens):
         self.softmax = softmax
         self.bias = bias
         self.se_shift = se_shift
+        self.se_gate = se_gate
         self.layer_rules = layer_rules
         self.conv_rule = conv_rule
         self.gamma = None if gamma is None else float(gamma)
         self.gamma_layers = gamma_layers
         self.composite = None if composite is None else dict(composite)
-        # The explaining tree of each network this lens has seen (weakly keyed by the network).
-        self._trees = ShadowCache(self._build_tree)
+        # Per treatment of the SE gate, the explaining tree of each network this lens has seen (weak keys).
+        self._trees: dict[Any, ShadowCache] = {}
 
-    _OPTIONS = ("epsilon", "softmax", "bias", "se_shift", "layer_rules", "conv_rule", "gamma", "gamma_layers")
+    _OPTIONS = (
+        "epsilon", "softmax", "bias", "se_shift", "se_gate", "layer_rules", "conv_rule", "gamma", "gamma_layers"
+    )
 
     def options(self) -> dict[str, Any]:
         """The constructor options this lens was given (``LrpLens(**lens.options())`` is the same lens).
@@ -361,7 +419,7 @@ class LrpLens(AttributionLens):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._trees = ShadowCache(self._build_tree)
+        self._trees = {}
 
     # ----------------------------------------------------------------------------------------------------------
     # Options resolved for one network
@@ -382,6 +440,7 @@ class LrpLens(AttributionLens):
         for key in ("epsilon", "softmax", "bias", "se_shift"):
             value = getattr(self, key)
             out[key] = preset[key] if value is None else value
+        out["se_gate"] = _parse_se_gate(preset["se_gate"] if self.se_gate is None else self.se_gate)
         if self.layer_rules is not None:
             out["layer_rules"], out["strict"] = self.layer_rules, True
         elif self.conv_rule is not None:
@@ -450,11 +509,17 @@ class LrpLens(AttributionLens):
             f"to the lens's composite"
         )
 
-    def _plan(self, network: nn.Module) -> list[tuple[str, str, nn.Module, Callable]]:
-        """Check every module and list the swaps (parent path, child name, op, factory)."""
+    def _plan(self, network: nn.Module, group: str = "policy") -> list[tuple[str, str, nn.Module, Callable]]:
+        """Check every module and list the swaps (parent path, child name, op, factory) for one target group."""
         settings = self.settings(network)
         epsilon = settings["epsilon"]
-        composite = self.composite if self.composite is not None else make_composite(epsilon, settings["softmax"])
+        if self.composite is not None:
+            composite = self.composite
+        else:
+            composite = make_composite(epsilon, settings["softmax"])
+            gate = settings["se_gate"][group]
+            if gate != SE_GATE_CONSTANT:
+                composite[ops.Gate] = lambda op, share=gate: GateShareRule(share, epsilon)
         rules, strict = settings["layer_rules"], settings["strict"]
         conv_gamma = settings.get("conv_gamma", False)
         swaps = []
@@ -528,13 +593,13 @@ class LrpLens(AttributionLens):
             return lambda op: HeldShift(inner(op), op.out_features // 2)
         return inner
 
-    def _build_tree(self, network: nn.Module) -> nn.Module:
-        """A shadow of ``network`` with every rule-bearing op replaced by its rule module.
+    def _build_tree(self, network: nn.Module, group: str = "policy") -> nn.Module:
+        """A shadow of ``network`` with every rule-bearing op replaced by its rule module (for one target group).
 
         Half-precision networks are explained in float32 (their relevance in float16 or bfloat16 is off by
         several percent of the map's scale): the tree then holds float32 copies of the weights.
         """
-        plan = self._plan(network)
+        plan = self._plan(network, group)
         dtype = explain_dtype(network)
         tree = shadow(network, dtype)
         for path, name, _, factory in plan:
@@ -545,19 +610,38 @@ class LrpLens(AttributionLens):
             parent._modules[name] = rule
         return tree
 
-    def explaining_network(self, model: nn.Module) -> nn.Module:
+    def explaining_network(self, model: nn.Module, target: str = "policy") -> nn.Module:
         """The network the lens runs for ``model``: the rule modules in place, the parameters shared.
 
-        Its forward gives the same outputs as the model's; its gradient, times the input, is the relevance.
-        The model itself is never changed. Raises :class:`LensError` if a module cannot be explained.
+        Its forward gives the same outputs as the model's; its gradient, times the input, is the relevance of
+        the output it is seeded at. The model itself is never changed. Raises :class:`LensError` if a module
+        cannot be explained.
+
+        Parameters
+        ----------
+        model : LczeroModel or network
+            The model to explain.
+        target : str
+            The kind of output the tree will explain: ``"policy"`` (moves) or a value-head target (``"value"``,
+            ``"win"``, ``"draw"``, ``"loss"``, ``"mlh"``). The rules can differ between the two groups
+            (``se_gate``); seeding a tree at the other group's output gives that other group's rules.
 
         Example
         -------
-        >>> tree = LrpLens().explaining_network(model)  # doctest: +SKIP
+        >>> tree = LrpLens().explaining_network(model, "value")  # doctest: +SKIP
         >>> x = planes.requires_grad_(True)  # doctest: +SKIP
-        >>> (x * torch.autograd.grad(tree(x)["value_logit"].sum(), x)[0]).sum()  # doctest: +SKIP
+        >>> out = tree(x)["wdl_logits"]  # doctest: +SKIP
+        >>> seed = torch.tensor([1.0, 0.0, -1.0]).expand_as(out)  # doctest: +SKIP
+        >>> relevance = x * torch.autograd.grad(out, x, seed)[0]  # doctest: +SKIP
         """
-        return self._trees.get(network_of(model))
+        network = network_of(model)
+        group = target_group(target)
+        gate = self.settings(network)["se_gate"][group] if self.composite is None else SE_GATE_CONSTANT
+        cache = self._trees.get(gate)
+        if cache is None:
+            # Trees depend on the group only through the gate: groups that share it share the tree.
+            cache = self._trees.setdefault(gate, ShadowCache(lambda net, g=group: self._build_tree(net, g)))
+        return cache.get(network)
 
     @contextmanager
     def patched(self, network: nn.Module) -> Iterator[nn.Module]:
@@ -674,7 +758,7 @@ class LrpLens(AttributionLens):
 
         n = len(boards)
         legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
-        tree = self.explaining_network(network)
+        tree = self.explaining_network(network, target.kind)
         dtype, device = param_like(tree)
         if planes is None:
             x = encode_boards(boards, input_format)
@@ -906,46 +990,49 @@ def _layer_rules_repr(rules: tuple[tuple[str, Any], ...]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Presets chosen by the search (benchmarks/search_composites.py; the README's benchmark section has the figures)
 
-#: The default for residual nets (networks with convolutions): the most faithful one-backward composite of the
-#: search on maia-1900 (``benchmarks/search_composites.py``: 71 settings scored on 100 self-play positions of
-#: seed 1, none of them reported):
+#: The default for residual nets (networks with convolutions). Chosen by piece removal on maia-1900 in two
+#: searches on self-play positions of seed 1 (``benchmarks/search_composites.py``, 71 settings; then
+#: ``benchmarks/faithfulness_ideas.py`` for issue 23) and confirmed on seeds never used for a choice (the
+#: README's benchmark section and ``docs/faithfulness.md`` have the figures):
 #:
-#: - ``inputconv``: generalized gamma, ``gamma=1``, its bias left out (the input conv conserves);
-#: - both convolutions of every residual block: generalized gamma, ``gamma=0.1`` (the search's best also put it on
-#:   the squeeze-excitation dense layers, score 0.986 against 0.984; those layers are no ``nn.Linear`` in a net
-#:   loaded from lc0's ONNX export, so the default leaves them out and gives the same maps from both loaders);
+#: - ``inputconv`` and each residual block's ``conv1`` (the convolutions that feed a ReLU): generalized gamma,
+#:   ``gamma=1`` and ``gamma=0.1``;
 #: - the policy head's convolutions: generalized gamma, ``gamma=0.1``;
-#: - everything else (value head): the epsilon rule; every bias but the input conv's keeps its share;
-#:   the squeeze-excitation shift propagates; ``epsilon=1e-6``.
+#: - everything else (each block's ``conv2``, the value head): the epsilon rule (the plain gradient); every bias
+#:   keeps its share; the squeeze-excitation shift propagates; ``epsilon=1e-6``;
+#: - the squeeze-excitation gate: held constant for moves; for the value-head targets it takes half of the
+#:   gated product's relevance on to the block's pooled features (``se_gate``), which made the value's maps more
+#:   faithful and the moves' less.
 #:
-#: It does not conserve: on held-out positions its maps sum to a fraction of the explained number, because
-#: leaving the biases of the blocks or of the value head out of the propagation made the value's maps far less
-#: faithful in the search (value ABPC 9.53 -> 0.12 with the biases of blocks 0-2 left out). :data:`RESIDUAL_CONSERVING`
-#: conserves instead; the README's benchmark section gives both.
+#: The gamma rule on ``conv2`` (the default before issue 23) cost a stacked 128-channel transposed convolution
+#: per block for no measurable gain on held-out positions. The composite does not conserve: its maps sum to a
+#: fraction of the explained number, because leaving the biases out made the value's maps far less faithful in
+#: the search. :data:`RESIDUAL_CONSERVING` conserves instead.
 RESIDUAL_DEFAULT: dict[str, Any] = {
     "epsilon": 1e-6,
     "softmax": "attnlrp",
     "bias": "absorb",
     "se_shift": "propagate",
+    "se_gate": {"policy": SE_GATE_CONSTANT, "value": 0.5},
     "layer_rules": (
-        ("inputconv", {"rule": "gamma", "gamma": 1.0, "bias": "ignore"}),
+        ("inputconv", {"rule": "gamma", "gamma": 1.0}),
         ("block*/conv1", {"rule": "gamma", "gamma": 0.1}),
-        ("block*/conv2", {"rule": "gamma", "gamma": 0.1}),
         ("policy/conv*", {"rule": "gamma", "gamma": 0.1}),
     ),
 }
 
-#: The conserving counterpart of :data:`RESIDUAL_DEFAULT`: the same rules, a sign-aware rule (generalized gamma,
-#: ``gamma=0.1``) on every other convolution and dense layer (the value head), and every bias left out of the
-#: propagation, so that each map sums to the explained number up to the stabiliser (on 200 maia-1900 self-play
-#: positions, float32, ``epsilon=1e-6``: median relative error 4e-6 for the top move, 3e-5 for the value, worst
-#: 1e-4 and 1e-2). Biases that an ONNX graph adds as separate ops (not ``nn.Linear``) keep their share. With
-#: plain epsilon rules a bias left out divides by ``z - b``, which nears zero where contributions cancel, and relevance
-#: explodes; the sign-aware rules keep the denominators away from zero. Less faithful than the default on the
-#: value (see the README).
+#: The conserving counterpart of :data:`RESIDUAL_DEFAULT`: the same layer rules (the gate held constant), a
+#: sign-aware rule (generalized gamma, ``gamma=0.1``) on every other convolution and dense layer (each block's
+#: ``conv2``, the value head), and every bias left out of the propagation, so that each map sums to the explained
+#: number up to the stabiliser (on 200 maia-1900 self-play positions, float32, ``epsilon=1e-6``: median relative
+#: error 4e-6 for the top move, 3e-5 for the value, worst 1e-4 and 1e-2). Biases that an ONNX graph adds as
+#: separate ops (not ``nn.Linear``) keep their share. With plain epsilon rules a bias left out divides by
+#: ``z - b``, which nears zero where contributions cancel, and relevance explodes; the sign-aware rules keep the
+#: denominators away from zero. Less faithful than the default on the value (see the README).
 RESIDUAL_CONSERVING: dict[str, Any] = {
     **RESIDUAL_DEFAULT,
     "bias": "ignore",
+    "se_gate": SE_GATE_CONSTANT,  # a gate's share would leave the sigmoid's value at 0 holding relevance
     "layer_rules": tuple(RESIDUAL_DEFAULT["layer_rules"]) + (("*", {"rule": "gamma", "gamma": 0.1}),),
 }
 
@@ -962,6 +1049,7 @@ ATTENTION_DEFAULT: dict[str, Any] = {
     "softmax": "attnlrp",
     "bias": "absorb",
     "se_shift": "propagate",
+    "se_gate": SE_GATE_CONSTANT,
     "layer_rules": (),
 }
 

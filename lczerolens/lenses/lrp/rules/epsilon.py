@@ -25,6 +25,10 @@ so the output's relevance is its own value. Under this convention:
   identity ``y = f(x)``         ``R_x = R_y`` (stabilised)                  ``g_x = g_y f(x) / stab(x)``
   (``f(0) = c != 0``)           ``R_x = R_y (f(x) - c) / f(x)``             ``g_x = g_y (f(x) - c) / stab(x)``
   gate ``y = sigmoid(s) * x``   ``R_x = R_y``, ``R_s = 0``                  ``g_x = sigmoid(s) g_y``
+  gate, share ``a``             ``R_x = (1 - a) R_y``, ``R_gate = a R_y``,  ``g_x = (1 - a) sigmoid(s) g_y``,
+                                then identity rule through the sigmoid     ``g_s = a x g_y (sigmoid(s) - 1/2)
+                                (its value at 0 held as a bias)            / stab(s)``
+  share ``z = x * y``           ``R_x = a R_z``, ``R_y = (1 - a) R_z``      ``g_x = a g_z y``
   LayerNorm, std constant       linear rule of ``w (x - mean) / std + b``   ``g_x = (g_y w - mean(g_y w)) / std``
   CP-LRP ``z = A @ V``          ``A`` held constant, ``V`` takes all        ``g_V = A^T g_z``
   gamma, conv ``z = W*x + b``   ``R_x = x W_g^T (R_z / stab(z_g))``         ``g_x = W_g^T (g_z z / stab(z_g))``
@@ -73,6 +77,7 @@ __all__ = [
     "MatMulEpsilonFunction",
     "BilinearMatMulEpsilonFunction",
     "MulUniformFunction",
+    "MulShareFunction",
     "SoftmaxEpsilonFunction",
     "IdentityRuleFunction",
     "LayerNormRuleFunction",
@@ -85,6 +90,7 @@ __all__ = [
     "SoftmaxEpsilon",
     "IdentityRule",
     "GateRule",
+    "GateShareRule",
     "LayerNormRule",
     "CPMatMul",
     "GammaConvFunction",
@@ -285,6 +291,30 @@ class MulUniformFunction(Function):
         return gx, gy
 
 
+class MulShareFunction(Function):
+    """``z = x * y`` for two activations: ``R_x = share R_z``, ``R_y = (1 - share) R_z`` (``share = 1/2``: the
+    uniform rule of :class:`MulUniformFunction`).
+
+    ``MulShareFunction.apply(x, y, share)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, share: float = 0.5) -> torch.Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.share = share
+        return x * y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, y = ctx.saved_tensors
+        share = ctx.share
+        # The shares scale the smaller operand or the summed product (a gate is [N, C, 1, 1]): one full-size
+        # multiply per input instead of two.
+        gx = _sum_to(grad * y, x.shape).mul_(share) if ctx.needs_input_grad[0] else None
+        gy = _sum_to(grad * (x * (1.0 - share)), y.shape) if ctx.needs_input_grad[1] else None
+        return gx, gy, None
+
+
 class SoftmaxEpsilonFunction(Function):
     """``y = softmax(x, dim)``: AttnLRP's softmax rule ``R_x = x (R_y - y sum(R_y))``.
 
@@ -333,18 +363,23 @@ class IdentityRuleFunction(Function):
 
 
 class _ReluIdentityFunction(Function):
-    """:class:`IdentityRuleFunction` for ReLU, with the ratio computed from the output alone (fewer kernels)."""
+    """:class:`IdentityRuleFunction` for ReLU, with the ratio computed from the output alone (fewer kernels).
+
+    The forward keeps only its output, which the network keeps anyway; the ratio is formed in the backward, so
+    the forward allocates nothing beyond the plain op (and a ReLU off the explained path costs nothing more).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, epsilon: float = 1e-6) -> torch.Tensor:
         y = torch.relu(x)
-        ctx.save_for_backward(_relu_ratio(y, epsilon))
+        ctx.save_for_backward(y)
+        ctx.epsilon = epsilon
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (ratio,) = ctx.saved_tensors
-        return grad * ratio, None
+        (y,) = ctx.saved_tensors
+        return grad * _relu_ratio(y, ctx.epsilon), None
 
 
 class LayerNormRuleFunction(Function):
@@ -521,6 +556,36 @@ class GateRule(_Rule):
 
     def forward(self, gate_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(gate_logits).detach() * x
+
+
+class GateShareRule(_EpsilonRule):
+    """``sigmoid(gate_logits) * x`` with the gate's share of relevance passed on to the gate logits.
+
+    The product's relevance is split: ``share`` to the gate, ``1 - share`` to ``x`` (:class:`MulShareFunction`);
+    the gate's part goes on through the sigmoid by the identity rule, its value at 0 (``1/2``) held as a bias
+    (:class:`IdentityRuleFunction` with ``offset=0.5``), and from there through the squeeze-excitation layers to
+    the block's pooled features. ``share = 0`` is :class:`GateRule`. The forward is the plain op, bit for bit.
+
+    Example
+    -------
+    >>> rule = GateShareRule(0.5)
+    >>> s, x = torch.randn(2, 3, 1, 1), torch.rand(2, 3, 4, 4)
+    >>> torch.equal(rule(s, x), torch.sigmoid(s) * x)
+    True
+    """
+
+    def __init__(self, share: float = 0.5, epsilon: float = 1e-6) -> None:
+        super().__init__(epsilon)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"share={share!r} must be a number from 0 to 1 (0.5 splits the gate's product evenly)")
+        self.share = float(share)
+
+    def forward(self, gate_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        gate = IdentityRuleFunction.apply(gate_logits, torch.sigmoid, self.epsilon, 0.5)
+        return MulShareFunction.apply(gate, x, self.share)
+
+    def extra_repr(self) -> str:
+        return f"share={self.share}, epsilon={self.epsilon}"
 
 
 class LayerNormRule(_Rule):
@@ -760,17 +825,6 @@ def _flat_signal(op, x, weight, share):
     return torch.where(active > 0, spread / safe, 0.0)
 
 
-def _known_zero(tensor: torch.Tensor) -> bool:
-    """True where ``tensor`` is all zeros and can be looked at: inside ``vmap`` (the batched backward of
-    conditional relevance) no value may steer the code, and the answer is False."""
-    if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
-        return False
-    try:
-        return not bool(tensor.amax() > 0) and not bool(tensor.amin() < 0)
-    except RuntimeError:  # a batched tensor under another wrapper
-        return False
-
-
 def _gamma_weights(
     weight: torch.Tensor, scale: float, plain: float, cache: dict | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -803,8 +857,9 @@ def layer_rule_signal(
     """
     r_z = z * grad
     b = None if bias is None else op.bias_view(bias)
-    contributions = z if b is None else z - b
     absorbed = rule.bias != "ignore" and b is not None
+    # ``z - b``; not formed where the bias is absorbed and the gamma rule's fast path below needs only ``z``.
+    contributions = z if b is None else None if absorbed and rule.rule == "gamma" else z - b
     shape = x.shape
     if rule.rule == "alphabeta":
         positive, negative = _split_contributions(op, x, weight)
@@ -828,6 +883,22 @@ def layer_rule_signal(
         scale = 1.0 if math.isinf(rule.gamma) else rule.gamma
         w_pos, stacked = _gamma_weights(weight, scale, plain, cache)
         positive = op(x, w_pos)
+        if _relevance_only_at_nonnegative(r_z, denominator, z, grad):
+            # No relevance where the favoured sign is negative (a convolution feeding a ReLU, or a bias left out
+            # whose outputs all rectify): every output that matters favours its positive part, so the rule is
+            # ``W + gamma W+`` alone, half the stacked transposed op and a third of the elementwise work. There
+            # ``z_g >= 0``, so ``|z_g| + epsilon`` is the stabilised denominator; elsewhere ``R_z = 0`` and so
+            # is the quotient, whatever the denominator.
+            if plain:
+                z_g = torch.add(denominator, positive, alpha=scale)
+            else:
+                z_g = positive.add_(b) if absorbed else positive
+            stabilised = z_g.abs_().add_(_at_least_tiny(epsilon, z_g.dtype))
+            c = torch.div(r_z, stabilised, out=stabilised)
+            return _with_flat_bias(op.transpose(c, stacked.narrow(0, 0, weight.shape[0]), shape), op, x, weight,
+                                   rule, b, c)
+        if contributions is None:
+            contributions = z - b
         negative = contributions - positive
         # 1.0 where the favoured sign is >= 0, else 0.0: float masks, because boolean kernels (comparisons,
         # where) cost several times a float op on the CPU backend.
@@ -840,14 +911,11 @@ def layer_rule_signal(
             z_g = favoured if b is None or not absorbed else favoured.add_(b)
         c = _ratio(r_z, z_g, epsilon)
         c_own = c * own
-        c_other = c - c_own
-        if _known_zero(c_other):
-            # No relevance at the outputs below 0 (a convolution feeding a ReLU): half the transposed op.
-            signal = op.transpose(c_own, stacked.narrow(0, 0, weight.shape[0]), shape)
-        else:
-            signal = op.transpose(torch.cat([c_own, c_other], dim=op.channel_dim), stacked, shape)
+        signal = op.transpose(torch.cat([c_own, c - c_own], dim=op.channel_dim), stacked, shape)
     else:
         # Each output favours the contributions of the sign of its contributions' sum (``z`` when absorbing).
+        if contributions is None:
+            contributions = z - b
         positive, negative = _split_contributions(op, x, weight)
         own = (denominator >= 0)
         favoured = torch.where(own, positive, negative)
@@ -858,9 +926,31 @@ def layer_rule_signal(
         signal = scale * _signed_transpose(op, x, weight, torch.where(own, c, 0.0), torch.where(own, 0.0, c))
         if plain:
             signal = signal + op.transpose(c, weight, shape)
+    return _with_flat_bias(signal, op, x, weight, rule, b, c)
+
+
+def _with_flat_bias(signal, op, x, weight, rule: LayerRule, b, c) -> torch.Tensor:
+    """``signal``, plus the bias's share ``c * b`` spread evenly over the nonzero inputs under ``bias="flat"``."""
     if rule.bias == "flat" and b is not None:
         signal = signal + _flat_signal(op, x, weight, c * b)
     return signal
+
+
+def _relevance_only_at_nonnegative(r_z: torch.Tensor, denominator: torch.Tensor, z: torch.Tensor,
+                                   grad: torch.Tensor) -> bool:
+    """True where ``r_z = z * grad`` is exactly 0 at every output whose ``denominator`` is below 0. Exact: where
+    the denominator is ``z`` the check forms the very products ``z * grad`` there, else it multiplies ``r_z`` by
+    -1 or 0, so nothing underflows. Inside ``vmap`` no value may steer the code: False."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(r_z):
+        return False
+    try:
+        if denominator is z:
+            below = z.clamp(max=0.0).mul_(grad)  # r_z where z < 0, else 0
+        else:
+            below = denominator.sign().clamp_(max=0.0).mul_(r_z)  # -r_z where the denominator is below 0, else 0
+        return int(torch.count_nonzero(below)) == 0
+    except RuntimeError:  # a batched tensor under another wrapper
+        return False
 
 
 class LayerRuleFunction(Function):
