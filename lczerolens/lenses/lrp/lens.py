@@ -21,6 +21,8 @@ torch.Size([1, 8, 8])
 from __future__ import annotations
 
 import fnmatch
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -220,6 +222,29 @@ class _Tap(Record):
 FAMILIES = ("residual", "attention")
 
 
+class _TreeSet:
+    """The explaining trees of one network for one lens, one per treatment of the SE gate, each built on first
+    use. Holds the network weakly (the lens's cache is keyed by it); groups with the same gate share a tree."""
+
+    def __init__(self, lens: LrpLens, network: nn.Module, gates: Mapping[str, Any]) -> None:
+        self._lens, self._network, self._gates = lens, weakref.ref(network), dict(gates)
+        self._trees: dict[Any, nn.Module] = {}
+        self._lock = threading.Lock()
+
+    def tree(self, group: str) -> nn.Module:
+        gate = self._gates.get(group, SE_GATE_CONSTANT)
+        tree = self._trees.get(gate)
+        if tree is None:
+            network = self._network()
+            if network is None:  # pragma: no cover - the cache drops an entry with its network
+                raise LensError("the network of this explaining tree no longer exists")
+            with self._lock:
+                tree = self._trees.get(gate)
+                if tree is None:
+                    tree = self._trees[gate] = self._lens._build_tree(network, group)
+        return tree
+
+
 def target_group(kind: str) -> str:
     """``"policy"`` for move targets, ``"value"`` for every target of the value and moves-left heads."""
     if not isinstance(kind, str):
@@ -390,8 +415,8 @@ class LrpLens(AttributionLens):
         self.gamma = None if gamma is None else float(gamma)
         self.gamma_layers = gamma_layers
         self.composite = None if composite is None else dict(composite)
-        # Per treatment of the SE gate, the explaining tree of each network this lens has seen (weak keys).
-        self._trees: dict[Any, ShadowCache] = {}
+        # The explaining trees of each network this lens has seen (weak keys; rebuilt when the network changes).
+        self._trees = ShadowCache(self._tree_set)
 
     _OPTIONS = (
         "epsilon", "softmax", "bias", "se_shift", "se_gate", "layer_rules", "conv_rule", "gamma", "gamma_layers"
@@ -419,7 +444,7 @@ class LrpLens(AttributionLens):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._trees = {}
+        self._trees = ShadowCache(self._tree_set)
 
     # ----------------------------------------------------------------------------------------------------------
     # Options resolved for one network
@@ -610,6 +635,10 @@ class LrpLens(AttributionLens):
             parent._modules[name] = rule
         return tree
 
+    def _tree_set(self, network: nn.Module) -> _TreeSet:
+        gates = self.settings(network)["se_gate"] if self.composite is None else {}
+        return _TreeSet(self, network, gates)
+
     def explaining_network(self, model: nn.Module, target: str = "policy") -> nn.Module:
         """The network the lens runs for ``model``: the rule modules in place, the parameters shared.
 
@@ -634,14 +663,7 @@ class LrpLens(AttributionLens):
         >>> seed = torch.tensor([1.0, 0.0, -1.0]).expand_as(out)  # doctest: +SKIP
         >>> relevance = x * torch.autograd.grad(out, x, seed)[0]  # doctest: +SKIP
         """
-        network = network_of(model)
-        group = target_group(target)
-        gate = self.settings(network)["se_gate"][group] if self.composite is None else SE_GATE_CONSTANT
-        cache = self._trees.get(gate)
-        if cache is None:
-            # Trees depend on the group only through the gate: groups that share it share the tree.
-            cache = self._trees.setdefault(gate, ShadowCache(lambda net, g=group: self._build_tree(net, g)))
-        return cache.get(network)
+        return self._trees.get(network_of(model)).tree(target_group(target))
 
     @contextmanager
     def patched(self, network: nn.Module) -> Iterator[nn.Module]:
