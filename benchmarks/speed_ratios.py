@@ -32,6 +32,9 @@ def main() -> None:
     net = load_pb(CACHE / "maia-1900.pb.gz").eval()
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # onnxruntime's idle threads spin after each run and take the cores from whatever runs next (with 2 threads
+    # that doubled the time of the torch call after it); without spinning its own forward was no slower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(CACHE / "maia-1900.onnx"), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     lens, eps = LrpLens(), LrpLens(**EPSILON)

@@ -285,11 +285,12 @@ def network_family(network: nn.Module) -> str:
 class LrpLens(AttributionLens):
     """Layer-wise relevance propagation: one forward and one backward pass per batch, rules chosen per layer.
 
-    On lc0's residual nets the default (:data:`RESIDUAL_DEFAULT`) is the most faithful composite of a search on
-    maia-1900 by piece removal; it is still below occlusion there, and its maps sum to about half the explained
-    logit (``Relevance.conservation``); :data:`RESIDUAL_CONSERVING` accounts for the whole number at a cost in
-    faithfulness (the README's benchmark section has the figures). Attention bodies get AttnLRP's rules
-    (:data:`ATTENTION_DEFAULT`), or CP-LRP with ``softmax="cp"``.
+    On lc0's residual nets the default (:data:`RESIDUAL_DEFAULT`) is the composite chosen on maia-1900 by piece
+    removal; on held-out positions it is still below occlusion on the move and closer to it on the value, and its
+    maps do not sum to the explained number (``Relevance.conservation``); :data:`RESIDUAL_CONSERVING` accounts
+    for the whole number at a cost in faithfulness (the README's benchmark section has the figures). Its rules
+    for value-head targets differ from those for moves in one place, the squeeze-excitation gate (``se_gate``).
+    Attention bodies get AttnLRP's rules (:data:`ATTENTION_DEFAULT`), or CP-LRP with ``softmax="cp"``.
 
     The lens explains on its own copy of the network's module tree, with the rule modules in place of the
     nonlinear ops; that copy shares every parameter with the model and is cached per model (rebuilt when the
