@@ -90,7 +90,10 @@ def test_committed_collections_notebook_has_its_outputs() -> None:
     assert code and all(c.execution_count is not None for c in code), "execute the notebook before committing"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     svgs = [o["data"]["image/svg+xml"] for c in code for o in c.outputs if "image/svg+xml" in o.get("data", {})]
-    assert len(svgs) >= 2  # the aggregate maps
+    # The aggregate maps: inline SVG, or PNG files under notebooks/figures/ (scripts/run_notebook.py).
+    markdown = [o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs]
+    pictures = [m for md in markdown for m in re.findall(r"figures/[\w.-]+\.png", md)]
+    assert len(svgs) + len(pictures) >= 2 and all((COLLECTIONS.parent / p).exists() for p in pictures)
     text = nbformat.writes(nb)
     assert "/work/" not in text and "/tmp/" not in text and "/home/" not in text  # no local paths in outputs
 
