@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from enum import IntEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from lczerolens.errors import InputFormatError, InputShapeError, InvalidBoardError, InvalidMoveError, LensError
+from lczerolens.input_format import InputFormat
 from lczerolens.policy_index import POLICY_INDEX, POLICY_MOVES
 
 __all__ = [
@@ -60,18 +60,6 @@ __all__ = [
     "removable_squares",
     "remove_pieces",
 ]
-
-
-class InputFormat(IntEnum):
-    """lc0's ``NetworkFormat.InputFormat`` numbers."""
-
-    CLASSICAL_112_PLANE = 1
-    CASTLING_PLANE = 2
-    CANONICALIZATION = 3
-    CANONICALIZATION_HECTOPLIES = 4
-    CANONICALIZATION_V2 = 5
-    CANONICALIZATION_HECTOPLIES_ARMAGEDDON = 132
-    CANONICALIZATION_V2_ARMAGEDDON = 133
 
 
 FLIP_TRANSFORM = 1

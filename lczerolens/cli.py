@@ -73,7 +73,7 @@ def add_input_format_argument(parser: argparse.ArgumentParser) -> None:
 
     Read it back with :func:`load_model`, which passes it to ``LczeroModel.from_path``.
     """
-    from lczerolens.board import InputFormat
+    from lczerolens.input_format import InputFormat  # not lczerolens.board: --help must not import torch
 
     parser.add_argument(
         "--input-format",

@@ -107,6 +107,11 @@ def test_feature_relevance_sums_to_lrp(model: LczeroModel, boards: list[LczeroBo
     # another feature on a near tie: the maps are exact only for the same inputs).
     single = feature_relevance(model, boards, sae, MODULE, "error")
     assert (single.planes - parts[:, 2]).abs().max() <= 1e-4 * parts[:, 2].abs().max()
+    # A value target takes the lens's rules for value targets (the default's SE-gate share) here too.
+    value = feature_relevance(model, boards, sae, MODULE, [list(range(64)), "error"], target="value")
+    plain_value = LrpLens().relevance(model, boards, "value").planes
+    summed = value.planes.reshape(len(boards), 2, 112, 8, 8).sum(1)
+    assert (summed - plain_value).abs().max() <= 1e-3 * plain_value.abs().max()
 
 
 def test_shipped_sae_on_held_out_positions(model: LczeroModel) -> None:

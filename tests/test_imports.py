@@ -10,6 +10,8 @@ which Python runs first, is not an edge of its own (otherwise every package woul
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,21 @@ def test_the_check_finds_a_circle(tmp_path: Path, inside_function: bool) -> None
     assert find_cycle(import_graph(tmp_path, "pkg")) == ["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]
     (pkg / "c.py").write_text("")
     assert find_cycle(import_graph(tmp_path, "pkg")) is None
+
+
+def test_command_line_help_does_not_import_torch():
+    """``lczerolens --help`` (and each sub-command's parser) is built without torch: it answers in a fraction of a
+    second instead of the second torch takes to import."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import lczerolens.cli as cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        cli.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    cli.build_parser()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr

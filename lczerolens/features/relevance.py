@@ -75,7 +75,7 @@ class _FeatureLrp(AttributionLens):
 
         n, k = len(boards), len(self.groups)
         legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
-        tree = self.lens.explaining_network(network)
+        tree = self.lens.explaining_network(network, target.kind)
         dtype, device = param_like(tree)
         store: dict[str, torch.Tensor] = {}
         tree = overlay(tree, {self.module: lambda m: Record(m, self.module, store)})

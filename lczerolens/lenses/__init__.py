@@ -14,7 +14,8 @@
 LRP presets (dicts of lens options, ``LrpLens(**preset)``): :data:`EPSILON` (epsilon rules, biases absorb their
 share: the lens of earlier releases), :data:`GAMMA_COMPOSITE`, :data:`RESIDUAL_DEFAULT` and
 :data:`ATTENTION_DEFAULT` (what ``LrpLens()`` applies to a residual / attention-body network), and
-:data:`RESIDUAL_CONSERVING` (the default's rules with every bias left out: maps that sum to the explained number).
+:data:`RESIDUAL_CONSERVING` (the default's layer rules, every bias left out, the gate held constant: maps that sum
+to the explained number).
 
 Example
 -------
