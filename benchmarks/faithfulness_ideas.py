@@ -31,6 +31,16 @@ The second round (what became the default), on seed 1 only, then confirmed on se
 - ``unnormalised``: the default's gamma layers with ``W + gamma W+`` in the backward but ``z`` as the
   denominator (no ``z + gamma z+``; no extra forward convolution: a candidate for speed).
 
+The third round (``relu_beta``, the smoothed ReLU rule of
+:class:`~lczerolens.lenses.lrp.rules.epsilon.SmoothReluFunction`), against ``unsmoothed`` (the default with
+``relu_beta=math.inf``, the identity rule at every ReLU, i.e. the default of the second round):
+
+- ``relu_beta=1`` ... ``relu_beta=4``: every ReLU passes the signal through ``sigmoid(beta x)``;
+- ``relu_beta=2 early`` / ``relu_beta=2 blocks`` / ``relu_beta=2 value head``: only the ReLUs of the input
+  convolution and blocks 0-2 / of the residual blocks / of the value head (the others keep the identity rule).
+
+    PYTHONPATH=. python benchmarks/faithfulness_ideas.py --positions 150 --seeds 1 --variants relu_beta=2 ...
+
 Seed 1 is the set the defaults were chosen on; other seeds are held out. The piece-removal metric always
 measures the explained output of the protocol (top move's logit, win-minus-loss logit).
 """
@@ -39,6 +49,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -48,6 +60,7 @@ import torch
 from lczerolens import metrics
 from lczerolens.lenses import RESIDUAL_DEFAULT, LrpLens
 from lczerolens.lenses.lrp.rules import epsilon as rules_module
+from lczerolens.lenses.lrp.rules.epsilon import IdentityRule
 from lczerolens.positions import DEFAULT_NET, load_positions
 
 #: Classical input: 8 history steps x (12 piece planes + 1 repetition plane), then 8 auxiliary planes.
@@ -70,6 +83,9 @@ PREVIOUS_DEFAULT: dict[str, Any] = {
 }
 
 GAMMA_01 = {"rule": "gamma", "gamma": 0.1}
+
+#: The default of the second round: the default with the identity rule at every ReLU.
+UNSMOOTHED: dict[str, Any] = {**RESIDUAL_DEFAULT, "relu_beta": math.inf}
 
 
 def _previous_with(pattern: str, rule: dict[str, Any]) -> dict[str, Any]:
@@ -110,11 +126,19 @@ def _unnormalised() -> Iterator[None]:
 
 
 def scores(model: Any, task: metrics.Task, options: dict[str, Any], fold: str = "all",
-           value: str = "logit") -> torch.Tensor:
-    """``[N, 64]`` square scores (board orientation) of the lens with ``options``, one forward and one backward."""
+           value: str = "logit", smooth_only: tuple[str, ...] | None = None) -> torch.Tensor:
+    """``[N, 64]`` square scores (board orientation) of the lens with ``options``, one forward and one backward.
+
+    ``smooth_only``: module-name patterns; ReLUs that match none take the identity rule (``relu_beta=inf``) in
+    this lens's own tree (the lens itself has no per-layer ``relu_beta``).
+    """
     lens = LrpLens(**options)
     fmt = metrics.input_format_of(model)
     tree = lens.explaining_network(model, "policy" if task.target == "move" else "value")
+    if smooth_only is not None:
+        for name, module in tree.named_modules():
+            if isinstance(module, IdentityRule) and not any(fnmatch.fnmatchcase(name, p) for p in smooth_only):
+                module.relu_beta = math.inf
     out = []
     for start in range(0, len(task), 64):
         rows = slice(start, start + 64)
@@ -167,6 +191,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         ("inputconv", {"rule": "gamma", "gamma": 1.0}), ("policy/conv*", GAMMA_01))},
     "input=eps": {"options": _default_with_rules(("block*/conv1", GAMMA_01), ("policy/conv*", GAMMA_01))},
     "unnormalised": {"options": RESIDUAL_DEFAULT, "unnormalised": True},
+    "unsmoothed": {"options": UNSMOOTHED},
+    **{f"relu_beta={beta:g}": {"options": {**RESIDUAL_DEFAULT, "relu_beta": beta}} for beta in (1, 1.5, 2, 3, 4)},
+    "relu_beta=2 early": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0},
+                          "smooth_only": ("inputconv/*", "block[012]/*")},
+    "relu_beta=2 blocks": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0}, "smooth_only": ("block*",)},
+    "relu_beta=2 value head": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0}, "smooth_only": ("value/*",)},
 }
 
 
@@ -179,8 +209,9 @@ def run(positions: int, seeds: list[int], names: list[str]) -> None:
 
     torch.set_num_threads(1)
     model = LczeroModel.from_path(DEFAULT_NET)
-    print("| seed | variant | target | ABPC | vs occlusion (paired, 95% CI) | vs previous default | s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| seed | variant | target | ABPC | vs occlusion (paired, 95% CI) | vs previous default | vs unsmoothed "
+          "| s |")
+    print("|---|---|---|---|---|---|---|---|")
     for seed in seeds:
         if seed == GAMES:
             from benchmarks.bench_faithfulness import real_game_positions
@@ -194,17 +225,21 @@ def run(positions: int, seeds: list[int], names: list[str]) -> None:
             occl = metrics.evaluate_method(model, task, "occlusion", warmup=False).abpc
             previous = metrics.evaluate_method(
                 model, task, lambda m, t: scores(m, t, PREVIOUS_DEFAULT), name="previous", warmup=False).abpc
+            unsmoothed = metrics.evaluate_method(
+                model, task, lambda m, t: scores(m, t, UNSMOOTHED), name="unsmoothed", warmup=False).abpc
             for name in names:
                 spec = VARIANTS[name]
                 if target == "move" and spec.get("value"):
                     continue
                 t0 = time.perf_counter()
-                fn = lambda m, t, s=spec: scores(m, t, s["options"], s.get("fold", "all"), s.get("value", "logit"))  # noqa: E731
+                fn = lambda m, t, s=spec: scores(m, t, s["options"], s.get("fold", "all"),  # noqa: E731
+                                                 s.get("value", "logit"), s.get("smooth_only"))
                 with _unnormalised() if spec.get("unnormalised") else contextlib.nullcontext():
                     result = metrics.evaluate_method(model, task, fn, name=name, warmup=False)
                 vs_previous = "" if name == "previous" else str(metrics.paired_difference(result.abpc, previous))
+                vs_unsmoothed = "" if name == "unsmoothed" else str(metrics.paired_difference(result.abpc, unsmoothed))
                 print(f"| {seed} | {name} | {target} | {float(result.abpc.mean()):.3f} | "
-                      f"{metrics.paired_difference(result.abpc, occl)} | {vs_previous} | "
+                      f"{metrics.paired_difference(result.abpc, occl)} | {vs_previous} | {vs_unsmoothed} | "
                       f"{time.perf_counter() - t0:.0f} |", flush=True)
 
 

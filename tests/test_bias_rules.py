@@ -288,6 +288,58 @@ def test_default_gate_rule_per_target_group(maia_pb_path):
     assert split.explaining_network(network, "value")._modules["block0/conv2/se/mul"].share == 0.25
 
 
+@pytest.mark.parametrize(
+    "bad", [0, -2.0, float("nan"), True, "2", [2.0], [("block*", 0.0)], [("block*", 2.0, 1)], {"block*": 2.0}]
+)
+def test_lens_rejects_bad_relu_beta(bad):
+    with pytest.raises(LensError, match="relu_beta"):
+        LrpLens(relu_beta=bad)
+
+
+def test_default_smooths_the_relus_that_do_not_follow_a_gamma_convolution(maia_pb_path):
+    """The default passes the signal through ``sigmoid(2 x)`` at each block's output ReLU, its squeeze-excitation
+    ReLU and the value head's, in both trees, and keeps the identity rule after the gamma convolutions (whose
+    rule then stays on its fast path); the conserving preset and ``relu_beta=math.inf`` keep the identity rule
+    everywhere; the option round-trips, chooses per ReLU by pattern, and changes the maps."""
+    from lczerolens.lenses import RESIDUAL_DEFAULT
+    from lczerolens.model.native import load_pb
+    from lczerolens.testing import random_boards
+
+    network = load_pb(maia_pb_path).eval()
+
+    def betas(lens, target="policy"):
+        return {n: m.relu_beta for n, m in lens.explaining_network(network, target).named_modules()
+                if isinstance(m, E.IdentityRule) and m.kind == "relu"}
+
+    for target in ("policy", "value"):
+        default = betas(LrpLens(), target)
+        smoothed = {n for n, b in default.items() if b == 2.0}
+        assert smoothed == {n for n in default if n.endswith(("conv2/relu", "se/relu")) or n.startswith("value/")}
+        assert len(smoothed) == 6 * 2 + 2
+        assert all(math.isinf(b) for n, b in default.items() if n not in smoothed)
+        assert "inputconv/relu" in default and "policy/conv1/relu" in default and "block0/conv1/relu" in default
+    assert all(math.isinf(b) for b in betas(LrpLens(**RESIDUAL_CONSERVING)).values())
+    assert all(math.isinf(b) for b in betas(LrpLens(**EPSILON)).values())
+    assert set(betas(LrpLens(relu_beta=3)).values()) == {3.0}
+    assert betas(LrpLens(**RESIDUAL_DEFAULT)) == betas(LrpLens())
+    plain = LrpLens(relu_beta=math.inf)
+    assert plain.options() == {"relu_beta": math.inf} and "relu_beta=inf" in repr(plain)
+    assert all(math.isinf(b) for b in betas(plain).values())
+    picked = LrpLens(relu_beta=[("block0/*", 1.5), ("value/dense1/relu", 4)])
+    assert LrpLens(**picked.options()).relu_beta == (("block0/*", 1.5), ("value/dense1/relu", 4.0))
+    chosen = {n: b for n, b in betas(picked, "value").items() if not math.isinf(b)}
+    assert chosen == {"block0/conv1/relu": 1.5, "block0/conv2/se/relu": 1.5, "block0/conv2/relu": 1.5,
+                      "value/dense1/relu": 4.0}
+    with pytest.raises(LensError, match=r"relu_beta patterns \['block9/\*'\] match no ReLU"):
+        LrpLens(relu_beta=[("block9/*", 2.0)]).check(network)
+    boards = random_boards(3, seed=5)
+    for target in ("value", None):
+        smooth = LrpLens().relevance(network, boards, target).planes
+        same = LrpLens(relu_beta=RESIDUAL_DEFAULT["relu_beta"]).relevance(network, boards, target).planes
+        assert torch.equal(smooth, same)
+        assert not torch.allclose(smooth, plain.relevance(network, boards, target).planes)
+
+
 def test_lens_pattern_matching_no_layer_is_refused(maia_pb_path):
     from lczerolens.model.native import load_pb
 

@@ -177,4 +177,4 @@ def test_docstring_extension_fences_doctests_and_converts_tables() -> None:
              if line.startswith("|")]
     assert table[0] == "| rule | relevance form | signal form |"
     rules = [row.split(" | ")[0].lstrip("| ") for row in table[2:]]
-    assert len(rules) == 12 and rules[2] == "bilinear ``z = A @ B``<br>(AttnLRP, uniform)"
+    assert len(rules) == 13 and rules[2] == "bilinear ``z = A @ B``<br>(AttnLRP, uniform)"

@@ -203,7 +203,7 @@ def test_lens_default_leaves_convolutions_alone(net):
     lens = LrpLens(**EPSILON)
     assert repr(lens) == (
         "LrpLens(epsilon=1e-06, softmax='attnlrp', bias='absorb', se_shift='propagate', se_gate='constant', "
-        "layer_rules=())"
+        "relu_beta=inf, layer_rules=())"
     )
     with lens.patched(net) as explained:
         assert type(explained._modules["inputconv"]) is nn.Conv2d

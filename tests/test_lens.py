@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import chess
@@ -515,8 +516,10 @@ def _conservation(network: nn.Module, boards, softmax: str, targets, zero: bool)
     net = network.double()
     if zero:
         _zero_biases(net)
-    # The default's SE-gate rule for value targets holds the sigmoid's value at 0 as a bias of its own.
-    lens = LrpLens(epsilon=1e-12, softmax=softmax, se_gate="constant" if zero else None)
+    # The default's SE-gate rule for value targets holds the sigmoid's value at 0 as a bias of its own, and its
+    # smoothed ReLU rule does not conserve: both are set to their conserving forms.
+    lens = LrpLens(epsilon=1e-12, softmax=softmax, se_gate="constant" if zero else None,
+                   relu_beta=math.inf if zero else None)
     report = {}
     for target in targets:
         rel = lens.relevance(net, boards, target)
@@ -659,7 +662,7 @@ def test_without_biases_the_only_leak_is_the_stabiliser(maia_pb_path):
     boards = random_boards(4, seed=12)
     leaks = []
     for epsilon in (1e-6, 1e-9):
-        rel = LrpLens(epsilon=epsilon, softmax="cp").relevance(net, boards, None)
+        rel = LrpLens(epsilon=epsilon, softmax="cp", relu_beta=math.inf).relevance(net, boards, None)
         leaks.append((rel.target - rel.planes.sum(dim=(1, 2, 3))).abs())
     ratio = (leaks[0] / leaks[1]).median().item()
     assert 500 < ratio < 2000, ratio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import chess
@@ -89,7 +90,8 @@ def test_batch_size_gives_the_same_result_as_one_call(maia, positions):
     whole = lens.relevance(maia, positions, "value")
     parts = lens.relevance(maia, positions, "value", batch_size=4, progress=True)
     scale = whole.planes.abs().max()
-    torch.testing.assert_close(parts.planes / scale, whole.planes / scale, rtol=0, atol=1e-6)
+    # float32 convolutions sum in a batch-size-dependent order: a few 1e-6 of the map's largest value
+    torch.testing.assert_close(parts.planes / scale, whole.planes / scale, rtol=0, atol=5e-6)
     assert torch.equal(parts.target, whole.target) or torch.allclose(parts.target, whole.target, atol=1e-6)
     assert [b.fen() for b in parts.boards] == [b.fen() for b in whole.boards]
     with pytest.raises(LensError, match="batch_size"):
@@ -153,8 +155,9 @@ def _bias_free_double(model):
 def test_latent_relevance_propagates_to_the_input_relevance(maia_pb_path, positions):
     """In float64, R at a block's output, sent down from there on its own, gives the input relevance."""
     net = _bias_free_double(maia_pb_path)
-    # The gate held constant: the default's gate rule for value targets keeps a share at the sigmoid's offset.
-    lens = LrpLens(epsilon=1e-12, softmax="cp", se_gate="constant")
+    # The gate held constant (the default's gate rule for value targets keeps a share at the sigmoid's offset)
+    # and the ReLUs under the identity rule (the default's smoothed ReLU rule does not conserve).
+    lens = LrpLens(epsilon=1e-12, softmax="cp", se_gate="constant", relu_beta=math.inf)
     layer = "block3/conv2/relu"
     rel = lens.relevance(net, positions, "value", record=layer)
     latent = rel.layers[layer]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
@@ -323,7 +324,7 @@ def test_channel_relevance_of_a_real_lrp_record_is_each_channels_conditional_tot
             if name.endswith("bias"):
                 parameter.zero_()
     layer = "block3/conv2/relu"
-    lens = LrpLens(epsilon=1e-12, softmax="cp")
+    lens = LrpLens(epsilon=1e-12, softmax="cp", relu_beta=math.inf)  # the identity rule conserves at ReLUs
     rel = lens.relevance(net, boards[:2], None, record=layer)
     per_channel = channel_relevance(rel, layer)
     assert per_channel.shape == (2, 64)

@@ -235,6 +235,39 @@ def test_identity_rule_matches_reference(kind, shape):
     assert torch.equal(E.IdentityRule(kind, EPS)(x), ops.Activation(kind)(x))
 
 
+@pytest.mark.parametrize("beta", [0.5, 2.0, 10.0])
+def test_smoothed_relu_rule_matches_reference(beta):
+    """``R_x = x sigmoid(beta x) g_y``: the signal through softplus's derivative, whatever the unit's side."""
+    shape = (2, 3, 4, 4)
+    x, g = _rand(*shape, seed=61), _rand(*shape, seed=62)
+    x[0, 0, 0, 0] = 0.0
+    r_ref = np.zeros(shape)
+    xn, gn = x.numpy(), g.numpy()
+    for idx in np.ndindex(*shape):
+        r_ref[idx] = xn[idx] * gn[idx] / (1.0 + np.exp(-beta * xn[idx]))
+    (r,) = _relevances(lambda t: E.IdentityRule("relu", EPS, relu_beta=beta)(t), [x], g)
+    _assert_close(r, r_ref)
+    assert torch.equal(E.IdentityRule("relu", EPS, relu_beta=beta)(x), torch.relu(x))
+    # units below their threshold pass part of the signal, unlike the identity rule
+    assert (r.numpy()[xn < 0] != 0).all()
+
+
+def test_smoothed_relu_rule_tends_to_the_identity_rule():
+    """``beta -> inf`` gives the identity rule's step (``inf`` is the identity rule itself); other activations
+    ignore ``relu_beta``."""
+    shape = (2, 3, 4, 4)
+    x, g = _rand(*shape, seed=63), _rand(*shape, seed=64)
+    (steep,) = _relevances(lambda t: E.IdentityRule("relu", EPS, relu_beta=1e9)(t), [x], g)
+    (plain,) = _relevances(lambda t: E.IdentityRule("relu", 1e-12)(t), [x], g)
+    _assert_close(steep, plain.numpy())
+    (mish,) = _relevances(lambda t: E.IdentityRule("mish", EPS, relu_beta=2.0)(t), [x], g)
+    (mish_plain,) = _relevances(lambda t: E.IdentityRule("mish", EPS)(t), [x], g)
+    assert torch.equal(mish, mish_plain)
+    for bad in (0.0, -1.0, float("nan"), True, "2"):
+        with pytest.raises(ValueError, match="relu_beta"):
+            E.IdentityRule("relu", EPS, relu_beta=bad)
+
+
 def test_gate_rule_gives_all_relevance_to_the_signal():
     s, x = _rand(2, 3, 1, 1, seed=22), _rand(2, 3, 4, 4, seed=23)
     g = _rand(2, 3, 4, 4, seed=24)

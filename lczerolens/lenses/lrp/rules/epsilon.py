@@ -24,6 +24,7 @@ so the output's relevance is its own value. Under this convention:
   softmax (AttnLRP)             ``R_x = x (R_y - y sum(R_y))``              ``g_x = y (g_y - sum(y g_y))``
   identity ``y = f(x)``         ``R_x = R_y`` (stabilised)                  ``g_x = g_y f(x) / stab(x)``
   (``f(0) = c != 0``)           ``R_x = R_y (f(x) - c) / f(x)``             ``g_x = g_y (f(x) - c) / stab(x)``
+  smoothed ReLU, ``beta``       ``R_x = x sigmoid(beta x) g_y``             ``g_x = g_y sigmoid(beta x)``
   gate ``y = sigmoid(s) * x``   ``R_x = R_y``, ``R_s = 0``                  ``g_x = sigmoid(s) g_y``
   gate, share ``a``             ``R_x = (1 - a) R_y``, ``R_gate = a R_y``,  ``g_x = (1 - a) sigmoid(s) g_y``,
                                 then identity rule through the sigmoid     ``g_s = a x g_y (sigmoid(s) - 1/2)
@@ -80,6 +81,7 @@ __all__ = [
     "MulShareFunction",
     "SoftmaxEpsilonFunction",
     "IdentityRuleFunction",
+    "SmoothReluFunction",
     "LayerNormRuleFunction",
     "AddEpsilon",
     "MatMulEpsilon",
@@ -382,6 +384,29 @@ class _ReluIdentityFunction(Function):
         return grad * _relu_ratio(y, ctx.epsilon), None
 
 
+class SmoothReluFunction(Function):
+    """``y = relu(x)`` whose backward is softplus's derivative ``g_x = g_y sigmoid(beta x)`` (beta-smoothing).
+
+    The identity rule passes the signal only where ``x > 0``: a unit that a piece holds below its threshold sends
+    nothing back, so the piece gets no relevance for keeping it off. With the mask smoothed to
+    ``sigmoid(beta x)``, units near their threshold pass part of the signal whichever side they are on, and
+    units far above it pass almost all. ``beta -> inf`` is the identity rule's step. Relevance is not conserved
+    here (``R_x = x sigmoid(beta x) g_y`` against ``R_y = relu(x) g_y``). The forward keeps ``x``.
+    ``SmoothReluFunction.apply(x, beta)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * torch.sigmoid(x * ctx.beta), None
+
+
 class LayerNormRuleFunction(Function):
     """Layer norm over the last ``len(normalized_shape)`` axes with the standard deviation held constant.
 
@@ -531,12 +556,16 @@ class IdentityRule(_EpsilonRule):
 
     The identity rule proper for ``f(0) = 0`` (ReLU, squared ReLU, Mish, Swish, tanh, SELU). A bare sigmoid
     (``f(0) = 1/2``, e.g. an FFN activation) keeps ``1/2`` as a bias and explains ``sigmoid(x) - 1/2``; a
-    sigmoid *gate* is a :class:`GateRule` instead.
+    sigmoid *gate* is a :class:`GateRule` instead. With a finite ``relu_beta`` a ReLU takes the smoothed rule
+    of :class:`SmoothReluFunction` instead (other activations ignore it).
     """
 
-    def __init__(self, kind: str, epsilon: float = 1e-6) -> None:
+    def __init__(self, kind: str, epsilon: float = 1e-6, relu_beta: float = math.inf) -> None:
         super().__init__(epsilon)
+        if isinstance(relu_beta, bool) or not isinstance(relu_beta, (int, float)) or not relu_beta > 0:
+            raise ValueError(f"relu_beta={relu_beta!r} must be a number > 0 (math.inf: the identity rule)")
         self.kind = kind
+        self.relu_beta = float(relu_beta)
         self.offset = float(apply_activation(kind, torch.zeros((), dtype=torch.float64)))
 
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
@@ -544,11 +573,14 @@ class IdentityRule(_EpsilonRule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "relu":
-            return _ReluIdentityFunction.apply(x, self.epsilon)
+            if math.isinf(self.relu_beta):
+                return _ReluIdentityFunction.apply(x, self.epsilon)
+            return SmoothReluFunction.apply(x, self.relu_beta)
         return IdentityRuleFunction.apply(x, self._fn, self.epsilon, self.offset)
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, epsilon={self.epsilon}"
+        smooth = "" if self.kind != "relu" or math.isinf(self.relu_beta) else f", relu_beta={self.relu_beta}"
+        return f"{self.kind}, epsilon={self.epsilon}{smooth}"
 
 
 class GateRule(_Rule):
