@@ -37,7 +37,13 @@ The third round (``relu_beta``, the smoothed ReLU rule of
 
 - ``relu_beta=1`` ... ``relu_beta=4``: every ReLU passes the signal through ``sigmoid(beta x)``;
 - ``relu_beta=2 early`` / ``relu_beta=2 blocks`` / ``relu_beta=2 value head``: only the ReLUs of the input
-  convolution and blocks 0-2 / of the residual blocks / of the value head (the others keep the identity rule).
+  convolution and blocks 0-2 / of the residual blocks / of the value head (the others keep the identity rule);
+  ``relu_beta=2 after gamma`` / ``relu_beta=2 block outputs``: only the ReLUs that follow a gamma convolution /
+  each block's output ReLU (``blockN/conv2/relu``);
+- with the new default (the smoothed ReLUs that do not follow a gamma convolution), on the move: ``gate policy
+  0.25`` (the gate's share 0.25 for moves), ``conv1 0.05`` / ``conv1 0.2`` (the blocks' ``conv1`` gamma),
+  ``beta 1.5 sel`` / ``beta 3 sel`` (another ``beta`` for the same ReLUs), ``se beta 1`` (``beta`` 1 on the
+  squeeze-excitation ReLUs).
 
     PYTHONPATH=. python benchmarks/faithfulness_ideas.py --positions 150 --seeds 1 --variants relu_beta=2 ...
 
@@ -101,6 +107,17 @@ def _blocks(gamma: float) -> dict[str, Any]:
 
 def _default_with_rules(*rules: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return {**RESIDUAL_DEFAULT, "layer_rules": rules}
+
+
+def _default_with_conv1(gamma: float) -> dict[str, Any]:
+    rules = tuple((p, {"rule": "gamma", "gamma": gamma} if p == "block*/conv1" else r)
+                  for p, r in RESIDUAL_DEFAULT["layer_rules"])
+    return {**RESIDUAL_DEFAULT, "layer_rules": rules}
+
+
+def _selective(beta: float) -> tuple[tuple[str, float], ...]:
+    """The default's ``relu_beta`` patterns with another ``beta`` for the smoothed ReLUs."""
+    return tuple((p, b if math.isinf(b) else beta) for p, b in RESIDUAL_DEFAULT["relu_beta"])
 
 
 @contextlib.contextmanager
@@ -197,6 +214,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
                           "smooth_only": ("inputconv/*", "block[012]/*")},
     "relu_beta=2 blocks": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0}, "smooth_only": ("block*",)},
     "relu_beta=2 value head": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0}, "smooth_only": ("value/*",)},
+    "relu_beta=2 after gamma": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0},
+                                "smooth_only": ("inputconv/*", "*/conv1/relu", "policy/*")},
+    "relu_beta=2 block outputs": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0},
+                                  "smooth_only": ("block*/conv2/relu",)},
+    "gate policy 0.25": {"options": {**RESIDUAL_DEFAULT, "se_gate": {"policy": 0.25, "value": 0.5}}},
+    "conv1 0.05": {"options": _default_with_conv1(0.05)},
+    "conv1 0.2": {"options": _default_with_conv1(0.2)},
+    "beta 1.5 sel": {"options": {**RESIDUAL_DEFAULT, "relu_beta": _selective(1.5)}},
+    "beta 3 sel": {"options": {**RESIDUAL_DEFAULT, "relu_beta": _selective(3.0)}},
+    "se beta 1": {"options": {**RESIDUAL_DEFAULT, "relu_beta": (("*/se/relu", 1.0),) + _selective(2.0)}},
 }
 
 
