@@ -331,7 +331,7 @@ class LrpLens(AttributionLens):
     """Layer-wise relevance propagation: one forward and one backward pass per batch, rules chosen per layer.
 
     On lc0's residual nets the default (:data:`RESIDUAL_DEFAULT`) is the composite chosen on maia-1900 by piece
-    removal; on held-out positions it is still below occlusion on the move and closer to it on the value, and its
+    removal; on held-out positions it is below occlusion on the move and level with it on the value, and its
     maps do not sum to the explained number (``Relevance.conservation``); :data:`RESIDUAL_CONSERVING` accounts
     for the whole number at a cost in faithfulness (the README's benchmark section has the figures). Its rules
     for value-head targets differ from those for moves in one place, the squeeze-excitation gate (``se_gate``).
