@@ -340,6 +340,26 @@ def test_default_smooths_the_relus_that_do_not_follow_a_gamma_convolution(maia_p
         assert not torch.allclose(smooth, plain.relevance(network, boards, target).planes)
 
 
+@pytest.mark.parametrize("spec", [{"activation": "mish"}, {"policy": "classical"}, {"se": False}])
+def test_the_default_preset_given_explicitly_explains_other_residual_nets(tmp_path, spec):
+    """``LrpLens(**RESIDUAL_DEFAULT)`` (e.g. the explorer's preset menu) works on residual nets without the maia
+    layout: a Mish net has no ReLU to choose (the option is moot), a classical policy head's ReLU and a net
+    without squeeze-excitation match the preset's patterns; each gives the same maps as ``LrpLens()``."""
+    from lczerolens.lenses import RESIDUAL_DEFAULT
+    from lczerolens.model.native import load_pb
+    from lczerolens.testing import random_boards, write_random_net
+
+    try:
+        path = write_random_net(tmp_path / "net.pb.gz", blocks=2, filters=8, seed=3, **spec)
+    except (TypeError, ValueError) as error:  # pragma: no cover - a spec key the generator does not take
+        pytest.fail(f"write_random_net does not take {spec}: {error}")
+    network = load_pb(path).eval()
+    boards = random_boards(2, seed=4)
+    for target in (None, "value"):
+        given = LrpLens(**RESIDUAL_DEFAULT).relevance(network, boards, target).planes
+        assert torch.equal(given, LrpLens().relevance(network, boards, target).planes)
+
+
 def test_lens_pattern_matching_no_layer_is_refused(maia_pb_path):
     from lczerolens.model.native import load_pb
 

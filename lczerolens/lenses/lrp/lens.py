@@ -384,9 +384,9 @@ class LrpLens(AttributionLens):
         that inputs holding a unit just below its threshold get relevance too. One number applies to every
         ReLU; ``(pattern, beta)`` pairs choose per ReLU (``fnmatch`` patterns on module names such as
         ``"block0/conv2/relu"``, the first match wins, unmatched ReLUs take ``math.inf``; a pattern that matches
-        no ReLU raises :class:`LensError`). :data:`RESIDUAL_DEFAULT` gives ``2.0`` to every ReLU that does not
-        follow a gamma convolution; every other preset uses ``math.inf``. Other activations (Mish, ...) ignore
-        it. Ignored with a custom ``composite``.
+        no ReLU of a network that has ReLUs raises :class:`LensError`). :data:`RESIDUAL_DEFAULT` gives ``2.0``
+        to every ReLU that does not follow a gamma convolution; every other preset uses ``math.inf``. Other
+        activations (Mish, ...) ignore it. Ignored with a custom ``composite``.
     layer_rules : sequence of (pattern, LayerRule or dict), optional
         Per-layer rules for ``nn.Conv2d`` and ``nn.Linear`` modules: ``fnmatch`` patterns on module names, the
         first match wins; a dict holds :class:`~lczerolens.lenses.lrp.rules.epsilon.LayerRule`'s arguments
@@ -642,8 +642,8 @@ class LrpLens(AttributionLens):
             )
         if isinstance(relu_beta, tuple) and settings["relu_strict"]:
             unused = [p for p, _ in relu_beta if p not in relu_used]
-            if unused:
-                names = [n for n, m in network.named_modules() if isinstance(m, ops.Activation) and m.kind == "relu"]
+            names = [n for n, m in network.named_modules() if isinstance(m, ops.Activation) and m.kind == "relu"]
+            if unused and names:  # a network without ReLUs (Mish) has nothing to choose: the option is moot
                 raise LensError(
                     f"relu_beta patterns {unused} match no ReLU of the network; its ReLUs are "
                     f"{names[:12]}{' ...' if len(names) > 12 else ''}"
@@ -1106,9 +1106,10 @@ def _layer_rules_repr(rules: tuple[tuple[str, Any], ...]) -> str:
 #:   gated product's relevance on to the block's pooled features (``se_gate``), which made the value's maps more
 #:   faithful and the moves' less;
 #: - every ReLU that does not follow a gamma convolution (each block's output and its squeeze-excitation ReLU,
-#:   the value head's) passes the signal through ``sigmoid(2 x)`` instead of the identity rule's step
-#:   (``relu_beta``), which made the maps of both targets more faithful on every held-out set. Smoothing the ReLUs
-#:   after the gamma convolutions as well added nothing measurable and would take the gamma rule off its fast
+#:   the value head's; the policy head's ``conv1`` ReLU matches ``*/conv1/relu``) passes the signal through
+#:   ``sigmoid(2 x)`` instead of the identity rule's step (``relu_beta``), which made the maps of both targets
+#:   more faithful on every held-out set. Smoothing the ReLUs after the gamma convolutions as well added nothing
+#:   measurable and would take the gamma rule off its fast
 #:   path (their outputs below zero would then carry relevance).
 #:
 #: The gamma rule on ``conv2`` (the default before issue 23) cost a stacked 128-channel transposed convolution
@@ -1122,7 +1123,7 @@ RESIDUAL_DEFAULT: dict[str, Any] = {
     "se_shift": "propagate",
     "se_gate": {"policy": SE_GATE_CONSTANT, "value": 0.5},
     # the ReLUs after the gamma convolutions keep the identity rule (the patterns are tried in order)
-    "relu_beta": (("inputconv/relu", math.inf), ("policy/*", math.inf), ("*/conv1/relu", math.inf), ("*", 2.0)),
+    "relu_beta": (("inputconv/relu", math.inf), ("*/conv1/relu", math.inf), ("*", 2.0)),
     "layer_rules": (
         ("inputconv", {"rule": "gamma", "gamma": 1.0}),
         ("block*/conv1", {"rule": "gamma", "gamma": 0.1}),
