@@ -43,7 +43,7 @@ The third round (``relu_beta``, the smoothed ReLU rule of
 - with the new default (the smoothed ReLUs that do not follow a gamma convolution), on the move: ``gate policy
   0.25`` (the gate's share 0.25 for moves), ``conv1 0.05`` / ``conv1 0.2`` (the blocks' ``conv1`` gamma),
   ``beta 1.5 sel`` / ``beta 3 sel`` (another ``beta`` for the same ReLUs), ``se beta 1`` (``beta`` 1 on the
-  squeeze-excitation ReLUs).
+  squeeze-excitation ReLUs); ``depth 4-2-1`` ... (``beta`` by depth: blocks 0-1, 2-3, 4-5).
 
     PYTHONPATH=. python benchmarks/faithfulness_ideas.py --positions 150 --seeds 1 --variants relu_beta=2 ...
 
@@ -118,6 +118,13 @@ def _default_with_conv1(gamma: float) -> dict[str, Any]:
 def _selective(beta: float) -> tuple[tuple[str, float], ...]:
     """The default's ``relu_beta`` patterns with another ``beta`` for the smoothed ReLUs."""
     return tuple((p, b if math.isinf(b) else beta) for p, b in RESIDUAL_DEFAULT["relu_beta"])
+
+
+def _by_depth(early: float, middle: float, late: float) -> tuple[tuple[str, float], ...]:
+    """The default's smoothed ReLUs with ``beta`` by depth: blocks 0-1, 2-3, 4-5 (the value head keeps 2)."""
+    inf = math.inf
+    return (("inputconv/relu", inf), ("*/conv1/relu", inf), ("block[01]/*", early), ("block[23]/*", middle),
+            ("block[45]/*", late), ("*", 2.0))
 
 
 @contextlib.contextmanager
@@ -224,6 +231,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "beta 1.5 sel": {"options": {**RESIDUAL_DEFAULT, "relu_beta": _selective(1.5)}},
     "beta 3 sel": {"options": {**RESIDUAL_DEFAULT, "relu_beta": _selective(3.0)}},
     "se beta 1": {"options": {**RESIDUAL_DEFAULT, "relu_beta": (("*/se/relu", 1.0),) + _selective(2.0)}},
+    **{f"depth {'-'.join(f'{b:g}' for b in betas)}": {"options": {**RESIDUAL_DEFAULT, "relu_beta": _by_depth(*betas)}}
+       for betas in ((4, 2, 1), (1, 2, 4), (3, 2, 1.5), (2, 2, 1))},
 }
 
 
