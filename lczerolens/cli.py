@@ -565,7 +565,7 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
     print(f"\nexplaining {what}", file=out)
     kind = "policy logit" if args.target is None else f"{args.target} output"
     share = float(relevance.conservation[0])
-    covered = f" ({share:.0%} of it; biases and stabilisers hold the rest)" if math.isfinite(share) else ""
+    covered = f" ({share:.0%} of it; the rest is not in the map)" if math.isfinite(share) else ""
     print(f"  {kind} {target_value:+.4f}   relevance on the squares {total:+.4f}{covered}", file=out)
     print(f"  where it went: {relevance.accounting_text(0)}", file=out)
     order = squares.flatten().abs().argsort(descending=True)[:5].tolist()

@@ -434,4 +434,4 @@ def test_accounting_adds_up_to_the_target(maia_pb_path):
         torch.testing.assert_close(acc["constant"][i], planes[i, 111].sum())
         torch.testing.assert_close(acc["unexplained"][i], rel.target[i] - rel.planes[i].sum(), rtol=1e-5, atol=1e-5)
     text = rel.accounting_text(1)
-    assert text.startswith("pieces ") and "absorbed by biases and stabilisers" in text
+    assert text.startswith("pieces ") and "not in the map (biases, stabilisers, rules that do not conserve)" in text

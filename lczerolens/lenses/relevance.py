@@ -52,7 +52,8 @@ class Relevance:
     ----------
     planes : torch.Tensor or None
         ``[N, 112, 8, 8]``, network orientation: input x modified gradient; sums to the explained output up
-        to what biases and stabilisers absorb. ``None`` for lenses that score squares, not planes (occlusion).
+        to what biases and stabilisers absorb and what rules that do not conserve (the default's smoothed ReLUs,
+        AttnLRP's softmax) add or remove. ``None`` for lenses that score squares, not planes (occlusion).
     squares : torch.Tensor
         ``[N, 8, 8]``, board orientation (``squares[i].flatten()[chess.E4]`` is e4), summed over planes.
     conservation : torch.Tensor
@@ -348,13 +349,14 @@ class Relevance:
         ``"castling"`` (planes 104-107), ``"side_to_move"`` (plane 108: side to move, or en passant in the
         canonical formats), ``"rule50"`` (109), ``"plane110"`` (110: zeros, or the armageddon side),
         ``"constant"`` (111, the all-ones plane) and ``"unexplained"``: ``target`` minus the whole map, the
-        share that biases and stabilisers absorbed. A lens that scores squares only (occlusion) puts its map in
+        share not in the map: what biases and stabilisers absorbed, and what rules that do not conserve added or
+        removed. A lens that scores squares only (occlusion) puts its map in
         ``"pieces"``/``"empty"`` and 0 in the plane groups.
 
         Example
         -------
         >>> acc = rel.accounting()  # doctest: +SKIP
-        >>> float(acc["unexplained"][0] / rel.target[0])  # share absorbed by biases  # doctest: +SKIP
+        >>> float(acc["unexplained"][0] / rel.target[0])  # share not in the map  # doctest: +SKIP
         """
         from tensordict import TensorDict  # imported on use: it takes a second to import
 
@@ -390,8 +392,8 @@ class Relevance:
         """:meth:`accounting` of board ``i`` in one line, as shares of the explained number where it is not 0.
 
         >>> rel.accounting_text(0)  # doctest: +SKIP
-        'pieces 61%, empty squares 4%, castling 0%, side to move 0%, rule-50 1%, constant plane -3%; absorbed by
-        biases and stabilisers 37%'
+        'pieces 61%, empty squares 4%, castling 0%, side to move 0%, rule-50 1%, constant plane -3%; not in the
+        map (biases, stabilisers, rules that do not conserve) 37%'
         """
         acc = {key: value[i] for key, value in self._accounting_parts().items()}
         target = float(self.target[i])
@@ -403,7 +405,8 @@ class Relevance:
 
         parts = [f"{label} {show(float(acc[k]))}" for k, label in names.items()
                  if k != "plane110" or float(acc[k]) != 0]
-        return ", ".join(parts) + f"; absorbed by biases and stabilisers {show(float(acc['unexplained']))}"
+        rest = show(float(acc["unexplained"]))
+        return ", ".join(parts) + f"; not in the map (biases, stabilisers, rules that do not conserve) {rest}"
 
     def render(self, i: int = 0, **options: Any) -> Any:
         """Board ``i`` with its relevance as a heatmap (an SVG object; see ``LczeroBoard.render_heatmap``).
