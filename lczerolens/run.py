@@ -160,6 +160,19 @@ def _lens_spec(lens: Any) -> dict[str, Any]:
         ) from exc
 
 
+def _lens_fingerprint(lens: Any, model: Any) -> str:
+    """What the lens computes on ``model``, for the run's fingerprint: its repr, and for ``LrpLens`` the rules its
+    options resolve to on this network (``LrpLens()`` takes them from a preset, which a new release may change:
+    a run resumed across such a change would mix maps made under two sets of rules)."""
+    from lczerolens.lenses import LrpLens
+    from lczerolens.lenses.tree import network_of
+
+    if isinstance(lens, LrpLens) and not lens._custom_composite:
+        settings = lens.settings(network_of(model))
+        return f"{lens!r} resolved to {sorted(settings.items())!r}"
+    return repr(lens)
+
+
 def _build_lens(spec: dict[str, Any]) -> Any:
     if spec["kind"] == "lrp":
         from lczerolens.lenses import LrpLens
@@ -611,7 +624,7 @@ def explain_dataset(
     fingerprint = {
         "network_sha256": network_sha,
         "input_format": loaded.input_format.name,
-        "lens": repr(lens),
+        "lens": _lens_fingerprint(lens, loaded),
         "targets": list(targets),
         "source": reader.spec(),
         "source_sha256": _sha256_file(reader.path),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -225,6 +226,13 @@ def test_resume_with_other_settings_is_refused(maia, small_pgn: Path, tmp_path: 
         with pytest.raises(RunError, match="other settings"):
             explain_dataset(maia, kwargs.pop("source"), out, progress=False, **kwargs)
     assert sorted(p.name for p in out.iterdir()) == before and (out / "manifest.json").read_text() == manifest
+    # A release whose default rules differ: LrpLens() keeps its repr, and the run still refuses to mix the two.
+    import lczerolens.lenses.lrp.lens as lens_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lens_module, "RESIDUAL_DEFAULT", {**lens_module.RESIDUAL_DEFAULT, "relu_beta": math.inf})
+        with pytest.raises(RunError, match="other settings"):
+            explain_dataset(maia, read_pgn(small_pgn, every=3), out, targets=("value",), progress=False)
     # The same call again is a no-op resume.
     explain_dataset(maia, read_pgn(small_pgn, every=3), out, targets=("value",), progress=False)
     assert (out / "manifest.json").read_text() == manifest
