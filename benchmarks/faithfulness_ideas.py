@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import math
 import time
 from collections.abc import Iterator
@@ -66,7 +65,6 @@ import torch
 from lczerolens import metrics
 from lczerolens.lenses import RESIDUAL_DEFAULT, LrpLens
 from lczerolens.lenses.lrp.rules import epsilon as rules_module
-from lczerolens.lenses.lrp.rules.epsilon import IdentityRule
 from lczerolens.positions import DEFAULT_NET, load_positions
 
 #: Classical input: 8 history steps x (12 piece planes + 1 repetition plane), then 8 auxiliary planes.
@@ -120,6 +118,11 @@ def _selective(beta: float) -> tuple[tuple[str, float], ...]:
     return tuple((p, b if math.isinf(b) else beta) for p, b in RESIDUAL_DEFAULT["relu_beta"])
 
 
+def _smooth_only(*patterns: str) -> dict[str, Any]:
+    """The default with ``beta`` 2 on the ReLUs matching ``patterns`` only (the others keep the identity rule)."""
+    return {**RESIDUAL_DEFAULT, "relu_beta": tuple((p, 2.0) for p in patterns)}
+
+
 def _by_depth(early: float, middle: float, late: float) -> tuple[tuple[str, float], ...]:
     """The default's smoothed ReLUs with ``beta`` by depth: blocks 0-1, 2-3, 4-5 (the value head keeps 2)."""
     inf = math.inf
@@ -150,19 +153,11 @@ def _unnormalised() -> Iterator[None]:
 
 
 def scores(model: Any, task: metrics.Task, options: dict[str, Any], fold: str = "all",
-           value: str = "logit", smooth_only: tuple[str, ...] | None = None) -> torch.Tensor:
-    """``[N, 64]`` square scores (board orientation) of the lens with ``options``, one forward and one backward.
-
-    ``smooth_only``: module-name patterns; ReLUs that match none take the identity rule (``relu_beta=inf``) in
-    this lens's own tree (the lens itself has no per-layer ``relu_beta``).
-    """
+           value: str = "logit") -> torch.Tensor:
+    """``[N, 64]`` square scores (board orientation) of the lens with ``options``, one forward and one backward."""
     lens = LrpLens(**options)
     fmt = metrics.input_format_of(model)
     tree = lens.explaining_network(model, "policy" if task.target == "move" else "value")
-    if smooth_only is not None:
-        for name, module in tree.named_modules():
-            if isinstance(module, IdentityRule) and not any(fnmatch.fnmatchcase(name, p) for p in smooth_only):
-                module.relu_beta = math.inf
     out = []
     for start in range(0, len(task), 64):
         rows = slice(start, start + 64)
@@ -217,14 +212,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unnormalised": {"options": RESIDUAL_DEFAULT, "unnormalised": True},
     "unsmoothed": {"options": UNSMOOTHED},
     **{f"relu_beta={beta:g}": {"options": {**RESIDUAL_DEFAULT, "relu_beta": beta}} for beta in (1, 1.5, 2, 3, 4)},
-    "relu_beta=2 early": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0},
-                          "smooth_only": ("inputconv/*", "block[012]/*")},
-    "relu_beta=2 blocks": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0}, "smooth_only": ("block*",)},
-    "relu_beta=2 value head": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0}, "smooth_only": ("value/*",)},
-    "relu_beta=2 after gamma": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0},
-                                "smooth_only": ("inputconv/*", "*/conv1/relu", "policy/*")},
-    "relu_beta=2 block outputs": {"options": {**RESIDUAL_DEFAULT, "relu_beta": 2.0},
-                                  "smooth_only": ("block*/conv2/relu",)},
+    "relu_beta=2 early": {"options": _smooth_only("inputconv/*", "block[012]/*")},
+    "relu_beta=2 blocks": {"options": _smooth_only("block*")},
+    "relu_beta=2 value head": {"options": _smooth_only("value/*")},
+    "relu_beta=2 after gamma": {"options": _smooth_only("inputconv/*", "*/conv1/relu")},  # policy/conv1 too
+    "relu_beta=2 block outputs": {"options": _smooth_only("block*/conv2/relu")},
     "gate policy 0.25": {"options": {**RESIDUAL_DEFAULT, "se_gate": {"policy": 0.25, "value": 0.5}}},
     "conv1 0.05": {"options": _default_with_conv1(0.05)},
     "conv1 0.2": {"options": _default_with_conv1(0.2)},
@@ -269,7 +261,7 @@ def run(positions: int, seeds: list[int], names: list[str]) -> None:
                     continue
                 t0 = time.perf_counter()
                 fn = lambda m, t, s=spec: scores(m, t, s["options"], s.get("fold", "all"),  # noqa: E731
-                                                 s.get("value", "logit"), s.get("smooth_only"))
+                                                 s.get("value", "logit"))
                 with _unnormalised() if spec.get("unnormalised") else contextlib.nullcontext():
                     result = metrics.evaluate_method(model, task, fn, name=name, warmup=False)
                 vs_previous = "" if name == "previous" else str(metrics.paired_difference(result.abpc, previous))
