@@ -170,7 +170,7 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(maia_pb_path: 
     assert n_shards >= 6
 
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(maia_pb_path), str(pgn), str(out)], env=env)
     try:
         deadline = time.monotonic() + 120

@@ -27,8 +27,8 @@ def feature_maps(model: Any, sae: SAE, module: str, boards: Any, *, batch_size: 
     board_list = as_boards(boards)
     tokens = module_tokens(model, board_list, module, batch_size=batch_size)
     with torch.no_grad():
-        f = sae.encode(tokens)  # [N, 64 network squares, d_sae]
-    index = board_square_index(board_list, input_format)  # board square -> network square
+        f = sae.encode(tokens.to(sae.W_dec.device))  # [N, 64 network squares, d_sae], where the SAE's weights are
+    index = board_square_index(board_list, input_format).to(f.device)  # board square -> network square
     return torch.gather(f, 1, index[:, :, None].expand(-1, -1, f.shape[2])).transpose(1, 2)
 
 
@@ -120,7 +120,7 @@ def feature_concepts(
             cc.LegalMoveFrom(),
             cc.InCheck(),
         ]
-    maps = feature_maps(model, sae, module, board_list)  # [N, F, 64]
+    maps = feature_maps(model, sae, module, board_list).cpu()  # [N, F, 64]; the labels are on the CPU
     ids = list(range(sae.d_sae)) if features is None else list(features)
     maps = maps[:, ids]
     per_square = maps.transpose(1, 2).reshape(-1, len(ids)).double()

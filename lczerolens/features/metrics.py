@@ -12,10 +12,12 @@ import torch
 
 from lczerolens.features.sae import SAE
 from lczerolens.features.train import as_tokens, from_tokens
+from lczerolens.model.precision import in_ieee_float32
 
 __all__ = ["sae_metrics"]
 
 
+@in_ieee_float32
 @torch.no_grad()
 def sae_metrics(model: Any, sae: SAE, module: str, boards: Any, *, batch_size: int = 256) -> dict[str, float]:
     """Measure ``sae`` on the activations of ``module`` over ``boards`` (use positions it was not trained on).
@@ -35,29 +37,32 @@ def sae_metrics(model: Any, sae: SAE, module: str, boards: Any, *, batch_size: i
     0.93
     """
     from lczerolens.board import encode_boards
-    from lczerolens.lenses.base import as_boards, legal_indices, model_parts
+    from lczerolens.lenses.base import as_boards, legal_indices, model_parts, param_like
     from lczerolens.lenses.inside import match_modules, run_with
 
     network, input_format = model_parts(model)
     match_modules(network, [module])
     board_list = as_boards(boards)
     sq_err = total = l0 = 0.0
-    sums = torch.zeros(sae.d_in, dtype=torch.float64)
-    sq_sums = torch.zeros(sae.d_in, dtype=torch.float64)
+    dtype, device = param_like(network)
+    sae_device = sae.W_dec.device
+    sums = torch.zeros(sae.d_in, dtype=torch.float64, device=sae_device)
+    sq_sums = torch.zeros(sae.d_in, dtype=torch.float64, device=sae_device)
     rows = 0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=sae_device)
     kls: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     for i in range(0, len(board_list), batch_size):
         part = board_list[i : i + batch_size]
-        x = encode_boards(part, input_format)
+        x = encode_boards(part, input_format).to(dtype=dtype, device=device)
         seen: dict[str, torch.Tensor] = {}
 
         def splice(out: torch.Tensor, n: int = len(part), seen: dict[str, torch.Tensor] = seen) -> torch.Tensor:
-            tokens = as_tokens(out, n).to(torch.float32)
+            # The SAE computes where its weights are; its reconstruction goes back to the network's device.
+            tokens = as_tokens(out, n).to(device=sae_device, dtype=torch.float32)
             f = sae.encode(tokens)
             seen["x"], seen["f"] = tokens, f
-            return from_tokens(sae.decode(f).to(out.dtype), out)
+            return from_tokens(sae.decode(f).to(device=out.device, dtype=out.dtype), out)
 
         with torch.no_grad():
             clean = run_with(network, x)[0]

@@ -88,7 +88,10 @@ class _FeatureLrp(AttributionLens):
             y = store[self.module]
             (grad_y,) = torch.autograd.grad(output, [y], seed, retain_graph=True)
             with torch.no_grad():
-                tokens = as_tokens(y.detach(), n).to(torch.float32)
+                # The SAE computes where its weights are (a CPU SAE on a GPU model's activations, or the reverse);
+                # the shares go back to the network's device.
+                sae_device = self.sae.W_dec.device
+                tokens = as_tokens(y.detach(), n).to(device=sae_device, dtype=torch.float32)
                 f = self.sae.encode(tokens)
                 full = f @ self.sae.W_dec
                 zero = tokens == 0
@@ -98,9 +101,9 @@ class _FeatureLrp(AttributionLens):
                     if group == "error":
                         part = torch.where(zero, torch.ones_like(tokens), (tokens - full) / safe)
                     else:
-                        ids = torch.tensor(group, dtype=torch.long)
+                        ids = torch.tensor(group, dtype=torch.long, device=sae_device)
                         part = torch.where(zero, torch.zeros_like(tokens), f[..., ids] @ self.sae.W_dec[ids] / safe)
-                    shares.append(from_tokens(part, y).to(grad_y.dtype))
+                    shares.append(from_tokens(part, y).to(device=grad_y.device, dtype=grad_y.dtype))
                 seeds = torch.stack(shares) * grad_y[None]
             (gx,) = torch.autograd.grad(y, x, seeds, is_grads_batched=True)
             with torch.no_grad():

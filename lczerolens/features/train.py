@@ -154,13 +154,13 @@ def _shuffled(chunks: Iterable[torch.Tensor], capacity: int, gen: torch.Generato
         size += chunk.shape[0]
         if size >= capacity:
             rows = torch.cat(held)
-            rows = rows[torch.randperm(rows.shape[0], generator=gen)]
+            rows = rows[torch.randperm(rows.shape[0], generator=gen).to(rows.device)]
             half = rows.shape[0] // 2
             yield rows[:half]
             held, size = [rows[half:]], rows.shape[0] - half
     if size:
         rows = torch.cat(held)
-        yield rows[torch.randperm(rows.shape[0], generator=gen)]
+        yield rows[torch.randperm(rows.shape[0], generator=gen).to(rows.device)]
 
 
 def train_sae(
@@ -240,14 +240,17 @@ def train_sae(
     first = next(stream)
     d_in = first.shape[1]
     scale = float((d_in / first.pow(2).sum(1).mean().clamp_min(1e-12)).sqrt())
-    sae = SAE.create(d_in, features, KINDS[kind], k=k if kind == "topk" else None, seed=seed)
+    # The SAE trains where the activations are (the model's device, or the given rows' device); the random
+    # streams (initialisation, shuffling, resampling) are drawn on the CPU, so a seed means the same draws anywhere.
+    device = first.device
+    sae = SAE.create(d_in, features, KINDS[kind], k=k if kind == "topk" else None, seed=seed).to(device)
     with torch.no_grad():
         sae.b_dec.copy_((first * scale).mean(0))
         if kind == "jumprelu":
             sae.threshold.fill_(0.1)
     sae.train()
     optim = torch.optim.Adam(sae.parameters(), lr=lr)
-    since = torch.zeros(features, dtype=torch.long)
+    since = torch.zeros(features, dtype=torch.long, device=device)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -273,7 +276,7 @@ def train_sae(
             top = torch.relu(top)
             recon = F.embedding_bag(idx, sae.W_dec, per_sample_weights=top, mode="sum") + sae.b_dec
             active = top > 0
-            fired = torch.zeros(features, dtype=torch.bool).index_fill_(0, idx[active], True)
+            fired = torch.zeros(features, dtype=torch.bool, device=device).index_fill_(0, idx[active], True)
             l0_batch = active.sum(-1)
         else:
             f = _JumpReLU.apply(torch.relu(h), sae.threshold, 0.05) if kind == "jumprelu" else torch.relu(h)
@@ -348,7 +351,7 @@ def _resample(sae: SAE, x: torch.Tensor, err: torch.Tensor, dead: torch.Tensor, 
     """Point dead features at rows the SAE reconstructs worst (chosen with probability ~ squared error)."""
     ids = dead.nonzero()[:, 0]
     weights = err.pow(2).sum(-1)
-    picks = torch.multinomial(weights + 1e-12, len(ids), replacement=True, generator=gen)
+    picks = torch.multinomial((weights + 1e-12).cpu(), len(ids), replacement=True, generator=gen).to(err.device)
     directions = err[picks]
     directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
     alive_norm = sae.W_enc[:, ~dead].norm(dim=0).mean() if (~dead).any() else torch.tensor(1.0)

@@ -81,6 +81,7 @@ from lczerolens.lenses.inside import (
     run_with,
 )
 from lczerolens.lenses.tree import overlay
+from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from tensordict import TensorDict
@@ -248,6 +249,7 @@ class AblationLens:
         draw = torch.randint(n - 1, (n,), generator=generator)
         return draw + (draw >= torch.arange(n)).long()  # skip the board itself
 
+    @in_ieee_float32
     def effects(
         self,
         model: ModelLike,

@@ -25,6 +25,7 @@ from tensordict import TensorDict
 from lczerolens.errors import LensError
 from lczerolens.lenses.base import BoardsLike, ModelLike, as_boards, check_batch_size, chunks, model_parts, param_like
 from lczerolens.lenses.inside import batch_first, match_modules, module_patterns, run_with
+from lczerolens.model.precision import in_ieee_float32
 
 __all__ = ["ActivationLens"]
 
@@ -57,6 +58,7 @@ class ActivationLens:
         network, _ = model_parts(model)
         return match_modules(network, self.modules)
 
+    @in_ieee_float32
     def activations(
         self,
         model: ModelLike,

@@ -27,6 +27,7 @@ from lczerolens.errors import LensError
 from lczerolens.lenses.base import BoardsLike, ModelLike, as_boards, check_batch_size, chunks, model_parts, param_like
 from lczerolens.lenses.inside import run_with
 from lczerolens.model import ops
+from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from lczerolens.board import InputFormat, LczeroBoard
@@ -74,6 +75,7 @@ class AttentionLens:
     def __repr__(self) -> str:
         return "AttentionLens()"
 
+    @in_ieee_float32
     def attention(
         self,
         model: ModelLike,

@@ -37,6 +37,7 @@ from tensordict import TensorDict
 
 from lczerolens.errors import InvalidOptionError, LensError
 from lczerolens.lenses.base import BoardsLike, ModelLike, as_boards, check_batch_size
+from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from lczerolens.board import LczeroBoard
@@ -184,6 +185,7 @@ class HeadShares:
         return self.format()
 
 
+@in_ieee_float32
 def head_move_shares(
     model: ModelLike,
     boards: BoardsLike,

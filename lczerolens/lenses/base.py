@@ -36,6 +36,7 @@ from torch import nn
 from lczerolens.board import warn_if_invalid
 from lczerolens.errors import InputShapeError, InvalidMoveError, LensError
 from lczerolens.lenses.tree import network_of
+from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from lczerolens.board import InputFormat, LczeroBoard
@@ -338,6 +339,7 @@ class AttributionLens:
     #: Name shown in captions ("LRP relevance of ...").
     method_name = "relevance"
 
+    @in_ieee_float32
     def relevance(
         self,
         model: ModelLike,

@@ -45,6 +45,7 @@ from lczerolens.errors import InputShapeError, LensError, UnsupportedModelError
 from lczerolens.lenses.base import BoardsLike, ModelLike, as_boards, check_batch_size, chunks, model_parts, param_like
 from lczerolens.lenses.inside import SHADOWS
 from lczerolens.lenses.tree import overlay
+from lczerolens.model.precision import in_ieee_float32
 
 __all__ = ["LogitLens", "TunedLens", "depth_kl", "depth_layers"]
 
@@ -241,6 +242,7 @@ class LogitLens:
         """The keys of :meth:`outputs` for ``model``, in order (see :func:`depth_layers`)."""
         return depth_layers(model)
 
+    @in_ieee_float32
     def outputs(
         self,
         model: ModelLike,
@@ -460,6 +462,7 @@ class TunedLens(LogitLens):
             )
         return _affine(stream, weight.to(stream.device), bias.to(stream.device), channel_dim)
 
+    @in_ieee_float32
     def outputs(
         self,
         model: ModelLike,
@@ -479,6 +482,7 @@ class TunedLens(LogitLens):
         return super().outputs(model, boards, batch_size=batch_size, planes=planes)
 
     @classmethod
+    @in_ieee_float32
     def fit(
         cls,
         model: ModelLike,
@@ -665,6 +669,7 @@ def _value_loss(final: dict[str, torch.Tensor], read: dict[str, torch.Tensor]) -
     return (final["value"] - read["value"].float()) ** 2
 
 
+@in_ieee_float32
 def depth_kl(
     lens: LogitLens,
     model: ModelLike,

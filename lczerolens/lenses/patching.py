@@ -46,6 +46,7 @@ from lczerolens.lenses.base import (
     select_output,
 )
 from lczerolens.lenses.inside import MAX_ROWS, batch_first, match_modules, module_patterns, run_with
+from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from lczerolens.board import InputFormat, LczeroBoard
@@ -151,6 +152,7 @@ class PatchingLens:
     def __repr__(self) -> str:
         return f"PatchingLens(modules={self.modules!r})"
 
+    @in_ieee_float32
     def patch(
         self,
         model: ModelLike,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from lczerolens.board import InputFormat
+from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from tensordict import TensorDict
@@ -392,6 +393,7 @@ class LczeroModel(nn.Module):
 
         return encode_boards(boards, self.input_format)
 
+    @in_ieee_float32
     def forward(self, x: torch.Tensor | chess.Board | Sequence[chess.Board]) -> TensorDict:
         """Run the network.
 

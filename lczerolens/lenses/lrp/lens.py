@@ -65,6 +65,7 @@ from lczerolens.lenses.lrp.rules.epsilon import (
 from lczerolens.lenses.relevance import Relevance
 from lczerolens.lenses.tree import ShadowCache, network_of, overlay, shadow
 from lczerolens.model import ops
+from lczerolens.model.precision import in_ieee_float32
 
 __all__ = [
     "LrpLens",
@@ -762,6 +763,7 @@ class LrpLens(AttributionLens):
     # ----------------------------------------------------------------------------------------------------------
     # Relevance
 
+    @in_ieee_float32
     def relevance(
         self,
         model: Any,
