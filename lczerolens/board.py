@@ -163,12 +163,18 @@ _BOARD_SQUARE = np.argsort(_NET_SQUARE, axis=1)
 # queen/rook/bishop promotion entries (from rank 7 to rank 8, side-to-move view).
 _FROM_TO = np.full(64 * 64, -1, dtype=np.int64)
 _PROMO = np.full((8, 8, 7), -1, dtype=np.int64)
+# The inverse: entry i's from and to squares (network orientation) and promotion piece (0: none or a knight).
+_ENTRY_FROM = np.empty(len(POLICY_MOVES), dtype=np.int64)
+_ENTRY_TO = np.empty(len(POLICY_MOVES), dtype=np.int64)
+_ENTRY_PROMO = np.zeros(len(POLICY_MOVES), dtype=np.int64)
 for _i, _uci in enumerate(POLICY_MOVES):
     _f, _t = chess.parse_square(_uci[:2]), chess.parse_square(_uci[2:4])
+    _ENTRY_FROM[_i], _ENTRY_TO[_i] = _f, _t
     if len(_uci) == 4:
         _FROM_TO[_f * 64 + _t] = _i
     else:
         _PROMO[_f % 8, _t % 8, chess.Piece.from_symbol(_uci[4]).piece_type] = _i
+        _ENTRY_PROMO[_i] = chess.Piece.from_symbol(_uci[4]).piece_type
 assert all(POLICY_INDEX[u] == i for i, u in enumerate(POLICY_MOVES))
 
 
@@ -755,6 +761,19 @@ class LczeroBoard(chess.Board):
         if index < 0:
             raise InvalidMoveError(f"{parsed.uci()!r} has no entry in lc0's policy vector (seen from {self.fen()!r})")
         return index
+
+    def _is_legal_index(self, index: int, orientation: int) -> bool:
+        """Whether policy ``index`` is the index of a legal move here (``orientation`` from
+        :meth:`_move_orientation`): the same answer as ``index in legal_move_indices()``, without generating every
+        legal move. The entry is read back as a move (a plain entry of a pawn reaching the last rank is a knight
+        promotion; king-takes-rook is castling), which must be legal and encode to ``index`` again."""
+        board_square = _BOARD_SQUARE[orientation]
+        f, t = int(board_square[_ENTRY_FROM[index]]), int(board_square[_ENTRY_TO[index]])
+        promotion = int(_ENTRY_PROMO[index]) or None
+        if promotion is None and self.pawns & chess.BB_SQUARES[f] and chess.square_rank(t) in (0, 7):
+            promotion = chess.KNIGHT
+        move = self._from_chess960(self.chess960, f, t, promotion)
+        return self.is_legal(move) and int(self._move_indices([move], orientation)[0]) == index
 
     def legal_move_indices(self, input_format: InputFormat | int = InputFormat.CLASSICAL_112_PLANE) -> torch.Tensor:
         """Policy indices of all legal moves, in ``self.legal_moves`` order (a ``torch.LongTensor``).

@@ -21,7 +21,7 @@ import torch
 from lczerolens.errors import InvalidOptionError
 from lczerolens.features.sae import SAE
 from lczerolens.features.train import as_tokens, from_tokens
-from lczerolens.lenses.base import AttributionLens, Target, legal_indices, param_like, select_output
+from lczerolens.lenses.base import AttributionLens, Target, TopLegalMoves, param_like, select_output
 
 __all__ = ["feature_relevance"]
 
@@ -74,7 +74,7 @@ class _FeatureLrp(AttributionLens):
         from lczerolens.lenses.tree import overlay
 
         n, k = len(boards), len(self.groups)
-        legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
+        legal = TopLegalMoves(boards, input_format) if target.kind == "policy" and target.indices is None else None
         tree = self.lens.explaining_network(network, target.kind)
         dtype, device = param_like(tree)
         store: dict[str, torch.Tensor] = {}

@@ -62,10 +62,10 @@ from lczerolens.lenses.base import (
     BoardsLike,
     ModelLike,
     TargetLike,
+    TopLegalMoves,
     as_boards,
     check_batch_size,
     check_head,
-    legal_indices,
     model_parts,
     param_like,
     parse_target,
@@ -362,7 +362,7 @@ class AblationLens:
                     clean_out, store = run_with(network, x, record=names + heads + extra)
                     skip = _skip_shapes(store, heads, m)
                     legal = (
-                        legal_indices(board_list[rows], input_format)
+                        TopLegalMoves(board_list[rows], input_format)
                         if target_rows.kind == "policy" and target_rows.indices is None
                         else None
                     )

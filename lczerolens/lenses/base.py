@@ -247,6 +247,43 @@ def legal_indices(boards: Sequence[LczeroBoard], input_format: InputFormat | int
     return legal
 
 
+class TopLegalMoves:
+    """Each board's top legal move in a policy, found without listing every legal move of every board.
+
+    Made before the forward pass, it raises :class:`LensError` for a board without legal moves, as
+    :func:`legal_indices` does. :meth:`choose` gives what ``top_legal(policy, legal_indices(boards, fmt))``
+    gives: the legal move with the highest logit, the lowest index among equal logits. It reads each row's
+    ``candidates`` highest entries in that order and keeps the first that is a legal move here; a row whose
+    candidates hold none, or whose first legal one ties with the last candidate (an equal entry may lie beyond
+    them), falls back to the full list. Generating every legal move (python-chess) was most of the top-move
+    target's time on a GPU (77 ms of 117 ms for 1024 positions on an H200).
+    """
+
+    def __init__(self, boards: Sequence[LczeroBoard], input_format: InputFormat | int, candidates: int = 8) -> None:
+        for board in boards:
+            if not any(board.generate_legal_moves()):
+                raise LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
+        self.boards, self.input_format, self.candidates = list(boards), input_format, candidates
+
+    def choose(self, policy: torch.Tensor) -> torch.Tensor:
+        """``[N]`` policy indices, one per board, on ``policy``'s device."""
+        size = policy.shape[1]
+        k = min(self.candidates, size)
+        values, order = policy.detach().topk(k, dim=1)
+        value_rows, index_rows = values.cpu().tolist(), order.cpu().tolist()
+        chosen = []
+        for row, board in enumerate(self.boards):
+            orientation = board._move_orientation(self.input_format)
+            pairs = sorted(zip(value_rows[row], index_rows[row], strict=True), key=lambda p: (-p[0], p[1]))
+            found = next((p for p in pairs if board._is_legal_index(p[1], orientation)), None)
+            if found is None or (k < size and found[0] == pairs[-1][0]):
+                legal = board.legal_move_indices(self.input_format)
+                chosen.append(int(top_legal(policy.detach()[row : row + 1], [legal])[0]))
+            else:
+                chosen.append(found[1])
+        return torch.tensor(chosen, dtype=torch.long, device=policy.device)
+
+
 def _output(outputs: Mapping[str, torch.Tensor], key: str, kind: str) -> torch.Tensor:
     if key not in outputs:
         raise LensError(f"target {kind!r} needs the network output {key!r}; it returns {sorted(outputs)}")
@@ -261,7 +298,7 @@ def select_output(
     outputs: Mapping[str, torch.Tensor],
     kind: str,
     indices: torch.Tensor | None,
-    legal: list[torch.Tensor] | None,
+    legal: list[torch.Tensor] | TopLegalMoves | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The output tensor to explain, its gradient seed, the explained values ``[N]`` and the policy indices.
 
@@ -273,7 +310,7 @@ def select_output(
         if indices is None:
             if legal is None:
                 raise LensError("the top-move target needs the boards' legal moves")
-            indices = top_legal(policy.detach(), legal)
+            indices = legal.choose(policy) if isinstance(legal, TopLegalMoves) else top_legal(policy.detach(), legal)
         indices = indices.to(policy.device)
         seed = torch.zeros_like(policy)
         seed.scatter_(1, indices[:, None], 1.0)

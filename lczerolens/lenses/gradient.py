@@ -38,8 +38,8 @@ from lczerolens.lenses.base import (
     ModelLike,
     Target,
     TargetLike,
+    TopLegalMoves,
     as_boards,
-    legal_indices,
     param_like,
     select_output,
 )
@@ -173,7 +173,7 @@ class GradientLens(AttributionLens):
     ) -> Relevance:
         from lczerolens.board import encode_boards
 
-        legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
+        legal = TopLegalMoves(boards, input_format) if target.kind == "policy" and target.indices is None else None
         dtype, device = param_like(network)
         x = encode_boards(boards, input_format).to(dtype=dtype, device=device)
         with torch.inference_mode(False), torch.enable_grad():
@@ -314,7 +314,7 @@ class OcclusionLens(AttributionLens):
         from lczerolens.board import removable_squares, remove_pieces
 
         n = len(boards)
-        legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
+        legal = TopLegalMoves(boards, input_format) if target.kind == "policy" and target.indices is None else None
         # remove_pieces keeps the board's class: these are LczeroBoards.
         originals = [cast("LczeroBoard", remove_pieces(b, [])) for b in boards]
         changed, owner, where = [], [], []

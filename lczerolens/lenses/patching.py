@@ -35,11 +35,11 @@ from lczerolens.lenses.base import (
     ModelLike,
     Target,
     TargetLike,
+    TopLegalMoves,
     as_boards,
     check_batch_size,
     check_head,
     chunks,
-    legal_indices,
     model_parts,
     param_like,
     parse_target,
@@ -259,7 +259,7 @@ class PatchingLens:
         from lczerolens.board import encode_boards
 
         dtype, device = param_like(network)
-        legal = legal_indices(clean, input_format) if target.kind == "policy" and target.indices is None else None
+        legal = TopLegalMoves(clean, input_format) if target.kind == "policy" and target.indices is None else None
         x_clean = encode_boards(clean, input_format).to(dtype=dtype, device=device)
         x_bad = encode_boards(corrupted, input_format).to(dtype=dtype, device=device)
         out: dict[str, torch.Tensor] = {}

@@ -38,9 +38,9 @@ from lczerolens.lenses.base import (
     BoardsLike,
     Target,
     TargetLike,
+    TopLegalMoves,
     as_boards,
     explain_dtype,
-    legal_indices,
     param_like,
     select_output,
 )
@@ -861,7 +861,7 @@ class LrpLens(AttributionLens):
         from lczerolens.board import encode_boards
 
         n = len(boards)
-        legal = legal_indices(boards, input_format) if target.kind == "policy" and target.indices is None else None
+        legal = TopLegalMoves(boards, input_format) if target.kind == "policy" and target.indices is None else None
         tree = self.explaining_network(network, target.kind)
         dtype, device = param_like(tree)
         if planes is None:
