@@ -256,7 +256,7 @@ def _repeat(indices: torch.Tensor | None, k: int) -> torch.Tensor | None:
 
 
 def _gradient(
-    network: nn.Module, x: torch.Tensor, kind: str, indices: torch.Tensor | None, legal: list[torch.Tensor] | None
+    network: nn.Module, x: torch.Tensor, kind: str, indices: torch.Tensor | None, legal: TopLegalMoves | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(df/dx, f(x), policy indices)`` for the explained output, one forward and one backward pass."""
     x = x.detach().clone().requires_grad_(True)
