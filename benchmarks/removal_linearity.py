@@ -9,7 +9,7 @@ is the lens's own score of the piece's square (its relevance); at the policy hea
 the head after it being linear. How far each layer's estimate falls short of the truth says how much of the
 removal's effect the rules below that layer lose.
 
-    PYTHONPATH=. python benchmarks/removal_linearity.py --positions 150 --seed 1
+    PYTHONPATH=. python benchmarks/removal_linearity.py --positions 150 --seed 1 [--side own|opponent]
 
 Prints, per depth, the mean estimate (as a share of ``|f0|``, negative = removal raises the logit) and the share
 of those pieces whose estimate has the right sign.
@@ -41,7 +41,9 @@ def _without(board: chess.Board, square: int) -> LczeroBoard:
     return out
 
 
-def run(positions: int, seed: int, threshold: float) -> dict[str, Any]:
+def run(positions: int, seed: int, threshold: float, side: str = "both") -> dict[str, Any]:
+    """Per depth, the estimates for the pieces whose removal raises the logit; ``side``: ``"both"``, ``"own"`` (the
+    side to move's pieces) or ``"opponent"``."""
     from lczerolens.model import LczeroModel
 
     torch.set_num_threads(1)
@@ -64,6 +66,8 @@ def run(positions: int, seed: int, threshold: float) -> dict[str, Any]:
             for square, piece in board.piece_map().items():
                 if piece.piece_type == chess.KING:
                     continue
+                if side != "both" and (piece.color == board.turn) != (side == "own"):
+                    continue
                 with torch.no_grad():
                     changed = float(tree(metrics.encode([_without(board, square)], fmt))["policy"][0, index])
                 drop = (f0 - changed) / abs(f0)
@@ -85,10 +89,13 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=150)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threshold", type=float, default=0.03)
+    parser.add_argument("--side", choices=("both", "own", "opponent"), default="both",
+                        help="only the side to move's pieces (own) or the opponent's")
     args = parser.parse_args()
-    rows = run(args.positions, args.seed, args.threshold)
+    rows = run(args.positions, args.seed, args.threshold, args.side)
     n = len(rows["true change"])
-    print(f"{n} pieces whose removal raises the top move's logit by more than {args.threshold:.0%} of |f0| "
+    whose = "" if args.side == "both" else f"{args.side} "
+    print(f"{n} {whose}pieces whose removal raises the top move's logit by more than {args.threshold:.0%} of |f0| "
           f"({args.positions} positions of seed {args.seed})\n")
     print("| depth | mean drop estimated (share of \\|f0\\|) | right sign |")
     print("|---|---|---|")
