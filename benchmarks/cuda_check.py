@@ -144,16 +144,20 @@ def _explain_dataset(model: Any, games: Path, out: Path) -> Any:
     return torch.tensor(table.column("relevance").to_pylist())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from lczerolens import LczeroBoard, LczeroModel
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here too")
-    args = parser.parse_args()
+    parser.add_argument("--positions", type=int, default=64, help="positions per comparison (at least 16)")
+    parser.add_argument("--no-timing", action="store_true", help="compare only")
+    args = parser.parse_args(argv)
+    if args.positions < 16:
+        parser.error("--positions must be at least 16")
     device = torch.device(args.device)
     lines = (CACHE / "positions-maia-1900-seed2.txt").read_text().splitlines()
-    boards = [LczeroBoard(line) for line in lines if line and not line.startswith("#")][:64]
+    boards = [LczeroBoard(line) for line in lines if line and not line.startswith("#")][: args.positions]
     nets = {
         "maia-1900": (CACHE / "maia-1900.pb.gz", "residual"),
         "bt-distilled": (ROOT / "assets" / "nets" / "bt-distilled.pb.gz", "attention"),
@@ -196,7 +200,7 @@ def main() -> None:
             row["device vs float64"] = _rel(reference, fn(dev))
             results["compare"].append(row)
             print(json.dumps(row), flush=True)
-        for batch in (1, 64, 256, 1024) if device.type == "cuda" else (1, 64):
+        for batch in () if args.no_timing else (1, 64, 256, 1024) if device.type == "cuda" else (1, 64):
             many = (boards * (batch // len(boards) + 1))[:batch]
             from lczerolens.board import encode_boards
             from lczerolens.lenses import LrpLens
