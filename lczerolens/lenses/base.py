@@ -243,8 +243,12 @@ def legal_indices(boards: Sequence[LczeroBoard], input_format: InputFormat | int
     legal = [board.legal_move_indices(input_format) for board in boards]
     for board, moves in zip(boards, legal, strict=True):
         if not len(moves):
-            raise LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
+            raise _no_legal_move(board)
     return legal
+
+
+def _no_legal_move(board: LczeroBoard) -> LensError:
+    return LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
 
 
 class TopLegalMoves:
@@ -262,7 +266,7 @@ class TopLegalMoves:
     def __init__(self, boards: Sequence[LczeroBoard], input_format: InputFormat | int, candidates: int = 8) -> None:
         for board in boards:
             if not any(board.generate_legal_moves()):
-                raise LensError(f"board {board.fen()!r} has no legal move to explain; choose target='value'")
+                raise _no_legal_move(board)
         self.boards, self.input_format, self.candidates = list(boards), input_format, candidates
 
     def choose(self, policy: torch.Tensor) -> torch.Tensor:
