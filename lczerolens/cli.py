@@ -69,9 +69,9 @@ def _input_format(text: str) -> Any:
 
 
 def add_input_format_argument(parser: argparse.ArgumentParser) -> None:
-    """Add ``--input-format`` to a sub-command that loads a network (``explain``, ``run``, ...).
+    """Add ``--input-format`` and ``--device`` to a sub-command that loads a network (``explain``, ``run``, ...).
 
-    Read it back with :func:`load_model`, which passes it to ``LczeroModel.from_path``.
+    Read them back with :func:`load_model`, which passes them to ``LczeroModel.from_path``.
     """
     from lczerolens.input_format import InputFormat  # not lczerolens.board: --help must not import torch
 
@@ -87,11 +87,23 @@ def add_input_format_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="D",
+        help="where the network runs: cpu (default), cuda, cuda:1, ... (lczerolens turns TF32 off while it "
+        "computes, so a GPU gives the CPU's numbers)",
+    )
+
+
 def load_model(args: argparse.Namespace) -> Any:
-    """``LczeroModel.from_path(args.weights, input_format=args.input_format)`` for a sub-command's arguments."""
+    """``LczeroModel.from_path(args.weights, input_format=args.input_format, device=args.device)`` for a
+    sub-command's arguments."""
     from lczerolens.model import LczeroModel
 
-    return LczeroModel.from_path(Path(args.weights), input_format=getattr(args, "input_format", None))
+    return LczeroModel.from_path(
+        Path(args.weights), input_format=getattr(args, "input_format", None), device=getattr(args, "device", None)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -643,6 +655,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         engine=args.engine,
         progress=not args.no_progress,
         input_format=args.input_format,
+        device=args.device,
     )
     manifest = load_manifest(path)
     rows = sum(v["rows"] for v in manifest["shards"].values())

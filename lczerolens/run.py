@@ -387,7 +387,7 @@ _WORKER: dict[str, Any] = {}
 
 def _make_explainer(
     model_path: str, lens_spec: dict, targets: tuple, batch_size: int, metadata: dict, threads: int | None,
-    input_format: int | None = None,
+    input_format: int | None = None, device: str | None = None,
 ) -> _Explainer:
     import torch
 
@@ -396,7 +396,7 @@ def _make_explainer(
     if threads:
         torch.set_num_threads(threads)
     # The parent's input format, stated: a worker reads the network as the parent did, and does not warn again.
-    model = LczeroModel.from_path(model_path, input_format=input_format)
+    model = LczeroModel.from_path(model_path, input_format=input_format, device=device)
     model.eval()
     return _Explainer(model, _build_lens(lens_spec), tuple(targets), batch_size, metadata)
 
@@ -537,6 +537,7 @@ def explain_dataset(
     progress: bool = True,
     shard_size: int = SHARD_SIZE,
     input_format: Any = None,
+    device: Any = None,
 ) -> Path:
     """Explain every selected position of a collection and write the rows as Parquet shards under ``out``.
 
@@ -570,6 +571,12 @@ def explain_dataset(
     input_format : InputFormat, int or str, optional
         The network's input format when ``model`` is a file (``LczeroModel.from_path(model, input_format=...)``);
         an ONNX export records none, and classical is assumed (with an ``InputFormatWarning``) without it.
+    device : str or torch.device, optional
+        Where the network runs when ``model`` is a file (``"cuda"``, ``"cuda:1"``; default the CPU); each local
+        worker loads it there. A loaded model runs where it is. The Ray engine runs on CPUs. The device is not part
+        of the run's fingerprint: a run resumed on another device continues it (on an H200 the relevance columns
+        agreed with the CPU's to 1e-5 of their largest value for maia-1900, 3e-4 for the distilled attention net:
+        ``benchmarks/cuda_check.py``).
 
     Returns
     -------
@@ -607,7 +614,9 @@ def explain_dataset(
         check_main_guard(workers)
     reader = source if isinstance(source, PositionReader) else read_positions(source)
 
-    loaded, model_path = _resolve_model(model, input_format)
+    if engine == "ray" and device is not None and str(device).split(":")[0] != "cpu":
+        raise RunError(f"device={device!r}: the Ray engine runs its actors on CPUs; for a GPU use engine='local'")
+    loaded, model_path = _resolve_model(model, input_format, device)
     heads = tuple(getattr(_network_of(loaded), "heads", ()) or ())
     for t in targets:
         if t in _HEAD_NEEDS and heads and not any(h in heads for h in _HEAD_NEEDS[t]):
@@ -670,7 +679,7 @@ def explain_dataset(
                 record(info)
         else:
             _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record,
-                       int(loaded.input_format))
+                       int(loaded.input_format), None if device is None else str(device))
     finally:
         bar.close()
     manifest["skipped"] = [str(s) for s in reader.skipped]
@@ -687,17 +696,19 @@ def explain_dataset(
     return out
 
 
-def _resolve_model(model: Any, input_format: Any = None) -> tuple[Any, Path | None]:
+def _resolve_model(model: Any, input_format: Any = None, device: Any = None) -> tuple[Any, Path | None]:
     from lczerolens.model import LczeroModel
 
     if isinstance(model, (str, Path)):
         path = Path(model)
-        return LczeroModel.from_path(path, input_format=input_format), path.resolve()
+        return LczeroModel.from_path(path, input_format=input_format, device=device), path.resolve()
     if not hasattr(model, "input_format"):
         raise RunError(f"model must be an LczeroModel or a network file, not {type(model).__name__}")
     if input_format is not None:
         raise RunError("input_format= is for a network file; a loaded model has its own (LczeroModel.from_path(path, "
                        "input_format=...))")
+    if device is not None:
+        raise RunError("device= is for a network file; a loaded model runs where it is (model.to(device))")
     source = getattr(model, "source", None)
     path = Path(source).resolve() if source and Path(source).is_file() else None
     return model, path
@@ -720,11 +731,11 @@ class _NoBar:
 
 
 def _run_local(payloads, out, model_path, lens_spec, targets, batch_size, metadata, workers, record,
-               input_format=None) -> None:  # fmt: skip
+               input_format=None, device=None) -> None:  # fmt: skip
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    args = (str(model_path), lens_spec, targets, batch_size, metadata, threads, input_format)
+    args = (str(model_path), lens_spec, targets, batch_size, metadata, threads, input_format, device)
     context = multiprocessing.get_context("spawn")  # fork after torch started its threads can deadlock
     from concurrent.futures.process import BrokenProcessPool
 

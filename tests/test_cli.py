@@ -51,6 +51,15 @@ def test_help_explains_every_option(capsys) -> None:
     assert main([]) == 2  # no command: the overview, and a usage exit status
 
 
+def test_device_option_loads_the_network_there(maia_pb_path, tmp_path, capsys) -> None:
+    out = tmp_path / "cpu.svg"
+    assert main(["explain", str(maia_pb_path), ITALIAN, "--device", "cpu", "--out", str(out)]) == 0
+    assert out.exists()
+    capsys.readouterr()
+    assert main(["explain", str(maia_pb_path), ITALIAN, "--device", "tpu-ish", "--out", str(out)]) == 1
+    assert "not a device" in capsys.readouterr().err
+
+
 def test_explain_top_move_writes_svg(maia_pb_path, tmp_path, capsys) -> None:
     out = tmp_path / "sub" / "heatmap.svg"
     assert main(["explain", str(maia_pb_path), ITALIAN, "--out", str(out), "--top", "4"]) == 0

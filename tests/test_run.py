@@ -207,9 +207,25 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(maia_pb_path: 
 def test_two_workers_give_the_rows_of_one(maia_pb_path: Path, tmp_path: Path, small_pgn: Path) -> None:
     one = explain_dataset(maia_pb_path, small_pgn, tmp_path / "one", targets=("top", "played"), shard_size=5,
                           progress=False)  # fmt: skip
+    # The workers load the network on the device named (the CPU here; the same path takes "cuda").
     two = explain_dataset(maia_pb_path, small_pgn, tmp_path / "two", targets=("top", "played"), shard_size=5,
-                          workers=2, progress=False)  # fmt: skip
+                          workers=2, progress=False, device="cpu")  # fmt: skip
     _equal_tables(load_results(one), load_results(two))
+
+
+def test_a_device_that_cannot_be_used_is_refused_before_anything_is_written(
+    maia, maia_pb_path: Path, small_pgn: Path, tmp_path: Path
+) -> None:
+    from lczerolens.errors import InvalidOptionError
+
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match="device= is for a network file"):
+        explain_dataset(maia, small_pgn, out, device="cpu", progress=False)
+    with pytest.raises(RunError, match="Ray engine runs its actors on CPUs"):
+        explain_dataset(maia_pb_path, small_pgn, out, device="cuda", engine="ray", progress=False)
+    with pytest.raises(InvalidOptionError, match="not a device"):
+        explain_dataset(maia_pb_path, small_pgn, out, device="gpu please", progress=False)
+    assert not out.exists()
 
 
 def test_resume_with_other_settings_is_refused(maia, small_pgn: Path, tmp_path: Path) -> None:
