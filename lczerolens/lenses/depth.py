@@ -462,7 +462,6 @@ class TunedLens(LogitLens):
             )
         return _affine(stream, weight.to(stream.device), bias.to(stream.device), channel_dim)
 
-    @in_ieee_float32
     def outputs(
         self,
         model: ModelLike,

@@ -45,7 +45,6 @@ from lczerolens.lenses.base import (
 )
 from lczerolens.lenses.inside import MAX_ROWS, outputs_dict
 from lczerolens.lenses.relevance import Relevance
-from lczerolens.model.precision import in_ieee_float32
 
 if TYPE_CHECKING:
     from lczerolens.board import InputFormat, LczeroBoard
@@ -132,7 +131,6 @@ class GradientLens(AttributionLens):
             text += f", samples={self.samples}, noise={self.noise!r}, seed={self.seed}"
         return text + ")"
 
-    @in_ieee_float32
     def relevance(
         self,
         model: ModelLike,

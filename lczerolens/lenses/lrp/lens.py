@@ -65,7 +65,6 @@ from lczerolens.lenses.lrp.rules.epsilon import (
 from lczerolens.lenses.relevance import Relevance
 from lczerolens.lenses.tree import ShadowCache, network_of, overlay, shadow
 from lczerolens.model import ops
-from lczerolens.model.precision import in_ieee_float32
 
 __all__ = [
     "LrpLens",
@@ -763,7 +762,6 @@ class LrpLens(AttributionLens):
     # ----------------------------------------------------------------------------------------------------------
     # Relevance
 
-    @in_ieee_float32
     def relevance(
         self,
         model: Any,
