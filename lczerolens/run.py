@@ -614,7 +614,9 @@ def explain_dataset(
         check_main_guard(workers)
     reader = source if isinstance(source, PositionReader) else read_positions(source)
 
-    if engine == "ray" and device is not None and str(device).split(":")[0] != "cpu":
+    from lczerolens.model.model import _check_device
+
+    if engine == "ray" and device is not None and _check_device(device).type != "cpu":
         raise RunError(f"device={device!r}: the Ray engine runs its actors on CPUs; for a GPU use engine='local'")
     loaded, model_path = _resolve_model(model, input_format, device)
     heads = tuple(getattr(_network_of(loaded), "heads", ()) or ())
