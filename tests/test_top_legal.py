@@ -82,10 +82,32 @@ def test_the_chosen_move_equals_the_full_routes_on_any_policy(fmt):
         tied[row, :12] = 50.0
         tied[row, ids[-1]] = 50.0
     policies["ties beyond the candidates"] = tied
+    # Rows that miss first (the switch to listing every move), then rows whose top entry is legal.
+    mixed = illegal_top.clone()
+    for row, ids in enumerate(legal[20:], start=20):
+        mixed[row, ids[0]] = 200.0
+    policies["misses, then hits"] = mixed
     for name, policy in policies.items():
         expected = top_legal(policy, legal)
         got = TopLegalMoves(boards, fmt).choose(policy)
         assert torch.equal(got, expected), name
+
+
+def test_rows_go_straight_to_the_full_list_once_the_candidates_keep_missing(monkeypatch):
+    """A net that gives illegal moves its highest logits: after 16 rows without a legal candidate the rest are
+    not tested one by one (each would cost 8 legality tests and then the full list anyway)."""
+    boards = _boards()
+    assert len(boards) > 30
+    legal = legal_indices(boards, InputFormat.CLASSICAL_112_PLANE)
+    policy = torch.randn(len(boards), 1858, generator=torch.Generator().manual_seed(1))
+    for row, ids in enumerate(legal):
+        policy[row, ids] -= 100.0
+    calls = []
+    original = LczeroBoard._is_legal_index
+    monkeypatch.setattr(LczeroBoard, "_is_legal_index", lambda self, *a: calls.append(1) or original(self, *a))
+    got = TopLegalMoves(boards, InputFormat.CLASSICAL_112_PLANE).choose(policy)
+    assert torch.equal(got, top_legal(policy, legal))
+    assert len(calls) == 16 * 8
 
 
 def test_a_board_without_legal_moves_is_refused_before_anything_runs():
