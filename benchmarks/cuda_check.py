@@ -218,7 +218,12 @@ def main(argv: list[str] | None = None) -> None:
             def top(dev: Any = dev, many: list = many, lens: Any = lens) -> Any:
                 return lens.relevance(dev, many)
 
-            from lczerolens.lenses.base import legal_indices
+            from lczerolens.lenses.base import TopLegalMoves, legal_indices
+
+            policy = forward()["policy"]
+
+            def top_legal(many: list = many, fmt: Any = dev.input_format, policy: torch.Tensor = policy) -> Any:
+                return TopLegalMoves(many, fmt).choose(policy)
 
             row = {
                 "net": name,
@@ -229,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
                 "legal moves ms (CPU)": round(
                     _time(lambda many=many, fmt=dev.input_format: legal_indices(many, fmt), device), 3
                 ),
+                "top legal move ms (CPU)": round(_time(top_legal, device), 3),
                 "forward ms": round(_time(forward, device), 3),
                 "LrpLens() value ms": round(_time(value, device), 3),
                 "LrpLens() top move ms": round(_time(top, device), 3),
