@@ -6,9 +6,10 @@ import chess
 import pytest
 import torch
 
-from lczerolens.board import LczeroBoard, encode_boards
+from lczerolens.board import LczeroBoard, encode_boards, removable_squares, remove_pieces
 from lczerolens.errors import InputShapeError, InvalidMoveError, LensError
 from lczerolens.lenses import GradientLens, OcclusionLens
+from lczerolens.lenses.gradient import kings_only
 from lczerolens.model import LczeroModel
 from lczerolens.testing import random_boards, write_random_net
 
@@ -105,6 +106,52 @@ def test_integrated_gradients_completeness(maia, target):
         delta = on_x["policy"][rows, rel.policy_indices] - on_zero["policy"][rows, rel.policy_indices]
     total = rel.planes.sum((1, 2, 3))
     assert ((total - delta).abs() <= 0.01 * delta.abs()).all(), (total, delta)
+
+
+def test_kings_only_is_the_encoding_of_the_board_without_its_pieces():
+    """For FEN-only boards, kings_only(planes) equals encoding the board with every piece but the kings removed;
+    canonical formats keep the input's own transform (compared where the stripped board keeps it too)."""
+    fens = FENS + ["rnbqkbnr/ppp1p1pp/8/3pPp2/8/8/PPPP1PPP/RNBQKBNR w KQkq f6 0 3", "8/8/3k4/8/2N5/5K2/8/8 b - - 3 60"]
+    for fmt in (1, 2, 3, 4, 5):
+        boards = [LczeroBoard(f) for f in fens]
+        stripped = [remove_pieces(b, removable_squares(b)) for b in boards]
+        got = kings_only(encode_boards(boards, fmt), fmt)
+        want = encode_boards(stripped, fmt)
+        for i, board in enumerate(boards):
+            if board.canonical_transform(fmt) != stripped[i].canonical_transform(fmt):
+                continue  # the stripped board alone would be turned; the baseline keeps the input's orientation
+            torch.testing.assert_close(got[i], want[i], atol=0, rtol=0, msg=f"{fens[i]} format {fmt}")
+    # The input is not changed, and bad shapes are refused.
+    x = encode_boards([LczeroBoard()], 1)
+    before = x.clone()
+    kings_only(x, 1)
+    assert torch.equal(x, before)
+    with pytest.raises(InputShapeError, match="kings_only takes planes"):
+        kings_only(x[0], 1)
+
+
+@pytest.mark.parametrize("target", ["value", None])
+def test_integrated_gradients_from_the_kings_only_board(maia, target):
+    """With ``baseline="kings"`` the map sums to f(x) - f(kings only) and equals the same path from the planes
+    of the stripped boards passed by hand."""
+    boards = [LczeroBoard(f) for f in FENS]
+    lens = GradientLens("integrated_gradients", steps=256, baseline="kings")
+    assert repr(lens) == "GradientLens('integrated_gradients', steps=256, baseline='kings')"
+    rel = lens.relevance(maia, boards, target=target)
+    stripped = encode_boards([remove_pieces(b, removable_squares(b)) for b in boards], 1)
+    by_hand = GradientLens("integrated_gradients", steps=256, baseline=stripped).relevance(maia, boards, target=target)
+    torch.testing.assert_close(rel.planes, by_hand.planes, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        on_x, on_base = maia.network(encode_boards(boards, 1)), maia.network(stripped)
+    if target == "value":
+        delta = value_of(on_x) - value_of(on_base)
+    else:
+        rows = torch.arange(len(boards))
+        delta = on_x["policy"][rows, rel.policy_indices] - on_base["policy"][rows, rel.policy_indices]
+    total = rel.planes.sum((1, 2, 3))
+    assert ((total - delta).abs() <= 0.01 * delta.abs() + 1e-3).all(), (total, delta)
+    # Nothing outside the removed pieces' planes moves: kings, side to move, rule 50 and ones get no relevance.
+    assert rel.planes[:, [5, 11, 108, 109, 110, 111]].abs().max() == 0
 
 
 def test_smoothgrad_is_the_mean_gradient_of_the_noisy_copies(maia):

@@ -5,7 +5,8 @@
 - ``("gradient_x_input")``: ``x * df/dx``; squares sum it over the planes (signed).
 - ``("integrated_gradients")``: ``(x - x0) * mean_k df/dx(x0 + a_k (x - x0))`` over ``steps`` midpoints
   ``a_k = (k + 1/2) / steps`` (all steps of a batch stacked into few forward/backward passes); the map sums to
-  ``f(x) - f(x0)`` up to the quadrature error (completeness).
+  ``f(x) - f(x0)`` up to the quadrature error (completeness). The baseline ``x0`` is all-zero planes, planes
+  of your own, or ``"kings"``: the input with every piece but the kings taken off (see :func:`kings_only`).
 - ``("smoothgrad")``: the mean gradient at ``x + noise * e``, ``e ~ N(0, 1)`` over ``samples`` draws (seeded per
   board, so batching changes nothing); squares as for ``"gradient"``.
 - :class:`OcclusionLens`: per square, ``f(position) - f(position without the piece on it)``.
@@ -49,7 +50,7 @@ from lczerolens.lenses.relevance import Relevance
 if TYPE_CHECKING:
     from lczerolens.board import InputFormat, LczeroBoard
 
-__all__ = ["GradientLens", "OcclusionLens", "GRADIENT_METHODS"]
+__all__ = ["GradientLens", "OcclusionLens", "GRADIENT_METHODS", "kings_only"]
 
 #: The methods of :class:`GradientLens` and the caption name of each.
 GRADIENT_METHODS = {
@@ -76,9 +77,12 @@ class GradientLens(AttributionLens):
         docstring for what each computes).
     steps : int
         Integrated gradients: the number of points on the path (midpoint rule).
-    baseline : "zeros" or torch.Tensor
-        Integrated gradients: the start of the path, all-zero planes or planes ``[112, 8, 8]`` (one for every
-        board) or ``[N, 112, 8, 8]`` (one per board, network orientation).
+    baseline : "zeros", "kings" or torch.Tensor
+        Integrated gradients: the start of the path. ``"zeros"``: all-zero planes. ``"kings"``: each board's own
+        planes with every piece but the kings taken off, in every history step, castling and en passant cleared
+        (:func:`kings_only`; the position the piece-removal test ends at, so the map splits what all removals
+        together change). Or planes ``[112, 8, 8]`` (one for every board) or ``[N, 112, 8, 8]`` (one per board,
+        network orientation).
     samples : int
         SmoothGrad: the number of noisy copies per board.
     noise : float
@@ -105,11 +109,11 @@ class GradientLens(AttributionLens):
         if method not in GRADIENT_METHODS:
             raise LensError(f"method={method!r} is not a gradient method; use one of {sorted(GRADIENT_METHODS)}")
         if isinstance(baseline, str):
-            if baseline != "zeros":
-                raise LensError(f"baseline={baseline!r}: use 'zeros' or a tensor of planes [112, 8, 8]")
+            if baseline not in ("zeros", "kings"):
+                raise LensError(f"baseline={baseline!r}: use 'zeros', 'kings' or a tensor of planes [112, 8, 8]")
         elif not isinstance(baseline, torch.Tensor) or tuple(baseline.shape[-3:]) != (112, 8, 8) or baseline.dim() > 4:
             shape = tuple(baseline.shape) if isinstance(baseline, torch.Tensor) else type(baseline).__name__
-            raise LensError(f"baseline must be 'zeros' or planes [112, 8, 8] / [N, 112, 8, 8], not {shape}")
+            raise LensError(f"baseline must be 'zeros', 'kings' or planes [112, 8, 8] / [N, 112, 8, 8], not {shape}")
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
             raise LensError(f"noise={noise!r} must be a number >= 0")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -182,7 +186,7 @@ class GradientLens(AttributionLens):
                 with torch.no_grad():
                     _, _, values, indices = select_output(outputs_dict(network(x)), target.kind, target.indices, legal)
                 if self.method == "integrated_gradients":
-                    base = self._baseline(x, rows)
+                    base = self._baseline(x, rows, input_format)
                     planes = (x - base) * self._path_gradient(network, x, base, target.kind, indices)
                 else:
                     grad = self._smooth_gradient(network, x, target.kind, indices, rows)
@@ -201,7 +205,9 @@ class GradientLens(AttributionLens):
             method=self.method_name,
         )
 
-    def _baseline(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+    def _baseline(self, x: torch.Tensor, rows: slice, input_format: InputFormat | int) -> torch.Tensor:
+        if self.baseline == "kings":
+            return kings_only(x, input_format)
         if isinstance(self.baseline, str):
             return torch.zeros_like(x)
         base = self.baseline.to(dtype=x.dtype, device=x.device)
@@ -247,6 +253,40 @@ class GradientLens(AttributionLens):
             grad, _, _ = _gradient(network, points, kind, _repeat(indices, len(eps)), None)
             total += grad.reshape(len(eps), n, *x.shape[1:]).sum(0)
         return (total / self.samples).to(x.dtype)
+
+
+#: Per history step, the piece planes of every piece but the kings: ours P N B R Q, theirs P N B R Q.
+_NON_KING_PLANES = (0, 1, 2, 3, 4, 6, 7, 8, 9, 10)
+
+
+def kings_only(planes: torch.Tensor, input_format: InputFormat | int) -> torch.Tensor:
+    """``planes`` ``[N, 112, 8, 8]`` with every piece but the kings taken off: a new tensor.
+
+    In each of the 8 history steps the ten planes of pawns, knights, bishops, rooks and queens (both sides) are
+    zeroed; the castling planes (104-107) are zeroed, since no rook is left, and so is the en-passant plane of the
+    canonical formats (108), since no pawn is left. Kings, repetition flags, side to move, the rule-50 counter
+    and the constant planes are kept, and so is the orientation: a canonical input stays in its own transform.
+    For a board encoded from its FEN alone (lc0's history fill) this equals the encoding of the board with
+    every piece but the kings removed (:func:`lczerolens.board.remove_pieces`) in the non-canonical formats.
+
+    Example
+    -------
+    >>> from lczerolens.board import LczeroBoard, encode_boards
+    >>> x = encode_boards([LczeroBoard()], 1)
+    >>> int(kings_only(x, 1)[0, :104].sum())  # two kings in each of 8 history steps
+    16
+    """
+    from lczerolens.board import InputFormat as Format
+
+    if planes.dim() != 4 or tuple(planes.shape[1:]) != (112, 8, 8):
+        raise InputShapeError(f"kings_only takes planes [N, 112, 8, 8], not {tuple(planes.shape)}")
+    out = planes.clone()
+    rows = [13 * step + p for step in range(8) for p in _NON_KING_PLANES]
+    out[:, rows] = 0
+    out[:, 104:108] = 0
+    if Format(input_format) >= Format.CANONICALIZATION:
+        out[:, 108] = 0
+    return out
 
 
 def _repeat(indices: torch.Tensor | None, k: int) -> torch.Tensor | None:
