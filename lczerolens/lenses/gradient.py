@@ -44,7 +44,7 @@ from lczerolens.lenses.base import (
     param_like,
     select_output,
 )
-from lczerolens.lenses.inside import MAX_ROWS, outputs_dict
+from lczerolens.lenses.inside import MAX_ROWS, explained_forward
 from lczerolens.lenses.relevance import Relevance
 
 if TYPE_CHECKING:
@@ -184,7 +184,8 @@ class GradientLens(AttributionLens):
                 planes = grad if self.method == "gradient" else x * grad
             else:
                 with torch.no_grad():
-                    _, _, values, indices = select_output(outputs_dict(network(x)), target.kind, target.indices, legal)
+                    outputs = explained_forward(network, x, target.kind)
+                    _, _, values, indices = select_output(outputs, target.kind, target.indices, legal)
                 if self.method == "integrated_gradients":
                     base = self._baseline(x, rows, input_format)
                     planes = (x - base) * self._path_gradient(network, x, base, target.kind, indices)
@@ -298,7 +299,7 @@ def _gradient(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(df/dx, f(x), policy indices)`` for the explained output, one forward and one backward pass."""
     x = x.detach().clone().requires_grad_(True)
-    output, seed, values, indices = select_output(outputs_dict(network(x)), kind, indices, legal)
+    output, seed, values, indices = select_output(explained_forward(network, x, kind), kind, indices, legal)
     (grad,) = torch.autograd.grad(output, x, seed)
     return grad, values, indices
 
@@ -363,7 +364,7 @@ class OcclusionLens(AttributionLens):
                 where.append(square)
         dtype, device = param_like(network)
         # The positions, then all their removals, each in passes of at most MAX_ROWS boards.
-        first = _forward_all(network, originals, input_format, dtype, device)
+        first = _forward_all(network, originals, input_format, dtype, device, target.kind)
         _, _, values, indices = select_output(first, target.kind, target.indices, legal)
         scores = torch.zeros(n, 64, dtype=torch.float64)
         if changed:
@@ -371,7 +372,7 @@ class OcclusionLens(AttributionLens):
             index = None
             if target.kind == "policy" and indices is not None:  # select_output gives a policy target its indices
                 index = _follow_move(originals, changed, owner, indices, input_format)
-            rest = _forward_all(network, changed, input_format, dtype, device)
+            rest = _forward_all(network, changed, input_format, dtype, device, target.kind)
             _, _, removed, _ = select_output(rest, target.kind, index, None)
             drop = values.to(torch.float64).cpu()[owners] - removed.to(torch.float64).cpu()
             scores[owners, torch.tensor(where, dtype=torch.long)] = drop
@@ -393,15 +394,17 @@ def _forward_all(
     input_format: InputFormat | int,
     dtype: torch.dtype,
     device: torch.device,
+    kind: str,
 ) -> dict[str, torch.Tensor]:
-    """The network's outputs on ``boards``, in passes of at most :data:`MAX_ROWS` boards, joined."""
+    """The network's outputs on ``boards`` (at least the head a target ``kind`` reads), in passes of at most
+    :data:`MAX_ROWS` boards, joined."""
     from lczerolens.board import encode_boards
 
     outputs: list[dict[str, torch.Tensor]] = []
     with torch.no_grad():
         for start in range(0, len(boards), MAX_ROWS):
             x = encode_boards(boards[start : start + MAX_ROWS], input_format).to(dtype=dtype, device=device)
-            outputs.append(outputs_dict(network(x)))
+            outputs.append(explained_forward(network, x, kind))
     if len(outputs) == 1:
         return outputs[0]
     return {k: torch.cat([o[k] for o in outputs]) for k in outputs[0]}

@@ -133,6 +133,27 @@ def outputs_dict(outputs: object) -> dict[str, torch.Tensor]:
     raise LensError(f"the network returned {type(outputs).__name__}, not a dict of head outputs")
 
 
+def head_of(kind: str) -> str:
+    """The head whose output a target ``kind`` reads: ``"policy"``, ``"mlh"``, or ``"value"`` (value, win, draw,
+    loss)."""
+    return kind if kind in ("policy", "mlh") else "value"
+
+
+def explained_forward(network: nn.Module, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+    """``network(x)`` as a dict, with at least the output that a target ``kind`` reads.
+
+    lczerolens's own networks (and their shadows, which are copies of the same class) compute only that head
+    (``heads=``, :mod:`lczerolens.model.heads`): explaining maia-1900's value skips its policy head, two of its
+    sixteen convolutions. Other networks (ONNX imports, user modules) compute every head.
+    """
+    from lczerolens.model.attention import AttentionNetwork
+    from lczerolens.model.residual import ResidualNetwork
+
+    if isinstance(network, (ResidualNetwork, AttentionNetwork)):
+        return outputs_dict(network(x, heads=head_of(kind)))
+    return outputs_dict(network(x))
+
+
 def run_with(
     network: nn.Module,
     x: torch.Tensor,

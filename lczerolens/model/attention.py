@@ -41,6 +41,7 @@ torch.Size([1, 1858])
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -51,6 +52,7 @@ from torch import nn
 from lczerolens.board import InputFormat
 from lczerolens.errors import ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
+from lczerolens.model.heads import wanted_heads
 from lczerolens.model.netformat import resolve_network_format
 from lczerolens.model.policy_map import attention_policy_map
 from lczerolens.model.save import Binding, bind, keep_net
@@ -271,7 +273,10 @@ class AttentionNetwork(nn.Module):
         gen = m[p + "/smol_weight_gen"](c.view(n, heads, -1))  # [N, H, 4096]
         return gen.view(n, heads, 64, 64)
 
-    def forward(self, planes: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, planes: torch.Tensor, heads: str | Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The outputs for input planes ``[N, 112, 8, 8]``; ``heads`` names the heads to compute (default all, see
+        :mod:`lczerolens.model.heads`)."""
+        want = wanted_heads(heads, self.mlh)
         m = self._modules
         acts = self.activations
         n = planes.shape[0]
@@ -295,17 +300,25 @@ class AttentionNetwork(nn.Module):
             x = m["attn_body/ln2"](self.alpha * m["attn_body/ffn/dense2/w"](hidden) + x)
         for i in range(self.num_encoders):
             x = self._encoder(x, f"encoder{i}", self.num_heads, self.alpha, acts["ffn"])
-        return self.forward_heads(x)
+        return self.forward_heads(x, want)
 
-    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_heads(self, x: torch.Tensor, heads: str | Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """The heads alone on the tokens ``x`` ``[N, 64, E]`` (what :meth:`forward` does after the last encoder
-        layer; the logit lens applies it to earlier layers' outputs)."""
+        layer; the logit lens applies it to earlier layers' outputs); ``heads`` as in :meth:`forward`."""
+        want = wanted_heads(heads, self.mlh)
+        out: dict[str, torch.Tensor] = {}
+        if "policy" in want:
+            out["policy"] = self._policy(x)
+        if "value" in want:
+            self._value(x, out)
+        if "mlh" in want:
+            self._moves_left(x, out)
+        return out
+
+    def _policy(self, x: torch.Tensor) -> torch.Tensor:
         m = self._modules
         acts = self.activations
-        n = x.shape[0]
-        out: dict[str, torch.Tensor] = {}
         n = x.shape[0]  # the heads' batch is the body's (a lens may hand the heads more rows than the input had)
-        # Policy.
         p = self._act("policy/dense1", acts["policy"], m["policy/dense1/matmul"](x))
         for i in range(self.policy_encoders):
             p = self._encoder(p, f"policy/enc_layer_{i}", self.policy_num_heads, 1.0, acts["policy_ffn"])
@@ -316,9 +329,12 @@ class AttentionNetwork(nn.Module):
         promo = promo[:, :, :3] + promo[:, :, 3:4]  # queen, rook, bishop; the 4th offset is shared
         promo = logits[:, 48:56, 56:64].unsqueeze(3) + promo.unsqueeze(1)  # [N, 8 from, 8 to, 3]
         flat = torch.cat([logits.reshape(n, 4096), promo.reshape(n, 192)], dim=1)
-        out["policy"] = flat.index_select(1, self.policy_gather)
+        return flat.index_select(1, self.policy_gather)
 
-        # Value.
+    def _value(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        m = self._modules
+        acts = self.activations
+        n = x.shape[0]
         v = self._act("value/embed", acts["default"], m["value/embed/matmul"](x)).reshape(n, -1)
         v = self._act("value/dense1", acts["default"], m["value/dense1/matmul"](v))
         v = m["value/dense2/matmul"](v)
@@ -327,12 +343,13 @@ class AttentionNetwork(nn.Module):
         else:
             out["value_logit"] = v[:, 0]
 
-        # Moves left.
-        if self.mlh:
-            ml = self._act("mlh/embed", acts["default"], m["mlh/embed/matmul"](x)).reshape(n, -1)
-            ml = self._act("mlh/dense1", acts["default"], m["mlh/dense1/matmul"](ml))
-            out["mlh"] = m["output/mlh"](m["mlh/dense2/matmul"](ml))[:, 0]
-        return out
+    def _moves_left(self, x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        m = self._modules
+        acts = self.activations
+        n = x.shape[0]
+        ml = self._act("mlh/embed", acts["default"], m["mlh/embed/matmul"](x)).reshape(n, -1)
+        ml = self._act("mlh/dense1", acts["default"], m["mlh/dense1/matmul"](ml))
+        out["mlh"] = m["output/mlh"](m["mlh/dense2/matmul"](ml))[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------------------------

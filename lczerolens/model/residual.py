@@ -32,7 +32,7 @@ gather in ``forward`` are linear.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from torch import nn
 from lczerolens.board import InputFormat
 from lczerolens.errors import InputShapeError, ModelLoadError, UnsupportedModelError
 from lczerolens.model import ops
+from lczerolens.model.heads import wanted_heads
 from lczerolens.model.policy_map import CONV_POLICY_PLANES, attention_policy_map, conv_policy_map
 from lczerolens.model.proto import ConvBlock, Layer, Net, NetworkFormat
 from lczerolens.model.save import Binding, bind, keep_net
@@ -181,7 +182,10 @@ class ResidualNetwork(nn.Module):
             table = conv_policy_map() if policy == "conv" else attention_policy_map()
             self.register_buffer("policy_mapping", torch.from_numpy(table.copy()), persistent=False)
 
-    def forward(self, planes: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, planes: torch.Tensor, heads: str | Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """The outputs for input planes ``[N, 112, 8, 8]``; ``heads`` names the heads to compute (default all, see
+        :mod:`lczerolens.model.heads`)."""
+        want = wanted_heads(heads, self.has_mlh)
         if planes.dim() != 4 or tuple(planes.shape[1:]) != (112, 8, 8):
             raise InputShapeError(
                 f"expected input planes of shape [N, 112, 8, 8], got {list(planes.shape)}; encode boards with "
@@ -201,37 +205,42 @@ class ResidualNetwork(nn.Module):
                 shift = s[:, channels:, None, None]
                 y = m[f"{se}/mul"](gate_logits, y) + shift
             x = m[act2](y + x)
-        return self.forward_heads(x)
+        return self.forward_heads(x, want)
 
-    def forward_heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_heads(self, x: torch.Tensor, heads: str | Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """The heads alone on a residual stream ``x`` ``[N, F, 8, 8]`` (what :meth:`forward` does after the last
-        block; the logit lens applies it to earlier blocks' outputs)."""
+        block; the logit lens applies it to earlier blocks' outputs); ``heads`` as in :meth:`forward`."""
         m = self._modules
         act = self.activation
+        want = wanted_heads(heads, self.has_mlh)
         out: dict[str, torch.Tensor] = {}
-        if self.policy_kind == "conv":
-            p = m[f"policy/conv1/{act}"](m["policy/conv1"](x))
-            p = m["policy/conv2"](p).flatten(1)
-            out["policy"] = p[:, self.policy_mapping]
-        elif self.policy_kind == "classical":
-            p = m[f"policy/conv/{act}"](m["policy/conv"](x)).flatten(1)
-            out["policy"] = m["policy/dense"](p)
-        else:
-            out["policy"] = self._attention_policy(x)
+        if "policy" in want:
+            out["policy"] = self._policy(x)
+        if "value" in want:
+            v = m[f"value/conv/{act}"](m["value/conv"](x)).flatten(1)
+            v = m[f"value/dense1/{act}"](m["value/dense1"](v))
+            v = m["value/dense2"](v)
+            if self.wdl:
+                out["wdl_logits"] = v
+            else:
+                out["value_logit"] = v[:, 0]
 
-        v = m[f"value/conv/{act}"](m["value/conv"](x)).flatten(1)
-        v = m[f"value/dense1/{act}"](m["value/dense1"](v))
-        v = m["value/dense2"](v)
-        if self.wdl:
-            out["wdl_logits"] = v
-        else:
-            out["value_logit"] = v[:, 0]
-
-        if self.has_mlh:
+        if "mlh" in want:
             h = m[f"mlh/conv/{act}"](m["mlh/conv"](x)).flatten(1)
             h = m[f"mlh/dense1/{act}"](m["mlh/dense1"](h))
             out["mlh"] = m["output/mlh"](m["mlh/dense2"](h))[:, 0]
         return out
+
+    def _policy(self, x: torch.Tensor) -> torch.Tensor:
+        m = self._modules
+        act = self.activation
+        if self.policy_kind == "conv":
+            p = m[f"policy/conv1/{act}"](m["policy/conv1"](x))
+            return m["policy/conv2"](p).flatten(1)[:, self.policy_mapping]
+        if self.policy_kind == "classical":
+            p = m[f"policy/conv/{act}"](m["policy/conv"](x)).flatten(1)
+            return m["policy/dense"](p)
+        return self._attention_policy(x)
 
     def _attention_policy(self, x: torch.Tensor) -> torch.Tensor:
         m = self._modules
