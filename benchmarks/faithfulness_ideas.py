@@ -232,6 +232,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 GAMES = -1
 
 
+def positions_of(seed: int, positions: int, model: Any) -> list[str]:
+    """The FENs of one set: ``positions`` self-play positions of ``seed``, or the real-game positions for
+    :data:`GAMES`."""
+    if seed == GAMES:
+        from benchmarks.bench_faithfulness import real_game_positions
+
+        return real_game_positions()
+    return load_positions(positions, DEFAULT_NET, seed=seed, model=model)
+
+
 def run(positions: int, seeds: list[int], names: list[str]) -> None:
     from lczerolens.model import LczeroModel
 
@@ -241,12 +251,7 @@ def run(positions: int, seeds: list[int], names: list[str]) -> None:
           "| s |")
     print("|---|---|---|---|---|---|---|---|")
     for seed in seeds:
-        if seed == GAMES:
-            from benchmarks.bench_faithfulness import real_game_positions
-
-            fens = real_game_positions()
-        else:
-            fens = load_positions(positions, DEFAULT_NET, seed=seed, model=model)
+        fens = positions_of(seed, positions, model)
         shared: dict = {}
         for target in metrics.TARGETS:
             task = metrics.prepare(model, fens, target, cache=shared)

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.faithfulness_ideas import GAMES, positions_of
 from lczerolens import metrics
 from lczerolens.lenses import GradientLens, LrpLens
-from lczerolens.positions import DEFAULT_NET, load_positions
+from lczerolens.positions import DEFAULT_NET
 
 #: (label, lens) of every method scored beside occlusion and the default.
 METHODS: tuple[tuple[str, GradientLens], ...] = (
@@ -34,10 +35,6 @@ METHODS: tuple[tuple[str, GradientLens], ...] = (
     ("integrated gradients from the kings-only board, 128 steps",
      GradientLens("integrated_gradients", steps=128, baseline="kings")),
 )
-
-#: ``--seeds`` value for the real-game positions of ``make bench`` instead of self-play.
-GAMES = -1
-
 
 def _scores(lens: Any, model: Any, task: metrics.Task) -> torch.Tensor:
     target = task.indices if task.target == "move" else "value"
@@ -53,12 +50,8 @@ def run(positions: int, seeds: list[int]) -> None:
     print("| set | method | target | ABPC | vs occlusion | vs `LrpLens()` | s |")
     print("|---|---|---|---|---|---|---|")
     for seed in seeds:
-        if seed == GAMES:
-            from benchmarks.bench_faithfulness import real_game_positions
-
-            fens, label = real_game_positions(), "real games"
-        else:
-            fens, label = load_positions(positions, DEFAULT_NET, seed=seed, model=model), f"seed {seed}"
+        fens = positions_of(seed, positions, model)
+        label = "real games" if seed == GAMES else f"seed {seed}"
         shared: dict = {}
         for target in metrics.TARGETS:
             task = metrics.prepare(model, fens, target, cache=shared)

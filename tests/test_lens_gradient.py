@@ -30,6 +30,14 @@ def value_of(outputs: dict) -> torch.Tensor:
     return wdl[:, 0] - wdl[:, 2]
 
 
+def explained_change(on_x: dict, on_base: dict, target: str | None, indices: torch.Tensor) -> torch.Tensor:
+    """``f(x) - f(x0)`` of the explained output: the value, or the policy logit at ``indices`` (one per row)."""
+    if target == "value":
+        return value_of(on_x) - value_of(on_base)
+    rows = torch.arange(len(indices))
+    return on_x["policy"][rows, indices] - on_base["policy"][rows, indices]
+
+
 def by_hand_gradient(model, boards, read):
     x = encode_boards(boards, model.input_format).requires_grad_(True)
     out = read(model.network(x), boards)
@@ -99,11 +107,7 @@ def test_integrated_gradients_completeness(maia, target):
     with torch.no_grad():
         x = encode_boards(boards, 1)
         on_x, on_zero = maia.network(x), maia.network(torch.zeros_like(x))
-    if target == "value":
-        delta = value_of(on_x) - value_of(on_zero)
-    else:
-        rows = torch.arange(len(boards))
-        delta = on_x["policy"][rows, rel.policy_indices] - on_zero["policy"][rows, rel.policy_indices]
+    delta = explained_change(on_x, on_zero, target, rel.policy_indices)
     total = rel.planes.sum((1, 2, 3))
     assert ((total - delta).abs() <= 0.01 * delta.abs()).all(), (total, delta)
 
@@ -143,11 +147,7 @@ def test_integrated_gradients_from_the_kings_only_board(maia, target):
     torch.testing.assert_close(rel.planes, by_hand.planes, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         on_x, on_base = maia.network(encode_boards(boards, 1)), maia.network(stripped)
-    if target == "value":
-        delta = value_of(on_x) - value_of(on_base)
-    else:
-        rows = torch.arange(len(boards))
-        delta = on_x["policy"][rows, rel.policy_indices] - on_base["policy"][rows, rel.policy_indices]
+    delta = explained_change(on_x, on_base, target, rel.policy_indices)
     total = rel.planes.sum((1, 2, 3))
     assert ((total - delta).abs() <= 0.01 * delta.abs() + 1e-3).all(), (total, delta)
     # Nothing outside the removed pieces' planes moves: kings, side to move, rule 50 and ones get no relevance.
