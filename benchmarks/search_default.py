@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.faithfulness_ideas import GAMES, scores
+from benchmarks.faithfulness_ideas import GAMES, positions_of, scores
 from lczerolens import metrics
 from lczerolens.lenses import RESIDUAL_DEFAULT
-from lczerolens.positions import DEFAULT_NET, load_positions
+from lczerolens.positions import DEFAULT_NET
 
 inf = math.inf
 
@@ -77,20 +77,12 @@ def options(setting: dict[str, Any]) -> dict[str, Any]:
     return {**RESIDUAL_DEFAULT, "layer_rules": rules, "relu_beta": tuple(beta), "se_gate": gate}
 
 
-def _fens(model: Any, seed: int, positions: int) -> list[str]:
-    if seed == GAMES:
-        from benchmarks.bench_faithfulness import real_game_positions
-
-        return real_game_positions()
-    return load_positions(positions, DEFAULT_NET, seed=seed, model=model)
-
-
 def search(settings: int, seed: int, positions: int, out: Path) -> None:
     from lczerolens.model import LczeroModel
 
     torch.set_num_threads(1)
     model = LczeroModel.from_path(DEFAULT_NET)
-    fens = _fens(model, seed, positions)
+    fens = positions_of(seed, positions, model)
     shared: dict = {}
     tasks = {t: metrics.prepare(model, fens, t, cache=shared) for t in metrics.TARGETS}
     occlusion = {t: metrics.evaluate_method(model, task, "occlusion", warmup=False).abpc for t, task in tasks.items()}
@@ -124,7 +116,7 @@ def confirm(ids: list[int], results: Path) -> None:
     print("| set | setting | target | ABPC | vs occlusion (paired, 95% CI) | vs the default |")
     print("|---|---|---|---|---|---|")
     for seed, positions in ((2, 200), (3, 200), (4, 200), (5, 300), (6, 300), (GAMES, 0)):
-        fens = _fens(model, seed, positions)
+        fens = positions_of(seed, positions, model)
         shared: dict = {}
         for target in metrics.TARGETS:
             task = metrics.prepare(model, fens, target, cache=shared)
